@@ -1,0 +1,105 @@
+"""``talkfast`` command line: ``generate`` and ``doctor``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ..errors import TalkfastError
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="portrait + speech -> talking-head mp4")
+    p.add_argument("-s", "--source_image", "--source-image", default=str(EXAMPLES / "portrait.png"),
+                   help="portrait image (default: the bundled example)")
+    p.add_argument("-a", "--driving_audio", "--driving-audio", default=str(EXAMPLES / "speech.wav"),
+                   help="speech recording: wav/flac/ogg/mp3/m4a... (default: the bundled example)")
+    p.add_argument("-o", "--output", default="talkfast_out.mp4", help="output .mp4 (a .json sidecar is written beside it)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, e.g. 40 for hallo)")
+    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 disables)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--fps", type=int, default=25)
+    p.add_argument("--size", type=int, default=None, help="output side in pixels (default: the model's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16")
+    p.add_argument("--checkpoint", default=None,
+                   help="model folder: a Hallo pretrained_models folder (hallo/net.pth, sd-vae-ft-mse/, "
+                        "wav2vec/wav2vec2-base-960h/) or a talkfast model folder")
+    p.add_argument("--random-weights", action="store_true", help="random weights (a smoke test; the video is noise)")
+    p.add_argument("--model", default="small", help="preset for --random-weights: small, tiny")
+    p.add_argument("--pose-weight", type=float, default=1.0)
+    p.add_argument("--face-weight", type=float, default=1.0)
+    p.add_argument("--lip-weight", type=float, default=1.0)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_generate(args) -> int:
+    from tqdm import tqdm
+
+    from ..pipeline.generate import GenerateOptions
+    from ..pipeline.loader import load_pipeline
+
+    pipe = load_pipeline(args.checkpoint, random_weights=args.random_weights, preset=args.model,
+                         device=args.device, dtype=args.dtype)
+    opts = GenerateOptions(steps=args.steps, guidance=args.cfg, seed=args.seed, fps=args.fps,
+                           motion_scale=(args.pose_weight, args.face_weight, args.lip_weight))
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            bar = tqdm(total=total, unit="step", desc="denoising", dynamic_ncols=True)
+        bar.update(done - bar.n)
+
+    try:
+        result = pipe.generate(args.source_image, args.driving_audio, args.output, opts, size=args.size, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    secs = result.seconds.get("total", 0.0)
+    print(f"wrote {result.path} ({result.frames} frames, {result.clips} clips, {secs:.1f} s)")
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import run_doctor
+
+    return run_doctor(args.checkpoint)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="talkfast", description="Fast diffusion talking-head generation")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    d = sub.add_parser("doctor", help="show what is available (device, ffmpeg, face detector, weights)")
+    d.add_argument("--checkpoint", default=None, help="also check this checkpoint folder")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    handlers = {"generate": cmd_generate, "doctor": cmd_doctor}
+    try:
+        return handlers[args.command](args)
+    except TalkfastError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except ValueError as err:  # option values rejected by the pipeline
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; no output written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""talkfast.data"""

@@ -1,0 +1,183 @@
+"""Attention processors (diffusers' processor interface) used by every attention in talkfast.
+
+The models use diffusers' :class:`~diffusers.models.attention_processor.Attention` (its key layout
+``to_q/to_k/to_v/to_out.0`` is Hallo's). How an attention computes is decided by its processor:
+plain SDPA, reference-writing or reference-reading. Accelerators that change attention (DFA,
+reference removal) swap or wrap these processors; nothing else in the model changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, d = x.shape
+    return x.view(b, n, heads, d // heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+def project_out(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    x = attn.to_out[0](x)
+    return attn.to_out[1](x)
+
+
+def attend(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Multi-head SDPA on already projected (B, N, inner) tensors, then the output projection."""
+    h = attn.heads
+    out = F.scaled_dot_product_attention(split_heads(q, h), split_heads(k, h), split_heads(v, h))
+    return project_out(attn, merge_heads(out))
+
+
+def plain_attention(attn: Attention, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    """Self-attention of ``x`` (or cross-attention to ``context``)."""
+    kv = x if context is None else context
+    return attend(attn, attn.to_q(x), attn.to_k(kv), attn.to_v(kv))
+
+
+class SDPAProcessor:
+    """Plain attention with PyTorch SDPA (no masks, no extras)."""
+
+    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, **_):
+        if attention_mask is not None:
+            raise NotImplementedError("attention masks are not used by talkfast models")
+        return plain_attention(attn, hidden_states, encoder_hidden_states)
+
+
+@dataclass
+class ItemLayout:
+    """What each batch item of a denoising-UNet call is, for the reference readers.
+
+    ``group[i]``: which reference group (CFG half) item ``i`` takes its bank entries from.
+    ``use_ref[i]``: whether item ``i`` concatenates reference tokens to its self-attention K/V
+    (Hallo: only the conditional half does).
+    """
+
+    group: tuple[int, ...]
+    use_ref: tuple[bool, ...]
+    _index: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def group_index(self, device: torch.device) -> torch.Tensor:
+        """``group`` as a tensor on ``device``, made once per device (no copy in the hot loop)."""
+        key = str(device)
+        if key not in self._index:
+            self._index[key] = torch.tensor(self.group, device=device)
+        return self._index[key]
+
+    @staticmethod
+    def cfg(num_samples: int, cfg: bool) -> "ItemLayout":
+        """Layout of ``cat([uncond] * n + [cond] * n)`` (or ``[cond] * n`` without CFG)."""
+        if cfg:
+            return ItemLayout((0,) * num_samples + (1,) * num_samples, (False,) * num_samples + (True,) * num_samples)
+        return ItemLayout((1,) * num_samples, (True,) * num_samples)
+
+    def __len__(self) -> int:
+        return len(self.group)
+
+
+@dataclass
+class ReferenceState:
+    """Reference features shared by the writer (ReferenceNet) and readers (denoising UNet).
+
+    ``banks[key]`` holds the LayerNorm'ed tokens that the writer at ``key`` saw, shaped
+    (G, S, L, C): G reference groups (CFG halves), S images per group (the reference image first,
+    then the motion frames). Readers use ``[:, 0]`` as extra keys/values and publish ``[:, 1:]``
+    per batch item in ``motion[key]`` for the motion modules of the same layer.
+    """
+
+    mode: str = "off"  # "off" | "write" | "read"
+    groups: int = 1
+    images: int = 1
+    num_frames: int = 1
+    layout: ItemLayout | None = None
+    banks: dict[str, torch.Tensor] = field(default_factory=dict)
+    motion: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        self.mode = "off"
+        self.banks.clear()
+        self.motion.clear()
+        self.layout = None
+
+
+class ReferenceWriteProcessor(SDPAProcessor):
+    """Self-attention that also records its input tokens into ``state.banks[key]``."""
+
+    def __init__(self, state: ReferenceState, key: str):
+        self.state, self.key = state, key
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kw):
+        st = self.state
+        if st.mode == "write":
+            n, l, c = hidden_states.shape
+            st.banks[self.key] = hidden_states.detach().reshape(st.groups, st.images, l, c).clone()
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, **kw)
+
+
+def _runs(flags: tuple[bool, ...]) -> list[tuple[int, int, bool]]:
+    """Split a flag tuple into maximal runs (start, stop, flag)."""
+    out: list[tuple[int, int, bool]] = []
+    start = 0
+    for i in range(1, len(flags) + 1):
+        if i == len(flags) or flags[i] != flags[start]:
+            out.append((start, i, flags[start]))
+            start = i
+    return out
+
+
+class ReferenceReadProcessor(SDPAProcessor):
+    """Self-attention whose keys/values are ``[own tokens ; reference tokens]`` for the items
+    that use the reference, and plain self-attention for the others (Hallo's unconditional half).
+
+    ``enabled`` False makes it plain self-attention (reference-feature removal).
+    """
+
+    def __init__(self, state: ReferenceState, key: str):
+        self.state, self.key = state, key
+        self.enabled = True
+
+    def reference_tokens(self, batch: int) -> torch.Tensor | None:
+        st = self.state
+        bank = st.banks.get(self.key) if st.mode == "read" else None
+        if bank is None:
+            return None
+        layout = st.layout
+        if layout is None or len(layout) != batch:
+            raise RuntimeError(f"reference layout for {batch} items not set (got {layout})")
+        return bank
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kw):
+        st = self.state
+        f = st.num_frames
+        bank = self.reference_tokens(hidden_states.shape[0] // f)
+        if bank is None:
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, **kw)
+        layout = st.layout
+        groups = layout.group_index(bank.device)
+        if bank.shape[1] > 1:
+            st.motion[self.key] = bank[:, 1:].index_select(0, groups)  # (B, M, L, C)
+        if not self.enabled:
+            return plain_attention(attn, hidden_states)
+        n_all = hidden_states
+        outs = []
+        for start, stop, use_ref in _runs(layout.use_ref):
+            n = n_all[start * f : stop * f]
+            if not use_ref:
+                outs.append(plain_attention(attn, n))
+                continue
+            ref = bank[:, 0].index_select(0, groups[start:stop]).to(n.dtype)  # (b, L, C)
+            b, l, c = ref.shape
+            k_ref = attn.to_k(ref).unsqueeze(1).expand(b, f, l, -1).reshape(b * f, l, -1)
+            v_ref = attn.to_v(ref).unsqueeze(1).expand(b, f, l, -1).reshape(b * f, l, -1)
+            k = torch.cat([attn.to_k(n), k_ref], dim=1)
+            v = torch.cat([attn.to_v(n), v_ref], dim=1)
+            outs.append(attend(attn, attn.to_q(n), k, v))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)

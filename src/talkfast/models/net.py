@@ -1,0 +1,85 @@
+"""``TalkingHeadNet``: Hallo's ``Net`` wrapper (five children, same key prefixes) plus the glue
+between the ReferenceNet writers and the denoising-UNet readers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import ReferenceReadProcessor, ReferenceState, ReferenceWriteProcessor
+from .config import ModelConfig
+from .layers import AudioProj, FaceLocator, ImageProj, SpatialTransformer
+from .unet import TalkingUNet, UNetCond
+
+CHILDREN = ("reference_unet", "denoising_unet", "face_locator", "imageproj", "audioproj")
+
+
+class TalkingHeadNet(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.ref_state = ReferenceState()
+        u = cfg.unet
+        self.reference_unet = TalkingUNet(u, "reference", self.ref_state)
+        self.denoising_unet = TalkingUNet(u, "denoise", self.ref_state)
+        self.face_locator = FaceLocator(u.block_out_channels[0], cfg.face_locator_in, cfg.face_locator_channels)
+        self.imageproj = ImageProj(cfg.image_embed_dim, u.cross_attention_dim, cfg.image_tokens)
+        audio_in = cfg.audio_window * cfg.audio_layers * cfg.audio_feature_dim
+        self.audioproj = AudioProj(audio_in, cfg.audio_hidden, cfg.audio_tokens, u.audio_attention_dim)
+        self.readers: dict[str, ReferenceReadProcessor] = {}
+        for name, mod in self.reference_unet.named_modules():
+            if isinstance(mod, SpatialTransformer):
+                mod.transformer_blocks[0].attn1.set_processor(ReferenceWriteProcessor(self.ref_state, mod.key))
+        for name, mod in self.denoising_unet.named_modules():
+            if isinstance(mod, SpatialTransformer):
+                proc = ReferenceReadProcessor(self.ref_state, mod.key)
+                mod.transformer_blocks[0].attn1.set_processor(proc)
+                self.readers[mod.key] = proc
+
+    @property
+    def device(self) -> torch.device:
+        return self.denoising_unet.conv_in.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.denoising_unet.conv_in.weight.dtype
+
+    @torch.no_grad()
+    def write_reference(self, ref_latents: torch.Tensor, context: torch.Tensor, hallo_tiling: bool = True) -> None:
+        """Run the ReferenceNet once and keep its features for the readers.
+
+        ref_latents: (S, C, h, w) — the reference image first, then the motion frames.
+        context: (G, T, D) — one image context per reference group (CFG: [uncond, cond]).
+        With ``hallo_tiling`` the contexts are paired with the G*S images in Hallo's interleaved
+        order (image i of the flattened group-major batch gets context i mod G); otherwise group g
+        uses context g throughout.
+        """
+        s_img, g = ref_latents.shape[0], context.shape[0]
+        latents = ref_latents.repeat(g, 1, 1, 1)
+        if hallo_tiling:
+            ctx = context.repeat(s_img, 1, 1)
+        else:
+            ctx = context.repeat_interleave(s_img, 0)
+        st = self.ref_state
+        st.clear()
+        st.groups, st.images, st.mode = g, s_img, "write"
+        t = torch.zeros((), dtype=torch.long, device=latents.device)
+        try:
+            self.reference_unet(latents, t, UNetCond(context=ctx))
+        finally:
+            st.mode = "read" if st.banks else "off"
+
+    def clear_reference(self) -> None:
+        self.ref_state.clear()
+
+    def denoise(self, sample: torch.Tensor, timestep, cond: UNetCond, plan=None) -> torch.Tensor:
+        return self.denoising_unet(sample, timestep, cond, plan)
+
+
+def build_net(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> TalkingHeadNet:
+    """Build the network; ``device="meta"`` builds shapes only (no memory, no init cost)."""
+    with torch.device(device):
+        net = TalkingHeadNet(cfg)
+    if dtype is not None:
+        net = net.to(dtype)
+    return net.eval().requires_grad_(False)

@@ -1,0 +1,113 @@
+"""Turning the user's portrait and speech into model conditioning.
+
+- :class:`Portrait`: the square-cropped source image, its face regions, masks, FaceLocator input
+  and identity embedding.
+- :class:`AudioConditioner`: per-clip windowed audio features, computed from a waveform segment
+  around the clip (so memory is bounded by a clip, never by the audio length).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..audio.features import MelFeatures, Wav2Vec2Features, window_features
+from ..face.detect import FaceRegions, detect_face
+from ..face.masks import MaskSet, build_masks, face_locator_image
+from ..io.audio import Audio
+from ..io.image import square_crop, to_tensor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Portrait:
+    image: Image.Image  # size x size RGB
+    pixels: torch.Tensor  # (3, size, size) in [-1, 1]
+    regions: FaceRegions
+    masks: MaskSet
+    locator_input: torch.Tensor  # (3, size, size) in {0, 1}
+    identity: torch.Tensor  # (embed_dim,)
+
+
+def identity_embedding(image: Image.Image, regions: FaceRegions, dim: int, kind: str) -> torch.Tensor:
+    """The face-identity vector fed to ImageProj.
+
+    ``"pixels"`` (talkfast's own models): the face crop averaged down to a 4x4 RGB grid, in [-1, 1],
+    zero-padded to ``dim``. ``"zeros"`` (Hallo without a user-supplied insightface embedding):
+    all zeros, which is what Hallo itself uses when its detector finds no face.
+    """
+    if kind == "zeros":
+        return torch.zeros(dim)
+    if kind != "pixels":
+        raise ValueError(f"unknown identity embedding {kind!r}")
+    crop = image.crop(regions.face.to_int()).resize((4, 4), Image.Resampling.BOX)
+    v = torch.from_numpy(np.asarray(crop, dtype=np.float32).reshape(-1) / 127.5 - 1.0)
+    out = torch.zeros(dim)
+    out[: min(dim, v.numel())] = v[:dim]
+    return out
+
+
+def prepare_portrait(image: Image.Image, size: int, latent_size: int, levels: int, embed_dim: int,
+                     identity: str = "pixels", name: str = "portrait") -> Portrait:
+    """Crop the largest square around the face, resize to ``size`` and build masks at the
+    latent resolutions ``latent_size / 2**i`` (Hallo: 64, 32, 16, 8)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = detect_face(image)
+    for w in caught:
+        log.warning("%s: %s", name, w.message)
+    box = first.face.to_int() if first.detected else None
+    square = square_crop(image, size, box=box)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        regions = detect_face(square)
+    if first.detected and not regions.detected:
+        # The crop lost the detection (rare); map the first detection into the crop instead.
+        regions = first.rescaled((size, size)) if image.size[0] == image.size[1] else regions
+    sizes = [max(1, latent_size // 2**i) for i in range(levels)]
+    masks = build_masks(regions, level_sizes=sizes, base=latent_size)
+    return Portrait(
+        image=square,
+        pixels=to_tensor(square),
+        regions=regions,
+        masks=masks,
+        locator_input=face_locator_image(regions, size),
+        identity=identity_embedding(square, regions, embed_dim, identity),
+    )
+
+
+class AudioConditioner:
+    """Windowed per-frame audio features for one clip at a time."""
+
+    def __init__(self, kind: str = "mel", model_dir=None, fps: int = 25, radius: int = 2,
+                 context_frames: int = 50, device="cpu"):
+        self.kind, self.fps, self.radius, self.context = kind, fps, radius, context_frames
+        if kind == "mel":
+            self.extractor = MelFeatures(fps=fps)
+        elif kind == "wav2vec2":
+            self.extractor = Wav2Vec2Features(model_dir, device=device)
+        else:
+            raise ValueError(f"unknown audio features {kind!r}")
+
+    @torch.no_grad()
+    def clip(self, audio: Audio, start: int, frames: int) -> torch.Tensor:
+        """Features (frames, 2r+1, L, D) for video frames [start, start + frames); frame indices
+        past the end of the audio repeat the last frame (they are trimmed from the video)."""
+        total = audio.num_frames(self.fps)
+        lo = max(0, start - self.radius - self.context)
+        hi = min(total, start + frames + self.radius + self.context)
+        sr = audio.sample_rate
+        a = lo * sr // self.fps
+        b = min(len(audio.samples), math.ceil(hi * sr / self.fps))
+        seg = torch.from_numpy(np.ascontiguousarray(audio.samples[a:b]))
+        feats = self.extractor(seg, hi - lo)  # (hi - lo, L, D)
+        idx = torch.arange(start - self.radius, start + frames + self.radius).clamp(0, total - 1) - lo
+        wide = feats.index_select(0, idx)  # (frames + 2r, L, D)
+        return window_features(wide, self.radius)[self.radius : self.radius + frames]

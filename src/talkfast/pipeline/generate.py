@@ -1,0 +1,224 @@
+"""The talking-head pipeline: portrait + speech -> mp4 (Hallo's inference flow, §7).
+
+Clips of ``clip_frames`` frames are generated one after the other, each conditioned on the
+reference portrait and on the last ``motion_frames`` decoded frames of the previous clip; every
+clip is decoded and streamed to the video writer before the next starts, so memory is bounded by
+one clip whatever the audio length.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from diffusers import AutoencoderKL
+
+from .. import __version__
+from ..io.audio import Audio, load_audio
+from ..io.image import load_image, to_uint8
+from ..io.video import VideoWriter, check_output_path
+from ..models.attention import ItemLayout
+from ..models.net import TalkingHeadNet
+from ..models.unet import StagePlan, UNetCond
+from ..sampling.loop import StepPlanner, denoise
+from ..sampling.scheduler import make_scheduler
+from .conditioning import AudioConditioner, Portrait, prepare_portrait
+
+log = logging.getLogger(__name__)
+
+# Sampling defaults per model preset: (steps, guidance).
+SAMPLING_DEFAULTS = {"hallo": (40, 3.5), "small": (15, 3.5), "tiny": (4, 2.0)}
+
+
+@dataclass
+class GenerateOptions:
+    steps: int | None = None  # None: the preset's default
+    guidance: float | None = None
+    seed: int = 42
+    fps: int = 25
+    motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    hallo_context_tiling: bool = True
+
+    def resolved(self, preset: str) -> "GenerateOptions":
+        steps, guidance = SAMPLING_DEFAULTS.get(preset, (25, 3.5))
+        out = GenerateOptions(**asdict(self))
+        out.steps = self.steps if self.steps is not None else steps
+        out.guidance = self.guidance if self.guidance is not None else guidance
+        if out.steps < 1:
+            raise ValueError("--steps must be at least 1")
+        if out.guidance < 1.0:
+            raise ValueError("--cfg must be at least 1.0 (1.0 disables guidance)")
+        if not 1 <= out.fps <= 120:
+            raise ValueError("--fps must be between 1 and 120")
+        return out
+
+
+@dataclass
+class GenerationResult:
+    path: Path | None
+    frames: int
+    clips: int
+    seconds: dict = field(default_factory=dict)
+    sidecar: dict = field(default_factory=dict)
+
+
+class TalkingHeadPipeline:
+    def __init__(self, net: TalkingHeadNet, vae: AutoencoderKL, audio: AudioConditioner, *,
+                 device="cpu", dtype=torch.float32, identity: str = "pixels", source: str = ""):
+        self.net = net.to(device=device, dtype=dtype)
+        vae = vae.to(device=device)
+        self.vae = vae if vae.dtype == dtype else vae.to(dtype=dtype)
+        self.audio = audio
+        self.device, self.dtype = torch.device(device), dtype
+        self.cfg = net.cfg
+        self.identity = identity
+        self.source = source
+        self.vae_scale = float(getattr(vae.config, "scaling_factor", 1.0))
+
+    # ---------------------------------------------------------------- building blocks
+    def portrait(self, image, size: int | None = None, name: str = "portrait") -> Portrait:
+        size = size or self.cfg.image_size
+        f = self.cfg.vae_scale_factor * 2 ** (self.cfg.unet.num_levels - 1)
+        if size % f:
+            raise ValueError(f"--size must be a multiple of {f} for the {self.cfg.name} model, got {size}")
+        return prepare_portrait(image, size, size // self.cfg.vae_scale_factor, self.cfg.unet.num_levels,
+                                self.cfg.image_embed_dim, self.identity, name)
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [-1, 1] -> latents (N, C, h, w)."""
+        x = pixels.to(self.device, self.dtype)
+        return self.vae.encode(x).latent_dist.mean * self.vae_scale
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, chunk: int = 1) -> torch.Tensor:
+        """(1, C, F, h, w) latents -> (F, 3, H, W) frames in [0, 1], ``chunk`` frames at a time."""
+        z = latents[0].permute(1, 0, 2, 3) / self.vae_scale
+        out = [self.vae.decode(z[i : i + chunk]).sample for i in range(0, z.shape[0], chunk)]
+        return (torch.cat(out).float() / 2 + 0.5).clamp(0, 1)
+
+    def make_predictor(self, por: Portrait, audio_tokens: torch.Tensor, guidance: float,
+                       motion_scale) -> Callable[[torch.Tensor, torch.Tensor, StagePlan | None], torch.Tensor]:
+        """predict(latents (n,...), timesteps (n,), plan) -> CFG-combined model output (n,...)."""
+        net, dev, dt = self.net, self.device, self.dtype
+        cfg_on = guidance > 1.0
+        ctx_c = net.imageproj(por.identity.to(dev, dt)[None])
+        ctx_u = net.imageproj(torch.zeros_like(por.identity).to(dev, dt)[None])
+        face = net.face_locator(por.locator_input.to(dev, dt)[None]).unsqueeze(2)  # (1, C0, 1, h, w)
+        masks = tuple([m.to(dev, dt)[None] for m in kind] for kind in (por.masks.full, por.masks.face, por.masks.lip))
+
+        def predict(latents: torch.Tensor, t: torch.Tensor, plan: StagePlan | None) -> torch.Tensor:
+            n = latents.shape[0]
+            if cfg_on:
+                x = torch.cat([latents, latents])
+                tt = torch.cat([t, t])
+                cond = UNetCond(
+                    context=torch.cat([ctx_u.expand(n, -1, -1), ctx_c.expand(n, -1, -1)]),
+                    audio=torch.cat([torch.zeros_like(audio_tokens).expand(n, -1, -1, -1), audio_tokens.expand(n, -1, -1, -1)]),
+                    masks=tuple([m.expand(2 * n, -1) for m in kind] for kind in masks),
+                    face_feature=torch.cat([torch.zeros_like(face).expand(n, -1, -1, -1, -1), face.expand(n, -1, -1, -1, -1)]),
+                    layout=ItemLayout.cfg(n, True), motion_scale=motion_scale)
+            else:
+                x, tt = latents, t
+                cond = UNetCond(context=ctx_c.expand(n, -1, -1), audio=audio_tokens.expand(n, -1, -1, -1),
+                                masks=tuple([m.expand(n, -1) for m in kind] for kind in masks),
+                                face_feature=face.expand(n, -1, -1, -1, -1), layout=ItemLayout.cfg(n, False),
+                                motion_scale=motion_scale)
+            v = net.denoise(x.to(dt), tt, cond, plan)
+            if not cfg_on:
+                return v
+            v_u, v_c = v.chunk(2)
+            return v_u + guidance * (v_c - v_u)
+
+        return predict
+
+    # ---------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(
+        self,
+        source_image,
+        driving_audio,
+        output: str | Path | None,
+        options: GenerateOptions = GenerateOptions(),
+        size: int | None = None,
+        planner: StepPlanner | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        on_clip: Callable[[torch.Tensor], None] | None = None,
+        extra_sidecar: dict | None = None,
+    ) -> GenerationResult:
+        """Generate the video. ``source_image``/``driving_audio`` are paths (or a PIL image and an
+        :class:`Audio`). ``output`` None keeps nothing on disk (frames go to ``on_clip`` only).
+        ``progress(done, total)`` is called after every denoising step."""
+        t0 = time.perf_counter()
+        opts = options.resolved(self.cfg.name)
+        out_path = check_output_path(output) if output is not None else None
+        image = load_image(source_image) if isinstance(source_image, (str, Path)) else source_image
+        audio = load_audio(driving_audio) if isinstance(driving_audio, (str, Path)) else driving_audio
+        por = self.portrait(image, size, name=str(source_image) if isinstance(source_image, (str, Path)) else "portrait")
+        frames_total = audio.num_frames(opts.fps)
+        F, M = self.cfg.clip_frames, self.cfg.motion_frames
+        clips = math.ceil(frames_total / F)
+        sched = make_scheduler(opts.steps)
+        total_steps = clips * opts.steps
+        done = 0
+        t_prep = time.perf_counter() - t0
+        timings = {"prepare": t_prep, "clips": []}
+        sidecar = {
+            "talkfast": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "model": self.cfg.name, "weights": self.source, "source_image": str(source_image),
+            "driving_audio": str(driving_audio), "audio_seconds": audio.duration,
+            "frames": frames_total, "clips": clips, "size": por.image.size[0], "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""), "face_detected": por.regions.detected,
+            "face_box": list(por.regions.face.to_int()), "lip_box": list(por.regions.lip.to_int()),
+            "options": asdict(opts), **(extra_sidecar or {}),
+        }
+        writer = None
+        if out_path is not None:
+            writer = VideoWriter(out_path, opts.fps, por.image.size, audio=audio, max_frames=frames_total, sidecar=sidecar)
+        gen = torch.Generator("cpu").manual_seed(opts.seed)
+        source = por.pixels[None]
+        motion = source.repeat(M, 1, 1, 1)
+        h = w = por.image.size[0] // self.cfg.vae_scale_factor
+        try:
+            for c in range(clips):
+                tc = time.perf_counter()
+                ref = self.encode(torch.cat([source, motion]))
+                ctx = self.net.imageproj(torch.stack([torch.zeros_like(por.identity), por.identity]).to(self.device, self.dtype))
+                self.net.write_reference(ref, ctx, hallo_tiling=opts.hallo_context_tiling)
+                feats = self.audio.clip(audio, c * F, F).to(self.device, self.dtype)
+                tokens = self.net.audioproj(feats[None])
+                predict = self.make_predictor(por, tokens, opts.guidance, opts.motion_scale)
+                noise = torch.randn((1, self.cfg.latent_channels, F, h, w), generator=gen).to(self.device, self.dtype)
+
+                def step_done(_j: int) -> None:
+                    nonlocal done
+                    done += 1
+                    if progress is not None:
+                        progress(done, total_steps)
+
+                latents = denoise(predict, sched, noise, planner, on_step=step_done)
+                self.net.clear_reference()
+                frames = self.decode(latents)
+                if writer is not None:
+                    writer.write(to_uint8(frames))
+                if on_clip is not None:
+                    on_clip(frames)
+                motion = frames[-M:].to(torch.float32) * 2 - 1
+                timings["clips"].append(time.perf_counter() - tc)
+            timings["total"] = time.perf_counter() - t0
+            sidecar["seconds"] = timings
+            if writer is not None:
+                writer.sidecar = dict(sidecar)
+                writer.close()
+        except BaseException:
+            self.net.clear_reference()
+            if writer is not None:
+                writer.abort()
+            raise
+        return GenerationResult(out_path, frames_total, clips, timings, sidecar)

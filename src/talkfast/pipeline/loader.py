@@ -1,0 +1,59 @@
+"""Choosing and loading the model behind a pipeline (embedded default, a user's checkpoint
+folder, or random weights), plus device/dtype resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+from ..models.config import get_preset
+from ..models.loading import EMBEDDED_DIR, build_random, load_embedded, load_hallo
+from .conditioning import AudioConditioner
+from .generate import TalkingHeadPipeline
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError(f"--device {name}: CUDA is not available on this machine (try --device cpu)")
+    return dev
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"--dtype must be one of auto, {', '.join(sorted(DTYPES))}; got {name!r}") from None
+
+
+def load_pipeline(checkpoint: str | Path | None = None, *, random_weights: bool = False, preset: str = "small",
+                  device: str = "auto", dtype: str = "auto", seed: int = 0) -> TalkingHeadPipeline:
+    """``checkpoint``: a talkfast model folder (model.json) or a Hallo ``pretrained_models``
+    folder. Neither and not ``random_weights``: the embedded default model."""
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if random_weights:
+        cfg = get_preset(preset)
+        if cfg.audio_features != "mel":
+            raise CheckpointError(f"--random-weights with the {preset!r} model needs its wav2vec2 features: "
+                                  "pass --checkpoint with a real Hallo folder instead")
+        net, vae = build_random(cfg, seed)
+        audio = AudioConditioner("mel", device=dev)
+        return TalkingHeadPipeline(net, vae, audio, device=dev, dtype=dt, identity="pixels", source=f"random:{preset}")
+    if checkpoint is not None and not (Path(checkpoint) / "model.json").exists():
+        net, vae, w2v = load_hallo(checkpoint)
+        audio = AudioConditioner("wav2vec2", model_dir=w2v, device=dev)
+        return TalkingHeadPipeline(net, vae, audio, device=dev, dtype=dt, identity="zeros", source=str(checkpoint))
+    folder = Path(checkpoint) if checkpoint is not None else EMBEDDED_DIR
+    net, vae = load_embedded(folder)
+    audio = AudioConditioner(net.cfg.audio_features, device=dev)
+    return TalkingHeadPipeline(net, vae, audio, device=dev, dtype=dt, identity="pixels", source=str(folder))

@@ -1,0 +1,103 @@
+"""The one denoising loop.
+
+The loop asks a :class:`StepPlanner` what to do next. The plain planner answers "one full step" at
+every step. A caching accelerator answers "full step" at key steps and "a batch of steps" for the
+steps of a key step's group: the loop then predicts all of them in ONE model call (one timestep
+per batch item, latents chosen by the planner) and applies them with ordinary scheduler steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+from diffusers import DDIMScheduler
+
+from ..models.unet import StagePlan
+
+# predict(latents (n, C, F, h, w), timesteps (n,), stage_plan) -> guided model output (n, C, F, h, w)
+Predictor = Callable[[torch.Tensor, torch.Tensor, "StagePlan | None"], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class StepAction:
+    """``steps``: indices into the scheduler's timesteps, run by one model call.
+    ``full``: whether that call runs the whole network (a key step) or a reduced path."""
+
+    steps: tuple[int, ...]
+    full: bool = True
+
+
+class StepPlanner(Protocol):
+    def reset(self, scheduler: DDIMScheduler) -> None: ...
+
+    def next_action(self, index: int) -> StepAction: ...
+
+    def stage_plan(self, action: StepAction) -> StagePlan | None: ...
+
+    def batch_latents(self, action: StepAction, latents: torch.Tensor) -> torch.Tensor: ...
+
+    def after_step(self, action: StepAction, index: int, output: torch.Tensor, latents: torch.Tensor) -> None: ...
+
+    def chain(self, action: StepAction) -> bool: ...
+
+
+class FullSteps:
+    """The unaccelerated planner: every step runs the full network."""
+
+    def reset(self, scheduler: DDIMScheduler) -> None:
+        pass
+
+    def next_action(self, index: int) -> StepAction:
+        return StepAction((index,), True)
+
+    def stage_plan(self, action: StepAction) -> StagePlan | None:
+        return None
+
+    def batch_latents(self, action: StepAction, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+    def after_step(self, action, index, output, latents) -> None:
+        pass
+
+    def chain(self, action: StepAction) -> bool:
+        return True
+
+
+def denoise(
+    predict: Predictor,
+    scheduler: DDIMScheduler,
+    latents: torch.Tensor,
+    planner: StepPlanner | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Run the whole schedule from ``latents`` (1, C, F, h, w); returns the final latents.
+
+    For a batch action the planner supplies one input latent per step (``batch_latents``); the
+    outputs are applied one after the other. With ``chain(action)`` True (the default of the
+    accelerators) each scheduler step starts from the result of the previous one; otherwise each
+    starts from its own input latent.
+    """
+    planner = planner or FullSteps()
+    planner.reset(scheduler)
+    timesteps = scheduler.timesteps
+    n = len(timesteps)
+    i = 0
+    while i < n:
+        action = planner.next_action(i)
+        steps = action.steps
+        if not steps or steps[0] != i or list(steps) != list(range(i, i + len(steps))):
+            raise RuntimeError(f"planner returned steps {steps} at step {i}")
+        inputs = latents if len(steps) == 1 else planner.batch_latents(action, latents)
+        t = timesteps[list(steps)].to(latents.device)
+        out = predict(inputs, t, planner.stage_plan(action))
+        chain = planner.chain(action)
+        for k, j in enumerate(steps):
+            start = latents if (chain or len(steps) == 1) else inputs[k : k + 1]
+            planner.after_step(action, j, out[k : k + 1], start)
+            latents = scheduler.step(out[k : k + 1], timesteps[j], start, eta=0.0).prev_sample
+            if on_step is not None:
+                on_step(j)
+        i = steps[-1] + 1
+    return latents
