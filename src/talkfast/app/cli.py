@@ -35,6 +35,51 @@ def _add_generate(sub) -> None:
     p.add_argument("--face-weight", type=float, default=1.0)
     p.add_argument("--lip-weight", type=float, default=1.0)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    a = p.add_argument_group("acceleration (see talkfast.accelerators)")
+    a.add_argument("--accel", default="off", help="preset: off, quality, balanced, fast")
+    a.add_argument("--accel-method", default=None, help="lightningcp, deepcache, fasterdiffusion (overrides the preset's)")
+    a.add_argument("--key-steps", default=None, help="key steps: N (every N-th), 'dense', or a list '0,1,2,5,9'")
+    a.add_argument("--cache-branch", type=int, default=None, help="cache point, 0 = shallowest (input of the last up layer)")
+    a.add_argument("--chunk", type=int, default=None, help="most steps per batched shallow call (0: whole group)")
+    a.add_argument("--no-estimation", action="store_true", help="ablation: non-key steps get the key step's latent")
+    a.add_argument("--combine", choices=["chain", "each"], default=None, help="how the group's predictions are applied")
+    a.add_argument("--dfa", action=argparse.BooleanOptionalAction, default=None, help="decoupled foreground attention")
+    a.add_argument("--dfa-temporal", action="store_true", help="DFA also restricts temporal attention")
+    a.add_argument("--drop-ref-layers", default=None,
+                   help="reference-feature removal: 'default' (the shallow layer), 'none', or keys like up_blocks.3.attentions.2")
+
+
+def accel_config(args):
+    """The preset named by --accel, with every explicit flag applied on top."""
+    import dataclasses
+
+    from ..accelerators import DFAConfig, KeySchedule, get_preset
+
+    cfg = get_preset(args.accel)
+    caching = cfg.caching
+    changes = {}
+    if args.key_steps is not None:
+        changes["keys"] = KeySchedule.parse(args.key_steps)
+    if args.cache_branch is not None:
+        changes["branch"] = args.cache_branch
+    if args.chunk is not None:
+        changes["chunk"] = args.chunk
+    if args.no_estimation:
+        changes["estimation"] = False
+    if args.combine is not None:
+        changes["combine"] = args.combine
+    method = args.accel_method or (cfg.method if cfg.method != "off" or not changes else "lightningcp")
+    dfa = cfg.dfa
+    if args.dfa is not None:
+        dfa = DFAConfig() if args.dfa else None
+    if args.dfa_temporal:
+        dfa = dataclasses.replace(dfa or DFAConfig(), temporal=True)
+    drop, layers = cfg.drop_ref, cfg.drop_ref_layers
+    if args.drop_ref_layers is not None:
+        v = args.drop_ref_layers.strip()
+        drop, layers = (False, None) if v == "none" else (True, None) if v == "default" else (True, tuple(v.split(",")))
+    return cfg.replace(method=method, caching=dataclasses.replace(caching, **changes), dfa=dfa,
+                       drop_ref=drop, drop_ref_layers=layers)
 
 
 def cmd_generate(args) -> int:
@@ -43,6 +88,9 @@ def cmd_generate(args) -> int:
     from ..pipeline.generate import GenerateOptions
     from ..pipeline.loader import load_pipeline
 
+    from ..accelerators import build_accelerator
+
+    accel = accel_config(args)
     pipe = load_pipeline(args.checkpoint, random_weights=args.random_weights, preset=args.model,
                          device=args.device, dtype=args.dtype)
     opts = GenerateOptions(steps=args.steps, guidance=args.cfg, seed=args.seed, fps=args.fps,
@@ -58,12 +106,16 @@ def cmd_generate(args) -> int:
         bar.update(done - bar.n)
 
     try:
-        result = pipe.generate(args.source_image, args.driving_audio, args.output, opts, size=args.size, progress=progress)
+        acc = build_accelerator(accel) if accel.method != "off" else None
+        result = pipe.generate(args.source_image, args.driving_audio, args.output, opts, size=args.size,
+                               progress=progress, accelerator=acc)
     finally:
         if bar is not None:
             bar.close()
     secs = result.seconds.get("total", 0.0)
     print(f"wrote {result.path} ({result.frames} frames, {result.clips} clips, {secs:.1f} s)")
+    if acc is not None:
+        print(acc.summary_text())
     return 0
 
 

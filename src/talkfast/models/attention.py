@@ -143,6 +143,7 @@ class ReferenceReadProcessor(SDPAProcessor):
     def __init__(self, state: ReferenceState, key: str):
         self.state, self.key = state, key
         self.enabled = True
+        self.token_index: torch.Tensor | None = None  # DFA: only these reference tokens
 
     def reference_tokens(self, batch: int) -> torch.Tensor | None:
         st = self.state
@@ -174,6 +175,8 @@ class ReferenceReadProcessor(SDPAProcessor):
                 outs.append(plain_attention(attn, n))
                 continue
             ref = bank[:, 0].index_select(0, groups[start:stop]).to(n.dtype)  # (b, L, C)
+            if self.token_index is not None:
+                ref = ref.index_select(1, self.token_index)
             b, l, c = ref.shape
             k_ref = attn.to_k(ref).unsqueeze(1).expand(b, f, l, -1).reshape(b * f, l, -1)
             v_ref = attn.to_v(ref).unsqueeze(1).expand(b, f, l, -1).reshape(b * f, l, -1)

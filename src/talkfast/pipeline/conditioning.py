@@ -84,30 +84,39 @@ def prepare_portrait(image: Image.Image, size: int, latent_size: int, levels: in
 
 
 class AudioConditioner:
-    """Windowed per-frame audio features for one clip at a time."""
+    """Windowed per-frame audio features for one clip at a time, at any video frame rate."""
 
     def __init__(self, kind: str = "mel", model_dir=None, fps: int = 25, radius: int = 2,
                  context_frames: int = 50, device="cpu"):
         self.kind, self.fps, self.radius, self.context = kind, fps, radius, context_frames
-        if kind == "mel":
-            self.extractor = MelFeatures(fps=fps)
-        elif kind == "wav2vec2":
-            self.extractor = Wav2Vec2Features(model_dir, device=device)
-        else:
+        self._mel: dict[float, MelFeatures] = {}
+        if kind == "wav2vec2":
+            self.wav2vec = Wav2Vec2Features(model_dir, device=device)
+        elif kind != "mel":
             raise ValueError(f"unknown audio features {kind!r}")
 
+    def extractor(self, fps: float):
+        if self.kind == "mel":
+            if fps not in self._mel:
+                self._mel[fps] = MelFeatures(fps=fps)
+            return self._mel[fps]
+        self.wav2vec.fps = float(fps)  # used only to frame the waveform
+        return self.wav2vec
+
     @torch.no_grad()
-    def clip(self, audio: Audio, start: int, frames: int) -> torch.Tensor:
-        """Features (frames, 2r+1, L, D) for video frames [start, start + frames); frame indices
-        past the end of the audio repeat the last frame (they are trimmed from the video)."""
-        total = audio.num_frames(self.fps)
+    def clip(self, audio: Audio, start: int, frames: int, fps: float | None = None) -> torch.Tensor:
+        """Features (frames, 2r+1, L, D) for video frames [start, start + frames) at ``fps``;
+        frame indices past the end of the audio repeat the last frame (they are trimmed from
+        the video). Only the waveform around the clip is read."""
+        fps = fps or self.fps
+        total = audio.num_frames(fps)
         lo = max(0, start - self.radius - self.context)
         hi = min(total, start + frames + self.radius + self.context)
         sr = audio.sample_rate
-        a = lo * sr // self.fps
-        b = min(len(audio.samples), math.ceil(hi * sr / self.fps))
+        a = int(lo * sr // fps)
+        b = min(len(audio.samples), math.ceil(hi * sr / fps))
         seg = torch.from_numpy(np.ascontiguousarray(audio.samples[a:b]))
-        feats = self.extractor(seg, hi - lo)  # (hi - lo, L, D)
+        feats = self.extractor(fps)(seg, hi - lo)  # (hi - lo, L, D)
         idx = torch.arange(start - self.radius, start + frames + self.radius).clamp(0, total - 1) - lo
         wide = feats.index_select(0, idx)  # (frames + 2r, L, D)
         return window_features(wide, self.radius)[self.radius : self.radius + frames]

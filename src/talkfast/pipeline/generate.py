@@ -147,19 +147,21 @@ class TalkingHeadPipeline:
         output: str | Path | None,
         options: GenerateOptions = GenerateOptions(),
         size: int | None = None,
-        planner: StepPlanner | None = None,
+        accelerator: StepPlanner | None = None,
         progress: Callable[[int, int], None] | None = None,
         on_clip: Callable[[torch.Tensor], None] | None = None,
         extra_sidecar: dict | None = None,
     ) -> GenerationResult:
         """Generate the video. ``source_image``/``driving_audio`` are paths (or a PIL image and an
         :class:`Audio`). ``output`` None keeps nothing on disk (frames go to ``on_clip`` only).
-        ``progress(done, total)`` is called after every denoising step."""
+        ``progress(done, total)`` is called after every denoising step. ``accelerator`` (see
+        :mod:`talkfast.accelerators`) is attached to the network if it is not yet, reset for this
+        generation, and asked for every step; its ``summary()`` goes into the sidecar."""
         t0 = time.perf_counter()
         opts = options.resolved(self.cfg.name)
-        out_path = check_output_path(output) if output is not None else None
         image = load_image(source_image) if isinstance(source_image, (str, Path)) else source_image
         audio = load_audio(driving_audio) if isinstance(driving_audio, (str, Path)) else driving_audio
+        out_path = check_output_path(output) if output is not None else None
         por = self.portrait(image, size, name=str(source_image) if isinstance(source_image, (str, Path)) else "portrait")
         frames_total = audio.num_frames(opts.fps)
         F, M = self.cfg.clip_frames, self.cfg.motion_frames
@@ -178,6 +180,9 @@ class TalkingHeadPipeline:
             "face_box": list(por.regions.face.to_int()), "lip_box": list(por.regions.lip.to_int()),
             "options": asdict(opts), **(extra_sidecar or {}),
         }
+        if accelerator is not None and hasattr(accelerator, "attach"):
+            accelerator.attach(self.net)
+            accelerator.begin(self, por)
         writer = None
         if out_path is not None:
             writer = VideoWriter(out_path, opts.fps, por.image.size, audio=audio, max_frames=frames_total, sidecar=sidecar)
@@ -191,7 +196,7 @@ class TalkingHeadPipeline:
                 ref = self.encode(torch.cat([source, motion]))
                 ctx = self.net.imageproj(torch.stack([torch.zeros_like(por.identity), por.identity]).to(self.device, self.dtype))
                 self.net.write_reference(ref, ctx, hallo_tiling=opts.hallo_context_tiling)
-                feats = self.audio.clip(audio, c * F, F).to(self.device, self.dtype)
+                feats = self.audio.clip(audio, c * F, F, fps=opts.fps).to(self.device, self.dtype)
                 tokens = self.net.audioproj(feats[None])
                 predict = self.make_predictor(por, tokens, opts.guidance, opts.motion_scale)
                 noise = torch.randn((1, self.cfg.latent_channels, F, h, w), generator=gen).to(self.device, self.dtype)
@@ -202,17 +207,21 @@ class TalkingHeadPipeline:
                     if progress is not None:
                         progress(done, total_steps)
 
-                latents = denoise(predict, sched, noise, planner, on_step=step_done)
+                latents = denoise(predict, sched, noise, accelerator, on_step=step_done)
                 self.net.clear_reference()
                 frames = self.decode(latents)
+                keep = frames[: frames_total - c * F]  # the last clip runs past the audio
                 if writer is not None:
-                    writer.write(to_uint8(frames))
+                    writer.write(to_uint8(keep))
                 if on_clip is not None:
-                    on_clip(frames)
+                    on_clip(keep)
                 motion = frames[-M:].to(torch.float32) * 2 - 1
                 timings["clips"].append(time.perf_counter() - tc)
             timings["total"] = time.perf_counter() - t0
             sidecar["seconds"] = timings
+            if accelerator is not None and hasattr(accelerator, "summary"):
+                sidecar["accelerator"] = {"config": getattr(getattr(accelerator, "config", None), "describe", dict)(),
+                                          "summary": accelerator.summary()}
             if writer is not None:
                 writer.sidecar = dict(sidecar)
                 writer.close()

@@ -8,6 +8,7 @@ per batch item, latents chosen by the planner) and applies them with ordinary sc
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -42,6 +43,8 @@ class StepPlanner(Protocol):
 
     def chain(self, action: StepAction) -> bool: ...
 
+    def post_step(self, index: int, latents: torch.Tensor) -> torch.Tensor: ...
+
 
 class FullSteps:
     """The unaccelerated planner: every step runs the full network."""
@@ -64,6 +67,29 @@ class FullSteps:
     def chain(self, action: StepAction) -> bool:
         return True
 
+    def post_step(self, index: int, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+
+def _measured(predict, inputs, t, plan, count_flops: bool, sync: bool):
+    """Run one model call, timing it (and counting FLOPs when asked). Device synchronisation
+    happens only when ``sync`` is set (benchmarks), never by default."""
+    if sync and inputs.is_cuda:
+        torch.cuda.synchronize(inputs.device)
+    t0 = time.perf_counter()
+    flops = None
+    if count_flops:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            out = predict(inputs, t, plan)
+        flops = counter.get_total_flops()
+    else:
+        out = predict(inputs, t, plan)
+    if sync and inputs.is_cuda:
+        torch.cuda.synchronize(inputs.device)
+    return out, time.perf_counter() - t0, flops
+
 
 def denoise(
     predict: Predictor,
@@ -74,7 +100,7 @@ def denoise(
 ) -> torch.Tensor:
     """Run the whole schedule from ``latents`` (1, C, F, h, w); returns the final latents.
 
-    For a batch action the planner supplies one input latent per step (``batch_latents``); the
+    For a reduced action the planner supplies one input latent per step (``batch_latents``); the
     outputs are applied one after the other. With ``chain(action)`` True (the default of the
     accelerators) each scheduler step starts from the result of the previous one; otherwise each
     starts from its own input latent.
@@ -82,6 +108,7 @@ def denoise(
     planner = planner or FullSteps()
     planner.reset(scheduler)
     timesteps = scheduler.timesteps
+    on_device = timesteps.to(latents.device)  # sliced per action: no host-device copy in the loop
     n = len(timesteps)
     i = 0
     while i < n:
@@ -89,14 +116,22 @@ def denoise(
         steps = action.steps
         if not steps or steps[0] != i or list(steps) != list(range(i, i + len(steps))):
             raise RuntimeError(f"planner returned steps {steps} at step {i}")
-        inputs = latents if len(steps) == 1 else planner.batch_latents(action, latents)
-        t = timesteps[list(steps)].to(latents.device)
-        out = predict(inputs, t, planner.stage_plan(action))
+        inputs = latents if action.full else planner.batch_latents(action, latents)
+        t = on_device[i : i + len(steps)]
+        plan = planner.stage_plan(action)
+        record = getattr(planner, "record", None)
+        if record is None:
+            out = predict(inputs, t, plan)
+        else:
+            out, seconds, flops = _measured(predict, inputs, t, plan, getattr(planner, "count_flops", False),
+                                            getattr(planner, "sync_timing", False))
+            record(action, seconds, inputs.shape[0], flops)
         chain = planner.chain(action)
         for k, j in enumerate(steps):
             start = latents if (chain or len(steps) == 1) else inputs[k : k + 1]
             planner.after_step(action, j, out[k : k + 1], start)
             latents = scheduler.step(out[k : k + 1], timesteps[j], start, eta=0.0).prev_sample
+            latents = planner.post_step(j, latents)
             if on_step is not None:
                 on_step(j)
         i = steps[-1] + 1

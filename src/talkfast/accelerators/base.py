@@ -1,0 +1,221 @@
+"""What every accelerator shares: the step-planner defaults, where the network is cut, the
+caches keyed by reference group (CFG half), per-call statistics and ``summary()``.
+
+An accelerator is a :class:`~talkfast.sampling.loop.StepPlanner` (it tells the one denoising loop
+"full step" or "batch of steps") that also hands the UNet a :class:`StagePlan` for each call and,
+for attention-level methods, swaps attention processors while attached. Nothing else in the
+model changes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..models.attention import ItemLayout
+from ..models.net import TalkingHeadNet
+from ..models.unet import RunState, Stage, StagePlan, TalkingUNet
+from ..sampling.loop import StepAction
+from ..sampling.scheduler import split_prediction
+
+
+def cut_points(unet: TalkingUNet, branch: int) -> tuple[int, int]:
+    """(d, u) for a cache point: the shallow path runs stages [0, d) and [u, end).
+
+    ``branch`` 0 is the shallowest (DeepCache's numbering): u is the last up layer (Hallo's U32,
+    whose input is f_U31) and the down side is conv_in alone. Branch b adds the b next
+    skip-producing stages on the way down and the b previous up layers on the way up.
+    """
+    names = [s.name for s in unet.stages]
+    ups = [i for i, n in enumerate(names) if n.startswith("up.") and not n.endswith(".sample")]
+    pushes = [i for i, n in enumerate(names) if n == "conv_in" or n.startswith("down.")]
+    if not 0 <= branch < len(ups):
+        raise ValueError(f"cache branch must be in 0..{len(ups) - 1}, got {branch}")
+    return pushes[branch] + 1, ups[len(ups) - 1 - branch]
+
+
+def key_items(key_layout: ItemLayout, layout: ItemLayout) -> list[int]:
+    """For each item of ``layout``, the key-step item with the same reference group."""
+    by_group = {g: i for i, g in enumerate(key_layout.group)}
+    try:
+        return [by_group[g] for g in layout.group]
+    except KeyError as err:
+        raise RuntimeError(f"no key-step item for reference group {err}") from None
+
+
+def expand_items(cached: torch.Tensor, frames: int, index: list[int]) -> torch.Tensor:
+    """Frame-flattened key-step tensor (K*F, ...) -> (len(index)*F, ...) following ``index``."""
+    per_item = cached.reshape(-1, frames, *cached.shape[1:])
+    if index == list(range(per_item.shape[0])):
+        out = per_item
+    else:
+        out = per_item[torch.tensor(index, device=cached.device)]
+    return out.reshape(-1, *cached.shape[1:])
+
+
+@dataclass
+class CallRecord:
+    steps: tuple[int, ...]
+    kind: str  # "full" | "shallow" | "decoder"
+    items: int
+    seconds: float
+    flops: int | None = None
+
+
+@dataclass
+class SharedState:
+    """Read by processors (DFA) during a call: which phase and which items."""
+
+    phase: str = "off"  # "key" | "shallow" | "off"
+    key_layout: ItemLayout | None = None
+    frames: int = 1
+
+
+class Accelerator:
+    """Base planner: every step is a full step (the degenerate setting of every method)."""
+
+    name = "off"
+
+    def __init__(self, plugins: list | None = None) -> None:
+        self.plugins = list(plugins or [])  # DFA, ReferenceRemoval: attach/detach/begin/reset
+        self.net: TalkingHeadNet | None = None
+        self.shared = SharedState()
+        self.records: list[CallRecord] = []
+        self.count_flops = False
+        self.sync_timing = False
+        self.num_steps = 0
+        self.scheduler = None
+
+    # ----------------------------------------------------------- lifecycle
+    def attach(self, net: TalkingHeadNet) -> "Accelerator":
+        if self.net is not None and self.net is not net:
+            raise RuntimeError(f"{self.name} is already attached to another network")
+        if self.net is None:
+            self.net = net
+            for p in self.plugins:
+                p.attach(net, self)
+        return self
+
+    def detach(self) -> None:
+        for p in reversed(self.plugins):
+            p.detach()
+        self.net = None
+
+    def cut(self) -> tuple[int, int]:
+        raise RuntimeError(f"{self.name} does not cut the network; attention plug-ins need a caching method")
+
+    def begin(self, pipeline, portrait) -> None:
+        """Called once per generation, before the first clip: drop every statistic."""
+        self.records.clear()
+        for p in self.plugins:
+            p.begin(pipeline, portrait)
+
+    def reset(self, scheduler) -> None:
+        """Called at the start of every clip's denoising: drop every cache."""
+        self.scheduler = scheduler
+        self.num_steps = len(scheduler.timesteps)
+        self.shared.phase = "off"
+        self.shared.key_layout = None
+        for p in self.plugins:
+            p.reset()
+
+    # ----------------------------------------------------------- planner protocol
+    def next_action(self, index: int) -> StepAction:
+        return StepAction((index,), True)
+
+    def stage_plan(self, action: StepAction) -> StagePlan | None:
+        return None
+
+    def batch_latents(self, action: StepAction, latents: torch.Tensor) -> torch.Tensor:
+        return latents.expand(len(action.steps), *latents.shape[1:])
+
+    def after_step(self, action: StepAction, index: int, output: torch.Tensor, latents: torch.Tensor) -> None:
+        pass
+
+    def chain(self, action: StepAction) -> bool:
+        return True
+
+    def post_step(self, index: int, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+    def record(self, action: StepAction, seconds: float, items: int, flops: int | None) -> None:
+        kind = "full" if action.full else "shallow"
+        self.records.append(CallRecord(action.steps, kind, items, seconds, flops))
+
+    # ----------------------------------------------------------- reporting
+    def summary(self) -> dict:
+        """Which steps were full / reduced, time per step, FLOPs done vs an all-full run."""
+        recs = self.records
+        full = [r for r in recs if r.kind == "full"]
+        steps_full = sum(len(r.steps) for r in full)
+        steps_all = sum(len(r.steps) for r in recs)
+        secs = sum(r.seconds for r in recs)
+        out = {
+            "method": self.name,
+            "steps": steps_all,
+            "full_steps": steps_full,
+            "reduced_steps": steps_all - steps_full,
+            "model_calls": len(recs),
+            "model_seconds": secs,
+            "seconds_per_step": secs / steps_all if steps_all else 0.0,
+            "key_steps_first_clip": [r.steps[0] for r in recs if r.kind == "full"][: self.num_steps],
+        }
+        if recs and all(r.flops is not None for r in recs) and full:
+            per_full_step = sum(r.flops for r in full) / steps_full
+            done = sum(r.flops for r in recs)
+            out.update(flops=done, baseline_flops=per_full_step * steps_all, flops_ratio=done / (per_full_step * steps_all))
+        if full and steps_all > steps_full:
+            full_s = sum(r.seconds for r in full) / steps_full
+            out["estimated_baseline_seconds"] = full_s * steps_all
+        return out
+
+    def summary_text(self) -> str:
+        s = self.summary()
+        line = (f"{s['method']}: {s['full_steps']} full + {s['reduced_steps']} reduced steps in "
+                f"{s['model_calls']} model calls, {s['model_seconds']:.2f} s in the model")
+        if "estimated_baseline_seconds" in s:
+            line += f" (all-full estimate {s['estimated_baseline_seconds']:.2f} s)"
+        if "flops_ratio" in s:
+            line += f", FLOPs {100 * s['flops_ratio']:.1f}% of all-full"
+        return line
+
+
+class CapturePlan(StagePlan):
+    """Runs everything; keeps the hidden state entering stage ``index`` (and the skips)."""
+
+    def __init__(self, index: int, keep_skips: bool = False):
+        self.index, self.keep_skips = index, keep_skips
+        self.h: torch.Tensor | None = None
+        self.skips: list[torch.Tensor] | None = None
+
+    def before(self, index: int, stage: Stage, state: RunState) -> None:
+        if index == self.index:
+            self.h = state.h
+            if self.keep_skips:
+                self.skips = list(state.skips)
+
+
+class ShallowPlan(StagePlan):
+    """Runs stages [0, d) and [u, end); before stage u the hidden state (and optionally the skip
+    stack) is replaced by the key step's cache, expanded to this call's items."""
+
+    def __init__(self, d: int, u: int, cache: CapturePlan, key_layout: ItemLayout, layout_of):
+        self.d, self.u, self.cache, self.key_layout, self.layout_of = d, u, cache, key_layout, layout_of
+
+    def active(self, index: int, stage: Stage) -> bool:
+        return index < self.d or index >= self.u
+
+    def before(self, index: int, stage: Stage, state: RunState) -> None:
+        if index != self.u:
+            return
+        idx = key_items(self.key_layout, self.layout_of())
+        state.h = expand_items(self.cache.h, state.frames, idx)
+        if self.cache.skips is not None:
+            state.skips = [expand_items(s, state.frames, idx) for s in self.cache.skips]
+
+
+def key_prediction(scheduler, output: torch.Tensor, latents: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0_hat, eps_hat) of a key step's guided output."""
+    return split_prediction(scheduler, output, latents, int(t))

@@ -1,0 +1,66 @@
+"""One dataclass for every accelerator setting, named presets, and the factory."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .base import Accelerator
+from .caching import CachingConfig, DeepCache, FasterDiffusion, LightningCP
+from .dfa import DFA, DFAConfig, ReferenceRemoval
+from .schedule import KeySchedule
+
+METHODS = {"off": Accelerator, "lightningcp": LightningCP, "deepcache": DeepCache, "fasterdiffusion": FasterDiffusion}
+
+
+@dataclass(frozen=True)
+class AccelConfig:
+    method: str = "off"
+    caching: CachingConfig = field(default_factory=CachingConfig)
+    dfa: DFAConfig | None = None  # None: off
+    drop_ref: bool = False
+    drop_ref_layers: tuple[str, ...] | None = None  # None with drop_ref: the shallow layer(s)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown accelerator {self.method!r}; choose from {sorted(METHODS)}")
+        if self.method == "off" and (self.dfa is not None or self.drop_ref):
+            raise ValueError("DFA and reference removal need a caching method (e.g. lightningcp)")
+
+    def replace(self, **kw) -> "AccelConfig":
+        return dataclasses.replace(self, **kw)
+
+    def describe(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, AccelConfig] = {
+    "off": AccelConfig(),
+    "quality": AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=2))),
+    "balanced": AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=4)),
+                            dfa=DFAConfig(), drop_ref=True),
+    "fast": AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=6)),
+                        dfa=DFAConfig(temporal=True), drop_ref=True),
+}
+
+
+def get_preset(name: str) -> AccelConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown accelerator preset {name!r}; choose from {sorted(PRESETS)}") from None
+
+
+def build_accelerator(cfg: AccelConfig | str) -> Accelerator:
+    cfg = get_preset(cfg) if isinstance(cfg, str) else cfg
+    plugins = []
+    if cfg.dfa is not None:
+        plugins.append(DFA(cfg.dfa))
+    if cfg.drop_ref:
+        plugins.append(ReferenceRemoval(cfg.drop_ref_layers))
+    if cfg.method == "off":
+        return Accelerator()
+    acc = METHODS[cfg.method](cfg.caching)
+    acc.plugins = plugins
+    acc.config = cfg
+    return acc

@@ -1,0 +1,182 @@
+"""DFA — decoupled foreground attention, and reference-feature removal.
+
+DFA: in the reduced (shallow) calls of a caching accelerator, the self-attentions of the layers
+on the shallow path compute only the foreground (face) tokens, attending to foreground tokens
+only; background token outputs are the key step's outputs for the same CFG half. Optionally the
+temporal attention of those layers is restricted to foreground positions too. It attaches by
+wrapping attention processors; with an all-foreground mask it reproduces the plain result.
+
+Reference removal: in the listed layers, spatial self-attention uses the layer's own tokens only
+(no concatenated ReferenceNet tokens), in every call.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from ..face.masks import token_mask
+from ..models.attention import ReferenceReadProcessor
+from .base import SharedState, expand_items, key_items
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DFAConfig:
+    dilate: float = 0.1  # face box grown by this fraction of its size per side (head motion)
+    spatial: bool = True  # spatial self-attention (with reference tokens)
+    audio: bool = True  # the audio module's self-attention
+    temporal: bool = False  # the motion module's attention over frames, per position
+
+
+class DFAProcessor:
+    """Wraps a processor: records the full output in key calls, computes foreground tokens only
+    in shallow calls. ``axis`` "tokens" (spatial: (B*F, L, C)) or "positions" (temporal:
+    (B*L, F, C))."""
+
+    def __init__(self, inner, owner: "DFA", axis: str):
+        self.inner, self.owner, self.axis = inner, owner, axis
+        self.cache: torch.Tensor | None = None
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kw):
+        shared: SharedState = self.owner.shared
+        if shared.phase == "key":
+            out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kw)
+            self.cache = out
+            return out
+        if shared.phase != "shallow" or self.cache is None:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kw)
+        rs = self.owner.net.ref_state
+        idx = key_items(shared.key_layout, rs.layout)
+        items = len(idx)
+        if self.axis == "tokens":
+            n, length, c = hidden_states.shape
+            fg = self.owner.foreground(length, hidden_states.device)
+            sub = hidden_states.index_select(1, fg)
+            if isinstance(self.inner, ReferenceReadProcessor):
+                self.inner.token_index = fg
+                try:
+                    part = self.inner(attn, sub)
+                finally:
+                    self.inner.token_index = None
+            else:
+                part = self.inner(attn, sub, encoder_hidden_states)
+            base = expand_items(self.cache, n // items, idx)
+            return base.index_copy(1, fg, part.to(base.dtype))
+        # temporal: rows are (item, position), attention runs over frames
+        rows, frames, c = hidden_states.shape
+        length = rows // items
+        fg = self.owner.foreground(length, hidden_states.device)
+        x = hidden_states.reshape(items, length, frames, c).index_select(1, fg)
+        part = self.inner(attn, x.reshape(-1, frames, c)).reshape(items, -1, frames, c)
+        base = expand_items(self.cache, length, idx).reshape(items, length, frames, c)
+        return base.index_copy(1, fg, part.to(base.dtype)).reshape(rows, frames, c)
+
+
+class DFA:
+    """Plug-in of a caching accelerator (needs its key/shallow phases and cut point)."""
+
+    def __init__(self, cfg: DFAConfig = DFAConfig(), regions=None):
+        self.cfg = cfg
+        self.regions = regions  # FaceRegions of the portrait; None -> all tokens (plain attention)
+        self.net = None
+        self.shared: SharedState | None = None
+        self._wrapped: list[tuple[object, object]] = []  # (attention module, original processor)
+        self._masks: dict[tuple[int, str], torch.Tensor] = {}
+
+    def attach(self, net, owner) -> None:
+        self.net, self.shared = net, owner.shared
+        unet = net.denoising_unet
+        _, u = owner.cut()
+        for stage in unet.stages[u:]:
+            parts = stage.name.split(".")
+            if parts[0] != "up" or parts[2] == "sample":
+                continue
+            block, j = unet.up_blocks[int(parts[1])], int(parts[2])
+            attn, audio, motion = (block.component(k, j) for k in ("attentions", "audio_modules", "motion_modules"))
+            if attn is not None and self.cfg.spatial:
+                self._wrap(attn.transformer_blocks[0].attn1, "tokens")
+            if audio is not None and self.cfg.audio:
+                self._wrap(audio.transformer_blocks[0].attn1, "tokens")
+            if motion is not None and self.cfg.temporal:
+                for a in motion.temporal_transformer.transformer_blocks[0].attention_blocks:
+                    self._wrap(a, "positions")
+
+    def _wrap(self, attn, axis: str) -> None:
+        original = attn.processor
+        attn.set_processor(DFAProcessor(original, self, axis))
+        self._wrapped.append((attn, original))
+
+    def detach(self) -> None:
+        for attn, original in reversed(self._wrapped):
+            attn.set_processor(original)
+        self._wrapped.clear()
+        self.net = None
+
+    def begin(self, pipeline, portrait) -> None:
+        self.regions = portrait.regions if portrait is not None else None
+        self._masks.clear()
+        if self.regions is not None and not self.regions.detected:
+            log.warning("DFA: no face found; attention stays full-frame")
+
+    def reset(self) -> None:
+        for attn, _ in self._wrapped:
+            attn.processor.cache = None
+
+    def foreground(self, length: int, device) -> torch.Tensor:
+        """Indices of the foreground tokens of a square token grid with ``length`` tokens."""
+        key = (length, str(device))
+        if key not in self._masks:
+            side = int(round(length**0.5))
+            if side * side != length:
+                raise ValueError(f"DFA needs square token grids, got {length} tokens")
+            if self.regions is None:
+                mask = torch.ones(length, dtype=torch.bool)
+            else:
+                mask = token_mask(self.regions, (side, side), dilate=self.cfg.dilate)
+            self._masks[key] = mask.nonzero().flatten().to(device)
+        return self._masks[key]
+
+
+class ReferenceRemoval:
+    """Turns off reference K/V in the listed spatial layers (keys like "up_blocks.3.attentions.2");
+    ``None`` -> the spatial layers on the owner's shallow path (U32 for branch 0)."""
+
+    def __init__(self, layers: tuple[str, ...] | None = None):
+        self.layers = layers
+        self.net = None
+        self._off: list[str] = []
+
+    def attach(self, net, owner) -> None:
+        self.net = net
+        layers = self.layers
+        if layers is None:
+            _, u = owner.cut()
+            layers = []
+            for stage in net.denoising_unet.stages[u:]:
+                parts = stage.name.split(".")
+                if parts[0] == "up" and parts[2] != "sample":
+                    attn = net.denoising_unet.up_blocks[int(parts[1])].component("attentions", int(parts[2]))
+                    if attn is not None:
+                        layers.append(attn.key)
+        unknown = [k for k in layers if k not in net.readers]
+        if unknown:
+            raise ValueError(f"unknown reference layers {unknown}; choose from {sorted(net.readers)}")
+        for k in layers:
+            net.readers[k].enabled = False
+        self._off = list(layers)
+
+    def detach(self) -> None:
+        if self.net is not None:
+            for k in self._off:
+                self.net.readers[k].enabled = True
+        self._off, self.net = [], None
+
+    def begin(self, pipeline, portrait) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass

@@ -1,0 +1,194 @@
+"""Accelerators on the tiny preset: degenerate settings equal the baseline, the pieces of
+LightningCP are individually right, and state never leaks between runs."""
+
+import numpy as np
+import pytest
+import torch
+
+from talkfast.accelerators import (AccelConfig, CachingConfig, DFA, DFAConfig, KeySchedule, LightningCP,
+                                   ReferenceRemoval, build_accelerator)
+from talkfast.io.audio import Audio
+from talkfast.io.image import load_image
+from talkfast.pipeline.generate import GenerateOptions
+from talkfast.pipeline.loader import load_pipeline
+from talkfast.sampling.scheduler import make_scheduler, previous_timestep, split_prediction
+
+PORTRAIT = "src/talkfast/assets/examples/portrait.png"
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = load_pipeline(random_weights=True, preset="tiny", device="cpu", dtype="fp32")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for prm in p.net.parameters():  # random non-zero weights: zero-init layers hide wiring bugs
+            prm.copy_(torch.randn(prm.shape, generator=g) * 0.1)
+    return p
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    sr = 16000
+    t = np.arange(int(0.5 * sr)) / sr
+    wave = (0.3 * np.sin(2 * np.pi * 220 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    return load_image(root / PORTRAIT), Audio(wave, sr, sr, 1)
+
+
+def run(pipe, inputs, acc=None, steps=STEPS, seed=42):
+    frames = []
+    img, audio = inputs
+    pipe.generate(img, audio, None, GenerateOptions(steps=steps, seed=seed), accelerator=acc, on_clip=frames.append)
+    if acc is not None:
+        acc.detach()
+    return torch.cat(frames)
+
+
+@pytest.fixture(scope="module")
+def baseline(pipe, inputs):
+    return run(pipe, inputs)
+
+
+def every_step(method, **kw):
+    return AccelConfig(method, CachingConfig(keys=KeySchedule("uniform", interval=1), **kw))
+
+
+@pytest.mark.parametrize("cfg", [
+    every_step("lightningcp"),
+    every_step("deepcache"),
+    every_step("fasterdiffusion", noise_injection=0.0),
+    every_step("lightningcp").replace(dfa=DFAConfig(temporal=True)),
+    AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("explicit", steps=tuple(range(STEPS))))),
+], ids=["lightningcp", "deepcache", "fasterdiffusion", "lightningcp+dfa", "explicit-all"])
+def test_every_step_a_key_step_equals_the_baseline(pipe, inputs, baseline, cfg):
+    acc = build_accelerator(cfg)
+    out = run(pipe, inputs, acc)
+    torch.testing.assert_close(out, baseline, rtol=0, atol=0)
+    s = acc.summary()
+    assert s["reduced_steps"] == 0 and s["full_steps"] == s["steps"]
+
+
+def test_reduced_steps_change_the_result_and_skip_work(pipe, inputs, baseline):
+    acc = build_accelerator(AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=4))))
+    acc.count_flops = True
+    out = run(pipe, inputs, acc)
+    s = acc.summary()
+    clips = s["steps"] // STEPS
+    assert s["full_steps"] == 2 * clips and s["reduced_steps"] == 6 * clips
+    assert s["model_calls"] == 4 * clips  # key, batch of 3, key, batch of 3
+    assert s["flops_ratio"] < 0.6
+    assert 0 < (out - baseline).abs().max() < 0.5
+
+
+class AllForegroundDFA(DFA):
+    def begin(self, pipeline, portrait):
+        super().begin(pipeline, None)  # regions None -> every token is foreground
+
+
+def test_all_ones_dfa_mask_equals_lightningcp(pipe, inputs):
+    cfg = CachingConfig(keys=KeySchedule("uniform", interval=3))
+    plain = run(pipe, inputs, LightningCP(cfg))
+    acc = LightningCP(cfg)
+    acc.plugins = [AllForegroundDFA(DFAConfig(temporal=True))]
+    torch.testing.assert_close(run(pipe, inputs, acc), plain, rtol=1e-5, atol=1e-6)
+    # A real face mask keeps the background from the key step, so the result moves.
+    acc = LightningCP(cfg)
+    acc.plugins = [DFA(DFAConfig(temporal=True))]
+    assert (run(pipe, inputs, acc) - plain).abs().max() > 1e-6
+
+
+def test_empty_reference_removal_list_changes_nothing(pipe, inputs):
+    cfg = CachingConfig(keys=KeySchedule("uniform", interval=3))
+    plain = run(pipe, inputs, LightningCP(cfg))
+    acc = LightningCP(cfg)
+    acc.plugins = [ReferenceRemoval(())]
+    torch.testing.assert_close(run(pipe, inputs, acc), plain, rtol=0, atol=0)
+    acc = LightningCP(cfg)
+    acc.plugins = [ReferenceRemoval()]  # default: the shallow layer
+    assert (run(pipe, inputs, acc) - plain).abs().max() > 1e-6
+    assert all(r.enabled for r in pipe.net.readers.values())  # detach restored every reader
+    with pytest.raises(ValueError, match="unknown reference layers"):
+        ReferenceRemoval(("nope",)).attach(pipe.net, LightningCP(cfg).attach(pipe.net))
+
+
+@pytest.mark.parametrize("steps", [10, 40])
+def test_closed_form_estimate_equals_chained_steps_with_a_fixed_prediction(steps):
+    sched = make_scheduler(steps)
+    g = torch.Generator().manual_seed(3)
+    x0, eps = torch.randn(1, 4, 2, 4, 4, generator=g), torch.randn(1, 4, 2, 4, 4, generator=g)
+    acc = LightningCP()
+    acc.reset(sched)
+    acc.x0, acc.eps, acc.key_index = x0, eps, 2
+    ts = sched.timesteps.tolist()
+    a = sched.alphas_cumprod
+    z = a[ts[2]].sqrt() * x0 + (1 - a[ts[2]]).sqrt() * eps
+    for j in range(3, steps):
+        t = ts[j - 1]
+        v = a[t].sqrt() * eps - (1 - a[t]).sqrt() * x0  # the v whose (x0, eps) stay fixed
+        z = sched.step(v, t, z, eta=0.0).prev_sample
+        torch.testing.assert_close(acc.estimate(j), z, rtol=1e-5, atol=1e-5)
+
+
+def test_estimate_respects_the_schedulers_previous_timestep_rule():
+    sched = make_scheduler(30)  # 966 -> 933 while the next listed timestep is 932
+    acc = LightningCP()
+    acc.reset(sched)
+    acc.x0, acc.eps = torch.zeros(1), torch.ones(1)
+    j = sched.timesteps.tolist().index(932)
+    t_prev = previous_timestep(sched, 966)
+    torch.testing.assert_close(acc.estimate(j), (1 - sched.alphas_cumprod[t_prev]).sqrt().reshape(1))
+
+
+def test_batched_shallow_prediction_equals_one_at_a_time(pipe, inputs):
+    keys = KeySchedule("uniform", interval=4)
+    batched = run(pipe, inputs, LightningCP(CachingConfig(keys=keys)))
+    single = run(pipe, inputs, LightningCP(CachingConfig(keys=keys, chunk=1)))
+    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-5)
+
+
+def test_ablation_switches_change_the_result(pipe, inputs):
+    keys = KeySchedule("uniform", interval=4)
+    ref = run(pipe, inputs, LightningCP(CachingConfig(keys=keys)))
+    no_est = run(pipe, inputs, LightningCP(CachingConfig(keys=keys, estimation=False)))
+    each = run(pipe, inputs, LightningCP(CachingConfig(keys=keys, combine="each")))
+    assert (no_est - ref).abs().max() > 1e-6 and (each - ref).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("preset", ["balanced", "fast"])
+def test_same_seed_twice_gives_identical_video(pipe, inputs, preset):
+    first = run(pipe, inputs, build_accelerator(preset))
+    second = run(pipe, inputs, build_accelerator(preset))
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    acc = build_accelerator(preset)  # one object reused across generations resets too
+    torch.testing.assert_close(run(pipe, inputs, acc), first, rtol=0, atol=0)
+    torch.testing.assert_close(run(pipe, inputs, acc), first, rtol=0, atol=0)
+
+
+def test_deepcache_and_fasterdiffusion_reduce_work(pipe, inputs, baseline):
+    for method, calls in (("deepcache", 8), ("fasterdiffusion", 4)):
+        acc = build_accelerator(AccelConfig(method, CachingConfig(keys=KeySchedule("uniform", interval=4))))
+        acc.count_flops = True
+        out = run(pipe, inputs, acc)
+        s = acc.summary()
+        assert s["model_calls"] == calls * s["steps"] // STEPS
+        assert s["flops_ratio"] < 0.9
+        assert (out - baseline).abs().max() > 0
+
+
+def test_key_schedules():
+    assert KeySchedule("uniform", interval=3).keys(10) == (0, 3, 6, 9)
+    assert KeySchedule("dense").keys(50) == (0, 1, 2, 3, 5, 10, 15, 25, 35)
+    assert KeySchedule("dense").keys(25) == (0, 1, 2, 5, 8, 12, 18)
+    assert KeySchedule.parse("2,5") == KeySchedule("explicit", steps=(2, 5))
+    assert KeySchedule.parse("2,5").keys(8) == (0, 2, 5)
+    assert KeySchedule("uniform", interval=4).groups(10) == [(0, (1, 2, 3)), (4, (5, 6, 7)), (8, (9,))]
+    with pytest.raises(ValueError):
+        KeySchedule("explicit", steps=(12,)).keys(10)
+
+
+def test_dfa_needs_a_caching_method():
+    with pytest.raises(ValueError):
+        AccelConfig("off", dfa=DFAConfig())
