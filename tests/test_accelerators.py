@@ -192,3 +192,77 @@ def test_key_schedules():
 def test_dfa_needs_a_caching_method():
     with pytest.raises(ValueError):
         AccelConfig("off", dfa=DFAConfig())
+
+
+def test_compiled_unet_does_not_recompile_per_step(pipe, inputs):
+    """torch.compile (dynamo; the eager backend keeps the test fast) of the denoising UNet under
+    LightningCP: one graph for the key-step call and one for the batched shallow call, and no
+    new compilation however many steps and clips follow."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    unet = pipe.net.denoising_unet
+    unet.forward = torch.compile(unet.forward, backend="eager", dynamic=False)
+    try:
+        img, audio = inputs
+        acc = build_accelerator(AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=4))))
+        short = Audio(audio.samples[: 16000 * 4 // 25], 16000, 16000, 1)  # exactly one 4-frame clip
+        pipe.generate(img, short, None, GenerateOptions(steps=8), accelerator=acc)
+        after_first = counters["stats"]["unique_graphs"]
+        pipe.generate(img, audio, None, GenerateOptions(steps=12), accelerator=acc)  # more steps, 4 clips
+        assert after_first == 2
+        assert counters["stats"]["unique_graphs"] == after_first
+    finally:
+        del unet.forward  # back to the class method
+        torch._dynamo.reset()
+        acc.detach()
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_half_precision_with_every_plugin(inputs, dtype):
+    p = load_pipeline(random_weights=True, preset="tiny", device="cpu", dtype=dtype)
+    acc = build_accelerator("fast")
+    frames = []
+    img, audio = inputs
+    one_clip = Audio(audio.samples[: 16000 * 4 // 25], 16000, 16000, 1)  # CPU half kernels are slow
+    p.generate(img, one_clip, None, GenerateOptions(steps=7), accelerator=acc, on_clip=frames.append)
+    video = torch.cat(frames)
+    assert torch.isfinite(video).all() and video.shape[0] == 4
+    assert acc.summary()["reduced_steps"] > 0
+
+
+def test_hallo_size_model_runs_every_method_on_the_meta_device():
+    """The full-size hallo preset, shapes only: key steps, batched shallow calls with DFA
+    (temporal too) and reference removal, DeepCache and FasterDiffusion calls all line up."""
+    from talkfast.models.attention import ItemLayout
+    from talkfast.models.config import HALLO
+    from talkfast.models.net import build_net
+    from talkfast.models.unet import UNetCond
+    from talkfast.sampling.loop import denoise
+
+    net = build_net(HALLO, device="meta")
+    lat, f = 64, HALLO.clip_frames
+    meta = dict(device="meta")
+    net.write_reference(torch.randn(3, 4, lat, lat, **meta), torch.randn(2, 4, 768, **meta))
+    masks = tuple([torch.rand(1, (lat // 2**i) ** 2, **meta) for i in range(4)] for _ in range(3))
+
+    def predict(x, t, plan):
+        n = x.shape[0]
+        cond = UNetCond(context=torch.randn(2 * n, 4, 768, **meta), audio=torch.randn(2 * n, f, 32, 768, **meta),
+                        masks=tuple([m.expand(2 * n, -1) for m in kind] for kind in masks),
+                        face_feature=torch.randn(2 * n, 320, 1, lat, lat, **meta), layout=ItemLayout.cfg(n, True))
+        v = net.denoise(torch.cat([x, x]), torch.cat([t, t]), cond, plan)
+        assert v.shape == (2 * n, 4, f, lat, lat)
+        u, c = v.chunk(2)
+        return u + 3.5 * (c - u)
+
+    for name in ("lightningcp", "deepcache", "fasterdiffusion"):
+        cfg = AccelConfig(name, CachingConfig(keys=KeySchedule("uniform", interval=4)))
+        if name == "lightningcp":
+            cfg = cfg.replace(dfa=DFAConfig(temporal=True), drop_ref=True)
+        acc = build_accelerator(cfg).attach(net)
+        acc.begin(None, None)
+        out = denoise(predict, make_scheduler(8), torch.randn(1, 4, f, lat, lat, **meta), acc)
+        assert out.shape == (1, 4, f, lat, lat) and acc.summary()["reduced_steps"] == 6
+        acc.detach()

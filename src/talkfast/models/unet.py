@@ -334,6 +334,7 @@ class TalkingUNet(nn.Module):
             stage.run(state)
         if self.role == "reference":
             return None
+        self.ref_state.motion.clear()  # per-call data; empty between calls (also keeps compile guards stable)
         b, f = state.batch, state.frames
         out = state.h
         return out.reshape(b, f, *out.shape[1:]).permute(0, 2, 1, 3, 4)
