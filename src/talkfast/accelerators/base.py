@@ -45,13 +45,24 @@ def key_items(key_layout: ItemLayout, layout: ItemLayout) -> list[int]:
         raise RuntimeError(f"no key-step item for reference group {err}") from None
 
 
+_INDEX: dict[tuple, torch.Tensor] = {}
+
+
+def _device_index(index: list[int], device: torch.device) -> torch.Tensor:
+    """A small index tensor, made once per (index, device): no host-to-device copy per call."""
+    key = (tuple(index), str(device))
+    if key not in _INDEX:
+        _INDEX[key] = torch.tensor(index, device=device)
+    return _INDEX[key]
+
+
 def expand_items(cached: torch.Tensor, frames: int, index: list[int]) -> torch.Tensor:
     """Frame-flattened key-step tensor (K*F, ...) -> (len(index)*F, ...) following ``index``."""
     per_item = cached.reshape(-1, frames, *cached.shape[1:])
     if index == list(range(per_item.shape[0])):
         out = per_item
     else:
-        out = per_item[torch.tensor(index, device=cached.device)]
+        out = per_item.index_select(0, _device_index(index, cached.device))
     return out.reshape(-1, *cached.shape[1:])
 
 

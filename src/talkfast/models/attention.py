@@ -8,6 +8,7 @@ reference removal) swap or wrap these processors; nothing else in the model chan
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -73,8 +74,10 @@ class ItemLayout:
         return self._index[key]
 
     @staticmethod
+    @functools.lru_cache(maxsize=64)
     def cfg(num_samples: int, cfg: bool) -> "ItemLayout":
-        """Layout of ``cat([uncond] * n + [cond] * n)`` (or ``[cond] * n`` without CFG)."""
+        """Layout of ``cat([uncond] * n + [cond] * n)`` (or ``[cond] * n`` without CFG). Cached,
+        so its device index tensors are made once, not at every call."""
         if cfg:
             return ItemLayout((0,) * num_samples + (1,) * num_samples, (False,) * num_samples + (True,) * num_samples)
         return ItemLayout((1,) * num_samples, (True,) * num_samples)
