@@ -97,6 +97,7 @@ class ReferenceState:
     """
 
     mode: str = "off"  # "off" | "write" | "read"
+    keep_graph: bool = False  # training: banks stay attached to the autograd graph
     groups: int = 1
     images: int = 1
     num_frames: int = 1
@@ -106,6 +107,7 @@ class ReferenceState:
 
     def clear(self) -> None:
         self.mode = "off"
+        self.keep_graph = False
         self.banks.clear()
         self.motion.clear()
         self.layout = None
@@ -121,7 +123,8 @@ class ReferenceWriteProcessor(SDPAProcessor):
         st = self.state
         if st.mode == "write":
             n, l, c = hidden_states.shape
-            st.banks[self.key] = hidden_states.detach().reshape(st.groups, st.images, l, c).clone()
+            bank = hidden_states if st.keep_graph else hidden_states.detach()
+            st.banks[self.key] = bank.reshape(st.groups, st.images, l, c).clone()
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, **kw)
 
 

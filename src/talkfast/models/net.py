@@ -44,15 +44,15 @@ class TalkingHeadNet(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.denoising_unet.conv_in.weight.dtype
 
-    @torch.no_grad()
-    def write_reference(self, ref_latents: torch.Tensor, context: torch.Tensor, hallo_tiling: bool = True) -> None:
+    def write_reference(self, ref_latents: torch.Tensor, context: torch.Tensor, hallo_tiling: bool = True,
+                        grad: bool = False) -> None:
         """Run the ReferenceNet once and keep its features for the readers.
 
         ref_latents: (S, C, h, w) — the reference image first, then the motion frames.
         context: (G, T, D) — one image context per reference group (CFG: [uncond, cond]).
         With ``hallo_tiling`` the contexts are paired with the G*S images in Hallo's interleaved
         order (image i of the flattened group-major batch gets context i mod G); otherwise group g
-        uses context g throughout.
+        uses context g throughout. ``grad`` keeps the banks in the autograd graph (training).
         """
         s_img, g = ref_latents.shape[0], context.shape[0]
         latents = ref_latents.repeat(g, 1, 1, 1)
@@ -62,10 +62,11 @@ class TalkingHeadNet(nn.Module):
             ctx = context.repeat_interleave(s_img, 0)
         st = self.ref_state
         st.clear()
-        st.groups, st.images, st.mode = g, s_img, "write"
+        st.groups, st.images, st.mode, st.keep_graph = g, s_img, "write", grad
         t = torch.zeros((), dtype=torch.long, device=latents.device)
         try:
-            self.reference_unet(latents, t, UNetCond(context=ctx))
+            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+                self.reference_unet(latents, t, UNetCond(context=ctx))
         finally:
             st.mode = "read" if st.banks else "off"
 

@@ -43,13 +43,15 @@ class GenerateOptions:
     seed: int = 42
     fps: int = 25
     motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    hallo_context_tiling: bool = True
+    hallo_context_tiling: bool | None = None  # None: True for the hallo preset (as released), else False
 
     def resolved(self, preset: str) -> "GenerateOptions":
         steps, guidance = SAMPLING_DEFAULTS.get(preset, (25, 3.5))
         out = GenerateOptions(**asdict(self))
         out.steps = self.steps if self.steps is not None else steps
         out.guidance = self.guidance if self.guidance is not None else guidance
+        if out.hallo_context_tiling is None:
+            out.hallo_context_tiling = preset == "hallo"
         if out.steps < 1:
             raise ValueError("--steps must be at least 1")
         if out.guidance < 1.0:

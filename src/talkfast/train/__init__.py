@@ -1,0 +1,1 @@
+"""Training the embedded model: the autoencoder, then the ReferenceNet + UNet3D."""

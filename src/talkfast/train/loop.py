@@ -1,0 +1,109 @@
+"""Training loops with periodic checkpoints and exact resume (same code on CPU and GPU)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from diffusers import AutoencoderKL
+
+from ..models.net import TalkingHeadNet
+from .objective import ClipExample, DiffusionObjective, vae_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    lr: float = 1e-4
+    warmup: int = 100
+    batch: int = 1  # examples per optimizer step (accumulated)
+    grad_clip: float = 1.0
+    uncond_prob: float = 0.1
+    checkpoint_every: int = 200
+    log_every: int = 20
+    seed: int = 0
+    run_steps: int | None = None  # stop after this many steps in this invocation (resume later)
+
+
+def _lr(cfg: TrainConfig, step: int) -> float:
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup))
+    return cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, cfg.steps)))))
+
+
+def _save(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _fit(name: str, module: torch.nn.Module, params, loss_fn: Callable[[torch.Generator], torch.Tensor],
+         cfg: TrainConfig, out_dir: Path, resume: bool) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = out_dir / f"{name}_ckpt.pt"
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history: list[float] = []
+    start = 0
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        module.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["rng"])
+        history, start = state["history"], state["step"]
+        log.info("%s: resumed at step %d", name, start)
+    module.train()
+    t0 = time.perf_counter()
+    stop = cfg.steps if cfg.run_steps is None else min(cfg.steps, start + cfg.run_steps)
+    for step in range(start, stop):
+        for group in opt.param_groups:
+            group["lr"] = _lr(cfg, step)
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for _ in range(cfg.batch):
+            loss = loss_fn(gen) / cfg.batch
+            loss.backward()
+            total += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        history.append(total)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            recent = history[-cfg.log_every:]
+            log.info("%s step %d/%d loss %.4f (%.2f s/step)", name, done, cfg.steps, sum(recent) / len(recent),
+                     (time.perf_counter() - t0) / (done - start))
+        if done % cfg.checkpoint_every == 0 or done in (cfg.steps, stop):
+            _save(ckpt, {"model": module.state_dict(), "opt": opt.state_dict(), "rng": gen.get_state(),
+                         "history": history, "step": done, "config": asdict(cfg)})
+    module.eval()
+    summary = {"steps": stop, "of": cfg.steps, "final_loss": sum(history[-50:]) / max(1, len(history[-50:])),
+               "first_loss": sum(history[:50]) / max(1, len(history[:50])), "seconds": time.perf_counter() - t0}
+    (out_dir / f"{name}_train.json").write_text(json.dumps({**summary, "config": asdict(cfg)}, indent=2))
+    return summary
+
+
+def train_vae(vae: AutoencoderKL, frames: Callable[[torch.Generator], torch.Tensor], cfg: TrainConfig,
+              out_dir: str | Path, resume: bool = True) -> dict:
+    """``frames(gen)`` returns a batch (N, 3, H, W) in [-1, 1] on the VAE's device."""
+    vae.requires_grad_(True)
+    out = _fit("vae", vae, list(vae.parameters()), lambda g: vae_loss(vae, frames(g), g), cfg, Path(out_dir), resume)
+    vae.requires_grad_(False)
+    return out
+
+
+def train_net(net: TalkingHeadNet, vae: AutoencoderKL, examples: Callable[[torch.Generator], ClipExample],
+              cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict:
+    """``examples(gen)`` returns one :class:`ClipExample`; the VAE stays frozen."""
+    vae.requires_grad_(False).eval()
+    net.requires_grad_(True)
+    obj = DiffusionObjective(net, vae, cfg.uncond_prob)
+    out = _fit("net", net, list(net.parameters()), lambda g: obj.loss(examples(g), g), cfg, Path(out_dir), resume)
+    net.requires_grad_(False)
+    return out
