@@ -11,7 +11,7 @@ from talkfast.io.audio import Audio
 from talkfast.io.image import load_image
 from talkfast.pipeline.generate import GenerateOptions
 from talkfast.pipeline.loader import load_pipeline
-from talkfast.sampling.scheduler import make_scheduler, previous_timestep, split_prediction
+from talkfast.sampling.scheduler import make_scheduler, previous_timestep
 
 PORTRAIT = "src/talkfast/assets/examples/portrait.png"
 STEPS = 8

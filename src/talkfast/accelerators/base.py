@@ -9,8 +9,7 @@ model changes.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -91,6 +90,7 @@ class Accelerator:
 
     def __init__(self, plugins: list | None = None) -> None:
         self.plugins = list(plugins or [])  # DFA, ReferenceRemoval: attach/detach/begin/reset
+        self.config = None  # the AccelConfig it was built from, if any
         self.net: TalkingHeadNet | None = None
         self.shared = SharedState()
         self.records: list[CallRecord] = []
@@ -156,6 +156,9 @@ class Accelerator:
         self.records.append(CallRecord(action.steps, kind, items, seconds, flops))
 
     # ----------------------------------------------------------- reporting
+    def describe(self) -> dict:
+        return self.config.describe() if self.config is not None else {"method": self.name}
+
     def summary(self) -> dict:
         """Which steps were full / reduced, time per step, FLOPs done vs an all-full run."""
         recs = self.records

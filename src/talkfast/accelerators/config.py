@@ -58,9 +58,7 @@ def build_accelerator(cfg: AccelConfig | str) -> Accelerator:
         plugins.append(DFA(cfg.dfa))
     if cfg.drop_ref:
         plugins.append(ReferenceRemoval(cfg.drop_ref_layers))
-    if cfg.method == "off":
-        return Accelerator()
-    acc = METHODS[cfg.method](cfg.caching)
+    acc = Accelerator() if cfg.method == "off" else METHODS[cfg.method](cfg.caching)
     acc.plugins = plugins
     acc.config = cfg
     return acc

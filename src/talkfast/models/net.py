@@ -27,10 +27,10 @@ class TalkingHeadNet(nn.Module):
         audio_in = cfg.audio_window * cfg.audio_layers * cfg.audio_feature_dim
         self.audioproj = AudioProj(audio_in, cfg.audio_hidden, cfg.audio_tokens, u.audio_attention_dim)
         self.readers: dict[str, ReferenceReadProcessor] = {}
-        for name, mod in self.reference_unet.named_modules():
+        for mod in self.reference_unet.modules():
             if isinstance(mod, SpatialTransformer):
                 mod.transformer_blocks[0].attn1.set_processor(ReferenceWriteProcessor(self.ref_state, mod.key))
-        for name, mod in self.denoising_unet.named_modules():
+        for mod in self.denoising_unet.modules():
             if isinstance(mod, SpatialTransformer):
                 proc = ReferenceReadProcessor(self.ref_state, mod.key)
                 mod.transformer_blocks[0].attn1.set_processor(proc)

@@ -20,7 +20,8 @@ import torch
 from diffusers import AutoencoderKL
 
 from .. import __version__
-from ..io.audio import Audio, load_audio
+from ..accelerators.base import Accelerator
+from ..io.audio import load_audio
 from ..io.image import load_image, to_uint8
 from ..io.video import VideoWriter, check_output_path
 from ..models.attention import ItemLayout
@@ -182,7 +183,7 @@ class TalkingHeadPipeline:
             "face_box": list(por.regions.face.to_int()), "lip_box": list(por.regions.lip.to_int()),
             "options": asdict(opts), **(extra_sidecar or {}),
         }
-        if accelerator is not None and hasattr(accelerator, "attach"):
+        if isinstance(accelerator, Accelerator):
             accelerator.attach(self.net)
             accelerator.begin(self, por)
         writer = None
@@ -221,9 +222,8 @@ class TalkingHeadPipeline:
                 timings["clips"].append(time.perf_counter() - tc)
             timings["total"] = time.perf_counter() - t0
             sidecar["seconds"] = timings
-            if accelerator is not None and hasattr(accelerator, "summary"):
-                sidecar["accelerator"] = {"config": getattr(getattr(accelerator, "config", None), "describe", dict)(),
-                                          "summary": accelerator.summary()}
+            if isinstance(accelerator, Accelerator):
+                sidecar["accelerator"] = {"config": accelerator.describe(), "summary": accelerator.summary()}
             if writer is not None:
                 writer.sidecar = dict(sidecar)
                 writer.close()
