@@ -132,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     d = sub.add_parser("doctor", help="show what is available (device, ffmpeg, face detector, weights)")
     d.add_argument("--checkpoint", default=None, help="also check this checkpoint folder")
+    from ..data import cli as data_cli
+    from ..eval import cli as eval_cli
+    from ..train import cli as train_cli
+
+    data_cli.add_parser(sub)
+    eval_cli.add_parser(sub)
+    train_cli.add_parser(sub)
     return parser
 
 
@@ -139,7 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
-    handlers = {"generate": cmd_generate, "doctor": cmd_doctor}
+    from ..data import cli as data_cli
+    from ..eval import cli as eval_cli
+    from ..train import cli as train_cli
+
+    handlers = {"generate": cmd_generate, "doctor": cmd_doctor, "data": data_cli.run, "bench": eval_cli.run,
+                "train": train_cli.run}
     try:
         return handlers[args.command](args)
     except TalkfastError as err:

@@ -27,13 +27,16 @@ How things are measured (also written into every result's ``notes``):
   clips (every clip runs the same step plan on same-shaped tensors). The counts cover the
   denoising UNet (both CFG halves) only, not the VAE, the ReferenceNet or the audio features.
   The FLOPs ratio is relative to the baseline's measured FLOPs.
-- **Memory.** :class:`talkfast.eval.metrics.PeakMemory` around the (first) timed run.
+- **Memory.** :class:`talkfast.eval.metrics.PeakMemory` around the first timed run (the
+  others run without it: on CPU it trims the heap first, which the run then pays for in page
+  faults).
 - **Quality.** :mod:`talkfast.eval.metrics`: per-frame PSNR (capped at 100 dB, so identical
   frames read 100) and SSIM, averaged over frames and then over cases.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -232,6 +235,26 @@ class FlopMemo:
         acc.count_flops = self._saved_count
 
 
+@contextlib.contextmanager
+def cpu_attention_flops():
+    """While active, FlopCounterMode also counts ``aten._scaled_dot_product_flash_attention_for_cpu``
+    (what ``scaled_dot_product_attention`` runs on CPU), with the formula it uses for the CUDA
+    kernels; torch's counter leaves it out, so CPU counts would miss every attention matmul.
+    The entry is removed again on exit."""
+    from torch.utils import flop_counter as fc
+
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    formula = fc.flop_registry.get(torch.ops.aten._scaled_dot_product_flash_attention)
+    added = op is not None and formula is not None and op not in fc.flop_registry
+    if added:
+        fc.flop_registry[op] = formula
+    try:
+        yield
+    finally:
+        if added:
+            fc.flop_registry.pop(op, None)
+
+
 # ---------------------------------------------------------------------------------------------
 # cases and results
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +282,7 @@ def trim_audio(audio, seconds: float | None):
         return audio
     if seconds <= 0:
         raise ValueError(f"--seconds must be positive, got {seconds}")
-    n = max(1, int(round(seconds * audio.sample_rate)))
+    n = max(1, round(seconds * audio.sample_rate))
     if n >= len(audio.samples):
         return audio
     return Audio(audio.samples[:n].copy(), audio.sample_rate, audio.source_sample_rate, audio.source_channels, audio.path)
@@ -492,23 +515,25 @@ def run_bench(pipe, cases: Sequence[BenchCase], methods: Sequence[BenchMethod], 
             for case in cases:
                 per_clip_flops = None
                 if count_flops:
-                    with FlopMemo(acc):
+                    with FlopMemo(acc), cpu_attention_flops():
                         generate(acc, case, first_clip_only=True)
                     per_clip_flops = acc.summary().get("flops")
                 elif warmup:
                     generate(acc, case, first_clip_only=True)
-                secs, frames, mem, summary, res = [], None, None, None, None
+                secs, model_secs, frames, mem, summary, res = [], [], None, None, None, None
                 for r in range(repeats):
                     collect: list[torch.Tensor] = []
+                    meter = PeakMemory(device) if r == 0 else contextlib.nullcontext()
                     _sync(device)
-                    with PeakMemory(device) as pm:
+                    with meter:
                         t0 = time.perf_counter()
                         res = generate(acc, case, collect=collect)
                         _sync(device)
                         secs.append(time.perf_counter() - t0)
+                    model_secs.append(acc.summary()["model_seconds"])
                     if r == 0:
-                        frames, mem, summary = torch.cat(collect), pm.reading, acc.summary()
-                cr = CaseResult(case.name, statistics.median(secs), secs, summary["model_seconds"], summary["steps"],
+                        frames, mem, summary = torch.cat(collect), meter.reading, acc.summary()
+                cr = CaseResult(case.name, statistics.median(secs), secs, statistics.median(model_secs), summary["steps"],
                                 summary["full_steps"], clips=res.clips, frames=int(frames.shape[0]),
                                 flops=None if per_clip_flops is None else per_clip_flops * res.clips,
                                 peak_memory_mb=mem.peak_mb, memory_growth_mb=mem.growth_mb,
@@ -550,7 +575,8 @@ def _pipeline_notes(mem_kind: str, count_flops: bool, repeats: int, pipe, cases)
     notes = [
         "total s: wall-clock of a whole generate() (portrait, VAE, ReferenceNet, audio features, denoising)"
         + (f", median of {repeats} runs" if repeats > 1 else "") + "; speedup = baseline total / method total.",
-        "s/step: time inside denoising-model calls / denoising steps; model speedup = baseline model time / method model time.",
+        "s/step: time inside denoising-model calls / denoising steps" + (" (median run)" if repeats > 1 else "")
+        + "; model speedup = baseline model time / method model time.",
         (("FLOPs: torch.utils.flop_counter over the denoising UNet calls (both CFG halves) of a separate untimed "
           "one-clip pass (first call of each call signature counted, reused for the rest), x clips; "
           "ratio vs the baseline's FLOPs.") if count_flops else "FLOPs: not counted (n/a)."),
@@ -668,11 +694,13 @@ def speed_setup(net, *, frames: int | None = None, size: int | None = None, guid
     return SpeedSetup(net, predict, noise, por, frames, size)
 
 
-def run_denoise(setup: SpeedSetup, acc, steps: int) -> torch.Tensor:
-    """One whole schedule of ``steps`` DDIM steps with the accelerator ``acc``."""
+def run_denoise(setup: SpeedSetup, acc: Accelerator, steps: int) -> torch.Tensor:
+    """One whole schedule of ``steps`` DDIM steps with the attached accelerator ``acc``; its
+    statistics are reset first (``begin``, as the pipeline does per generation)."""
     from ..sampling.loop import denoise
     from ..sampling.scheduler import make_scheduler
 
+    acc.begin(None, setup.portrait)  # drops the records; plug-ins (DFA) take the face regions
     with torch.no_grad():
         return denoise(setup.predict, make_scheduler(steps), setup.noise, acc)
 
@@ -680,7 +708,6 @@ def run_denoise(setup: SpeedSetup, acc, steps: int) -> torch.Tensor:
 def _attached(method: BenchMethod, setup: SpeedSetup) -> Accelerator:
     acc = method.build()
     acc.attach(setup.net)
-    acc.begin(None, setup.portrait)  # plug-ins (DFA) take the portrait's face regions
     return acc
 
 
@@ -761,7 +788,7 @@ def run_speed_bench(preset: str = "hallo", device: torch.device | str = "cuda", 
         try:
             flops = None
             if flops_on == "device":
-                with FlopMemo(acc):
+                with FlopMemo(acc), cpu_attention_flops():
                     run_denoise(setup, acc, steps)
                 flops = acc.summary().get("flops")
             elif warmup:
@@ -769,24 +796,26 @@ def run_speed_bench(preset: str = "hallo", device: torch.device | str = "cuda", 
             if flops_on == "meta":
                 macc = _attached(m, meta_setup)
                 try:
-                    with FlopMemo(macc):
+                    with FlopMemo(macc), cpu_attention_flops():
                         run_denoise(meta_setup, macc, steps)
                     flops = macc.summary().get("flops")
                 finally:
                     macc.detach()
-            secs, out, mem, summary = [], None, None, None
+            secs, model_secs, out, mem, summary = [], [], None, None, None
             for r in range(repeats):
+                meter = PeakMemory(dev) if r == 0 else contextlib.nullcontext()
                 _sync(dev)
-                with PeakMemory(dev) as pm:
+                with meter:
                     t0 = time.perf_counter()
                     latents = run_denoise(setup, acc, steps)
                     _sync(dev)
                     secs.append(time.perf_counter() - t0)
+                model_secs.append(acc.summary()["model_seconds"])
                 if r == 0:
-                    out, mem, summary = latents, pm.reading, acc.summary()
+                    out, mem, summary = latents, meter.reading, acc.summary()
         finally:
             acc.detach()
-        cr = CaseResult("synthetic", statistics.median(secs), secs, summary["model_seconds"], summary["steps"],
+        cr = CaseResult("synthetic", statistics.median(secs), secs, statistics.median(model_secs), summary["steps"],
                         summary["full_steps"], frames=setup.frames, flops=flops, peak_memory_mb=mem.peak_mb,
                         memory_growth_mb=mem.growth_mb, extra={"memory_kind": mem.kind,
                                                                "finite": bool(torch.isfinite(out).all())})
@@ -800,7 +829,7 @@ def run_speed_bench(preset: str = "hallo", device: torch.device | str = "cuda", 
         _aggregate(mr)
         results.append(mr)
         log(f"{m.name}: {cr.seconds:.3f} s, {mr.seconds_per_step:.4f} s/step"
-            + (f", {flops / 1e12:.2f} TFLOPs" if flops is not None else ""))
+            + (f", {human_flops(flops)}FLOPs" if flops is not None else ""))
     _relate(results)
     mem_kind = results[0].cases[0].extra.get("memory_kind", "")
     meta = {
@@ -844,7 +873,7 @@ def human_flops(v: float | None) -> str:
     if v is None:
         return "n/a"
     for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(v) >= scale:
+        if abs(v) >= scale * 0.9995:  # 999.7e6 -> "1 G", never "1e+03 M"
             return f"{v / scale:.3g} {unit}"
     return f"{v:.3g}"
 
@@ -890,6 +919,16 @@ def write_json(result: BenchResult, path: str | Path) -> Path:
     path = Path(path)
     path.write_text(json.dumps(result.to_dict(), indent=2, allow_nan=False))
     return path
+
+
+def read_json(path: str | Path) -> BenchResult:
+    """A :class:`BenchResult` back from :func:`write_json` (e.g. to redraw the plot)."""
+    data = json.loads(Path(path).read_text())
+    methods = []
+    for m in data["methods"]:
+        cases = [CaseResult(**c) for c in m.pop("cases", [])]
+        methods.append(MethodResult(**m, cases=cases))
+    return BenchResult(data["target"], data["mode"], data["meta"], methods, data.get("notes", []))
 
 
 def write_outputs(result: BenchResult, out_dir: str | Path, stem: str = "bench") -> dict[str, Path]:
@@ -941,10 +980,43 @@ def _fmt_tick(v: float) -> str:
     return f"{v:.0f}" if abs(v - round(v)) < 1e-9 else f"{v:g}"
 
 
+def _overlaps(a, b) -> bool:
+    return not (a[2] < b[0] or a[0] > b[2] or a[3] < b[1] or a[1] > b[3])
+
+
+def _place_labels(d, points, texts, font, box, radius: int = 5):
+    """Label boxes beside the points without overlapping each other or any point; None when
+    some label finds no free spot."""
+    x0, y0, x1, y1 = box
+    marks = [(X - radius - 1, Y - radius - 1, X + radius + 1, Y + radius + 1) for X, Y in points]
+    placed = []
+    for (X, Y), text in zip(points, texts):
+        tw, th = d.textlength(text, font=font), 15
+        spot = None
+        for dy in (-9, 9, -24, 24, -39, 39, -54, 54, -69, 69):
+            for side in (1, -1):
+                lx = X + 9 if side > 0 else X - 9 - tw
+                ly = Y + dy - th / 2
+                cand = (lx, ly, lx + tw, ly + th)
+                if cand[0] < x0 + 2 or cand[2] > x1 - 2 or cand[1] < y0 + 2 or cand[3] > y1 - 2:
+                    continue
+                if any(_overlaps(cand, b) for b in placed) or any(_overlaps(cand, m) for m in marks):
+                    continue
+                spot = cand
+                break
+            if spot is not None:
+                break
+        if spot is None:
+            return None
+        placed.append(spot)
+    return placed
+
+
 def plot_png(result: BenchResult, path: str | Path, width: int = 960, height: int = 640) -> Path:
     """Speedup (x) against PSNR to the baseline (y), one labelled point per method. Points at
-    the PSNR cap (identical to the baseline) sit on the top edge, marked "=". Without any
-    quality numbers (speed mode) the y axis is the FLOPs ratio (%), else seconds per step."""
+    the PSNR cap (identical to the baseline) sit on the top edge as squares. Without any quality
+    numbers (speed mode) the y axis is the FLOPs ratio (%), else seconds per step. When the labels
+    do not fit beside the points, the points are numbered and listed in a legend on the right."""
     from PIL import Image, ImageDraw
 
     path = Path(path)
@@ -960,28 +1032,17 @@ def plot_png(result: BenchResult, path: str | Path, width: int = 960, height: in
             ylabel = "seconds per denoising step"
         capped_ok = False
     pts = [p for p in pts if p[2] is not None]
+    capped = [capped_ok and p[2] >= PSNR_CAP - 1e-9 for p in pts]
 
-    img = Image.new("RGB", (width, height), "white")
-    d = ImageDraw.Draw(img)
-    f_title, f_axis, f_tick, f_label = _font(20), _font(16), _font(13), _font(13)
-    left, right, top, bottom = 90, 40, 70, 80
-    x0, x1, y0, y1 = left, width - right, top, height - bottom  # plot box (y0 top)
-    title = f"talkfast bench: {result.target} - speed vs " + ("quality" if capped_ok else ylabel.split(" (")[0])
-    d.text((left, 22), title, fill="black", font=f_title)
-    sub = f"{result.meta.get('model')} {result.meta.get('device')} {result.meta.get('dtype')}, {result.meta.get('steps')} steps"
-    d.text((left, 46), sub, fill=(90, 90, 90), font=f_tick)
-
-    capped = [p for p in pts if capped_ok and p[2] >= PSNR_CAP - 1e-9]
-    free = [p for p in pts if p not in capped]
     xs = [p[1] for p in pts] or [1.0]
-    ys = [p[2] for p in free] or ([PSNR_CAP - 10, PSNR_CAP] if capped else [0.0, 1.0])
+    ys = [p[2] for p, c in zip(pts, capped) if not c] or ([PSNR_CAP - 10, PSNR_CAP] if any(capped) else [0.0, 1.0])
     xlo, xhi = min(min(xs), 1.0), max(max(xs), 1.0)
     pad = 0.08 * (xhi - xlo or 1.0)
     xlo, xhi = max(0.0, xlo - pad), xhi + pad
     ylo, yhi = min(ys), max(ys)
     ypad = 0.1 * (yhi - ylo or max(1.0, abs(yhi) * 0.1))
     ylo, yhi = ylo - ypad, yhi + ypad
-    if capped:
+    if any(capped):
         yhi += ypad  # room on the top edge for the "identical" points
     xt, yt = nice_ticks(xlo, xhi), nice_ticks(ylo, yhi)
     if xt:
@@ -989,64 +1050,78 @@ def plot_png(result: BenchResult, path: str | Path, width: int = 960, height: in
     if yt:
         ylo, yhi = min(ylo, yt[0]), max(yhi, yt[-1])
 
-    def px(x: float) -> float:
-        return x0 + (x - xlo) / (xhi - xlo) * (x1 - x0)
+    f_title, f_axis, f_tick, f_label = _font(20), _font(16), _font(13), _font(13)
+    texts = [f"{name} ({sx:.2f}x" + (", identical)" if c else f", {sy:.3g})") for (name, sx, sy), c in zip(pts, capped)]
 
-    def py(y: float) -> float:
-        return y1 - (y - ylo) / (yhi - ylo) * (y1 - y0)
+    def layout(right: int):
+        box = (90, 70, width - right, height - 80)
 
+        def px(x: float) -> float:
+            return box[0] + (x - xlo) / (xhi - xlo) * (box[2] - box[0])
+
+        def py(y: float) -> float:
+            return box[3] - (y - ylo) / (yhi - ylo) * (box[3] - box[1])
+
+        where = [(px(sx), (box[1] + 10) if c else py(sy)) for (_, sx, sy), c in zip(pts, capped)]
+        return box, px, py, where
+
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    box, px, py, where = layout(40)
+    labels = _place_labels(d, where, texts, f_label, box)
+    legend = labels is None
+    if legend:
+        legend_w = int(max([d.textlength(f"{i + 1:>2}  {t}", font=f_label) for i, t in enumerate(texts)] + [120])) + 30
+        box, px, py, where = layout(min(legend_w, width // 2))
+    x0, y0, x1, y1 = box
+
+    title = f"talkfast bench: {result.target} - speed vs " + ("quality" if capped_ok else ylabel.split(" (")[0])
+    d.text((x0, 22), title, fill="black", font=f_title)
+    mt = result.meta
+    d.text((x0, 46), f"{mt.get('model')} {mt.get('device')} {mt.get('dtype')}, {mt.get('steps')} steps",
+           fill=(90, 90, 90), font=f_tick)
     for v in xt:
         X = px(v)
         d.line([(X, y0), (X, y1)], fill=(232, 232, 232))
         d.line([(X, y1), (X, y1 + 6)], fill="black")
         label = _fmt_tick(v)
-        w = d.textlength(label, font=f_tick)
-        d.text((X - w / 2, y1 + 9), label, fill="black", font=f_tick)
+        d.text((X - d.textlength(label, font=f_tick) / 2, y1 + 9), label, fill="black", font=f_tick)
     for v in yt:
         Y = py(v)
         d.line([(x0, Y), (x1, Y)], fill=(232, 232, 232))
         d.line([(x0 - 6, Y), (x0, Y)], fill="black")
         label = _fmt_tick(v)
-        w = d.textlength(label, font=f_tick)
-        d.text((x0 - 10 - w, Y - 8), label, fill="black", font=f_tick)
+        d.text((x0 - 10 - d.textlength(label, font=f_tick), Y - 8), label, fill="black", font=f_tick)
     if xlo <= 1.0 <= xhi:  # the baseline's speed
         d.line([(px(1.0), y0), (px(1.0), y1)], fill=(170, 170, 170), width=1)
     d.rectangle([x0, y0, x1, y1], outline="black")
-    xl = "speedup vs baseline (x, end-to-end)"
+    xl = "speedup vs baseline (x, end-to-end)" if result.mode == "pipeline" else "speedup vs baseline (x, denoising loop)"
     d.text(((x0 + x1) / 2 - d.textlength(xl, font=f_axis) / 2, height - 40), xl, fill="black", font=f_axis)
-    # vertical y label: draw on its own image and rotate
-    w = int(d.textlength(ylabel, font=f_axis)) + 4
-    lab = Image.new("RGB", (w, 22), "white")
-    ImageDraw.Draw(lab).text((2, 2), ylabel, fill="black", font=f_axis)
-    lab = lab.rotate(90, expand=True)
-    img.paste(lab, (14, int((y0 + y1) / 2 - lab.size[1] / 2)))
+    w = int(d.textlength(ylabel, font=f_axis)) + 4  # the y label, drawn on its own strip and rotated
+    strip = Image.new("RGB", (w, 22), "white")
+    ImageDraw.Draw(strip).text((2, 2), ylabel, fill="black", font=f_axis)
+    strip = strip.rotate(90, expand=True)
+    img.paste(strip, (14, int((y0 + y1) / 2 - strip.size[1] / 2)))
 
-    placed: list[tuple[float, float, float, float]] = []
-    for i, (name, sx, sy) in enumerate(pts):
+    for i, ((X, Y), c) in enumerate(zip(where, capped)):
         color = PALETTE[i % len(PALETTE)]
-        is_cap = (name, sx, sy) in capped
-        X = px(sx)
-        Y = (y0 + 10) if is_cap else py(sy)
         r = 5
-        if is_cap:
+        if c:
             d.rectangle([X - r, Y - r, X + r, Y + r], fill=color, outline="black")
         else:
             d.ellipse([X - r, Y - r, X + r, Y + r], fill=color, outline="black")
-        text = f"{name} ({sx:.2f}x" + (", =)" if is_cap else f", {sy:.3g})")
-        tw, th = d.textlength(text, font=f_label), 15
-        for dy in (-8, 8, -24, 24, -40, 40, -56, 56):
-            lx = X + 9 if X + 9 + tw < x1 else X - 9 - tw
-            ly = Y + dy - th / 2
-            box = (lx, ly, lx + tw, ly + th)
-            if all(box[2] < b[0] or box[0] > b[2] or box[3] < b[1] or box[1] > b[3] for b in placed) \
-                    and y0 <= ly and ly + th <= y1:
-                break
-        placed.append(box)
-        d.text((lx, ly), text, fill=color, font=f_label)
-        d.line([(X, Y), (lx if lx > X else lx + tw, ly + th / 2)], fill=color)
-    if capped:
-        note = f"= identical to the baseline (PSNR capped at {PSNR_CAP:g} dB)"
-        d.text((x1 - d.textlength(note, font=f_tick), 46), note, fill=(90, 90, 90), font=f_tick)
+        if legend:
+            d.text((X + 6, Y - 17), str(i + 1), fill=color, font=f_label)
+        else:
+            lx0, ly0, lx1, ly1 = labels[i]
+            d.text((lx0, ly0), texts[i], fill=color, font=f_label)
+            d.line([(X, Y), (lx0 if lx0 > X else lx1, (ly0 + ly1) / 2)], fill=color)
+    if legend:
+        for i, t in enumerate(texts):
+            d.text((x1 + 14, y0 + 4 + 17 * i), f"{i + 1:>2}  {t}", fill=PALETTE[i % len(PALETTE)], font=f_label)
+    if any(capped):
+        note = f"squares: identical to the baseline (PSNR capped at {PSNR_CAP:g} dB)"
+        d.text((width - 40 - d.textlength(note, font=f_tick), 46), note, fill=(90, 90, 90), font=f_tick)
     if not pts:
         d.text((x0 + 20, y0 + 20), "no data", fill="black", font=f_axis)
     img.save(path, format="PNG")

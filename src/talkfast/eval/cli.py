@@ -1,0 +1,178 @@
+"""``talkfast bench``: the accelerators against the baseline, in one process.
+
+    talkfast bench [--target embedded|hallo|tiny] [--random-weights] [--methods default|ablation|sweep|all]
+                   [--key-steps N|dense|0,1,5] [--sweep 2,3,4,6] [--steps N] [--cfg G] [--seconds S]
+                   [--frames F] [--size PX] [--seed N] [--device auto|cpu|cuda] [--dtype auto|fp32|fp16|bf16]
+                   [--repeats N] [--no-flops] [--out DIR] [--quick] [-q]
+
+Targets:
+
+- ``embedded``: the embedded default model on the benchmark inputs (quality and CPU speed). Its
+  weights are not shipped yet: ``--random-weights`` runs the same (``small``) model with random
+  weights. The inputs are the bundled example portrait and the first ``--seconds`` of the bundled
+  speech (default: one clip); the synthetic corpus's test split plugs in through
+  :func:`talkfast.eval.bench.corpus_cases` once it exists.
+- ``tiny``: the ``tiny`` test model with random weights, same inputs.
+- ``hallo``: speed only; the ``hallo`` preset with random weights as a bare denoising loop
+  (512x512, 16 frames, 40 steps by default); quality columns are n/a. Meant for a GPU
+  (``benchmarks/gpu_bench.py`` is the one-command form).
+
+``--quick`` is the CI form: tiny model, the baseline and LightningCP, 4 steps, key step every 2nd.
+Writes ``bench.md``, ``bench.json`` and ``bench.png`` into ``--out`` and prints the markdown
+(settings, notes, then the table, last).
+
+Another module wires this into the main CLI: ``add_parser(subparsers)`` then ``run(args)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import CheckpointError, TalkfastError
+
+QUICK_STEPS = 4
+QUICK_KEYS = "2"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``bench`` subcommand to an ``argparse`` subparsers object; returns its parser.
+    Its ``handler`` default is :func:`run`."""
+    p = subparsers.add_parser(
+        "bench", help="benchmark the accelerators against the baseline (speed, FLOPs, memory, quality)",
+        description="Run the baseline and each accelerator on the same inputs and seed, after a warm-up; "
+                    "write bench.md, bench.json and bench.png and print the table.")
+    p.add_argument("--target", choices=["embedded", "hallo", "tiny"], default="embedded",
+                   help="embedded: the embedded model (quality + CPU speed); tiny: the test model; "
+                        "hallo: the hallo preset with random weights, speed only (default: embedded)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="embedded target: the small preset with random weights (the weights are not shipped yet)")
+    p.add_argument("--methods", choices=["default", "ablation", "sweep", "all"], default="default",
+                   help="default: baseline, LightningCP (+DFA, +DFA+refdrop, no estimation), DeepCache, "
+                        "FasterDiffusion; ablation: LightningCP / +DFA / +DFA+refdrop with and without "
+                        "estimation; sweep: LightningCP over --sweep key-step intervals; all: the union")
+    p.add_argument("--key-steps", default="4", help="key steps of every method: N (every N-th), 'dense', or '0,1,2,5,9'")
+    p.add_argument("--sweep", default="2,3,4,5,6,8", help="key-step intervals of --methods sweep")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's: small 15, tiny 4, hallo 40)")
+    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="seconds of the bundled speech to use (default: exactly one clip)")
+    p.add_argument("--frames", type=int, default=None, help="hallo target: frames per clip (default 16)")
+    p.add_argument("--size", type=int, default=None, help="frame side in pixels (default: the model's; hallo 512)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per method (the median is reported)")
+    p.add_argument("--no-flops", action="store_true", help="skip the FLOP-counting pass (FLOPs n/a)")
+    p.add_argument("--out", default="bench_out", help="folder for bench.md, bench.json, bench.png")
+    p.add_argument("--quick", action="store_true",
+                   help=f"CI form: tiny model, baseline + LightningCP, {QUICK_STEPS} steps, key step every {QUICK_KEYS}")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines (the table is still printed)")
+    p.set_defaults(handler=run)
+    return p
+
+
+def _intervals(text: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--sweep takes comma-separated integers, got {text!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise ValueError(f"--sweep needs intervals >= 1, got {text!r}")
+    return vals
+
+
+def _embedded_pipeline(args):
+    from ..models.loading import EMBEDDED_DIR
+    from ..pipeline.loader import load_pipeline
+
+    if not (EMBEDDED_DIR / "model.json").exists():
+        raise CheckpointError(
+            f"the embedded model's weights are not available (no {EMBEDDED_DIR / 'model.json'}); "
+            "run 'talkfast bench --random-weights' (the same small model with random weights: speed numbers, "
+            "and PSNR/SSIM that measure deviation from the baseline) or '--target tiny'")
+    return load_pipeline(None, device=args.device, dtype=args.dtype, seed=args.seed)
+
+
+def run(args) -> int:
+    """Run the benchmark described by ``args`` (from :func:`add_parser`); print the markdown with
+    the table last. Returns the exit code (errors print ``error: ...``)."""
+    try:
+        return _run(args)
+    except TalkfastError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from ..accelerators import KeySchedule
+    from ..pipeline.loader import load_pipeline, resolve_device, resolve_dtype
+    from . import bench
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    target, kind, key_text, steps, seconds = args.target, args.methods, args.key_steps, args.steps, args.seconds
+    if args.quick:
+        target, kind, key_text = "tiny", "quick", QUICK_KEYS
+        steps = steps or QUICK_STEPS
+    if args.repeats < 1:
+        raise ValueError("--repeats must be at least 1")
+    keys = KeySchedule.parse(key_text)
+    methods = bench.method_set(kind, keys, _intervals(args.sweep))
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+
+    if target == "hallo":
+        from ..pipeline.generate import SAMPLING_DEFAULTS
+
+        d_steps, d_cfg = SAMPLING_DEFAULTS["hallo"]
+        if device.type == "cpu":
+            log("warning: the hallo preset on CPU takes minutes per denoising step; this is meant for a GPU")
+        result = bench.run_speed_bench(
+            "hallo", device, dtype, frames=args.frames or 16, steps=steps or d_steps, methods=methods,
+            size=args.size or 512, guidance=args.cfg if args.cfg is not None else d_cfg, seed=args.seed,
+            repeats=args.repeats, count_flops=not args.no_flops, target="hallo", log=log)
+    else:
+        from ..pipeline.generate import GenerateOptions
+
+        if target == "tiny":
+            pipe = load_pipeline(random_weights=True, preset="tiny", device=args.device, dtype=args.dtype, seed=args.seed)
+        elif args.random_weights:
+            pipe = load_pipeline(random_weights=True, preset="small", device=args.device, dtype=args.dtype, seed=args.seed)
+        else:
+            pipe = _embedded_pipeline(args)
+        opts = GenerateOptions(steps=steps, guidance=args.cfg, seed=args.seed)
+        fps = opts.fps
+        if seconds is None:
+            seconds = pipe.cfg.clip_frames / fps
+        log(f"{target}: model {pipe.cfg.name} ({pipe.source}) on {pipe.device} {str(pipe.dtype).replace('torch.', '')}, "
+            f"{len(methods)} methods, {seconds:g} s of speech")
+        cases = [bench.example_case(seconds)]
+        result = bench.run_bench(pipe, cases, methods, opts, warmup=True, count_flops=not args.no_flops,
+                                 repeats=args.repeats, size=args.size, target=target, log=log)
+    paths = bench.write_outputs(result, args.out)
+    log("wrote " + ", ".join(str(p) for p in paths.values()))
+    print(bench.to_markdown(result), flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A stand-alone parser (``python -m talkfast.eval.cli bench ...``) until the main CLI has it."""
+    parser = argparse.ArgumentParser(prog="talkfast")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

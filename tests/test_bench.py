@@ -1,0 +1,227 @@
+"""``talkfast bench`` on the tiny model: the files it writes and their columns, the baseline's
+identities (speedup 1, capped PSNR), a method with every step a key step, ground-truth columns,
+the PIL plot, FLOP counting, the metrics, and the GPU script's CPU dry run."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from talkfast.accelerators import AccelConfig, CachingConfig, KeySchedule
+from talkfast.eval import bench, metrics
+from talkfast.eval.cli import main as cli_main
+from talkfast.io.audio import Audio
+from talkfast.io.image import load_image
+from talkfast.pipeline.generate import GenerateOptions
+from talkfast.pipeline.loader import load_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+CAP = metrics.PSNR_CAP
+GT_COLUMNS = ("PSNR GT dB", "SSIM GT", "L1 GT", "lip-sync")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The tiny model gains nothing from a second thread (and a busy machine makes it slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def table(markdown: str) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """(header, {method: {column: cell}}) of the markdown table (the last block of lines)."""
+    lines = [ln for ln in markdown.strip().splitlines() if ln.startswith("|")]
+    cells = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
+    header, rows = cells[0], cells[2:]
+    return header, {r[0]: dict(zip(header, r)) for r in rows}
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quick")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = cli_main(["bench", "--quick", "--out", str(out), "-q"])
+    return rc, out, buf.getvalue()
+
+
+def test_quick_bench_writes_markdown_json_and_png(quick):
+    rc, out, printed = quick
+    assert rc == 0
+    for name in ("bench.md", "bench.json", "bench.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0
+    md = (out / "bench.md").read_text()
+    header, rows = table(md)
+    assert tuple(header) == bench.COLUMNS
+    assert list(rows) == ["baseline", "lightningcp"]
+    # the table is the last thing printed
+    assert printed.strip().splitlines()[-1].startswith("| lightningcp |")
+    assert table(printed)[1] == rows
+
+    data = json.loads((out / "bench.json").read_text())
+    assert data["mode"] == "pipeline" and data["psnr_cap_db"] == CAP and data["meta"]["model"] == "tiny"
+    base, lcp = data["methods"]
+    assert base["name"] == "baseline" and lcp["name"] == "lightningcp"
+    for key in ("seconds", "seconds_per_step", "speedup", "model_speedup", "flops", "flops_ratio",
+                "peak_memory_mb", "psnr_base", "ssim_base", "psnr_gt", "ssim_gt", "l1_gt", "lipsync", "cases"):
+        assert key in base and key in lcp
+    assert base["speedup"] == 1.0 and base["model_speedup"] == 1.0 and base["flops_ratio"] == 1.0
+    assert base["psnr_base"] == CAP and base["ssim_base"] == pytest.approx(1.0)
+    assert rows["baseline"]["speedup"] == "1.00x" and rows["baseline"]["PSNR base dB"] == f"{CAP:.2f}"
+    assert 0 < lcp["flops_ratio"] < 1 and lcp["psnr_base"] < CAP
+    assert lcp["key_steps"] == 2 and lcp["steps"] == 4 and base["key_steps"] == 4
+    assert base["peak_memory_mb"] > 0
+    # no ground truth, no lip-sync metric for the bundled example
+    for row in rows.values():
+        assert all(row[c] == "n/a" for c in GT_COLUMNS)
+    assert base["psnr_gt"] is None and base["lipsync"] is None
+
+
+def test_plot_is_a_readable_png(quick):
+    _, out, _ = quick
+    raw = (out / "bench.png").read_bytes()
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n" and 5_000 < len(raw) < 2_000_000
+    with Image.open(out / "bench.png") as img:
+        img.load()
+        assert img.format == "PNG" and img.size == (960, 640)
+        arr = np.asarray(img.convert("RGB"))
+    assert (arr < 128).any(axis=2).mean() > 0.002  # axes, ticks and labels were drawn
+    assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 8  # coloured points and labels, not a blank canvas
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return load_pipeline(random_weights=True, preset="tiny", device="cpu", dtype="fp32")
+
+
+def test_every_step_a_key_step_is_identical_and_ground_truth_fills_the_columns(pipe, tmp_path):
+    image = load_image(bench.EXAMPLE_PORTRAIT)
+    t = np.arange(int(0.16 * 16000)) / 16000  # exactly one 4-frame clip at 25 fps
+    audio = Audio((0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000, 16000, 1)
+    truth = torch.rand((4, 3, 64, 64), generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def lipsync(frames):
+        seen.append(frames.shape)
+        return float(frames.mean())
+
+    case = bench.BenchCase("fake", image, audio, ground_truth=truth, lipsync_fn=lipsync)
+    every = AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=1)))
+    methods = [bench.BenchMethod("lightningcp-all-keys", every), bench.BenchMethod("baseline")]  # baseline moved first
+    res = bench.run_bench(pipe, [case], methods, GenerateOptions(steps=3), warmup=False)
+    assert [m.name for m in res.methods] == ["baseline", "lightningcp-all-keys"]
+    base, same = res.methods
+    assert base.speedup == 1.0
+    assert same.psnr_base == CAP and same.ssim_base == pytest.approx(1.0)
+    assert same.flops_ratio == pytest.approx(1.0, abs=1e-12) and same.key_steps == 3
+    for m in res.methods:
+        assert 0 < m.psnr_gt < CAP and -1 <= m.ssim_gt <= 1 and m.l1_gt > 0 and m.lipsync is not None
+    assert seen and all(s == (4, 3, 64, 64) for s in seen)
+    md = bench.to_markdown(res)
+    _, rows = table(md)
+    for row in rows.values():
+        assert all(row[c] != "n/a" for c in GT_COLUMNS)
+    paths = bench.write_outputs(res, tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert data["methods"][1]["psnr_base"] == CAP and data["methods"][0]["l1_gt"] > 0
+
+
+def test_flop_memo_counts_what_a_full_count_counts():
+    net = bench.build_random_net("tiny", "cpu", torch.float32)
+    setup = bench.speed_setup(net, frames=4, size=64)
+    m = bench.BenchMethod("lcp", AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=3))))
+    acc = m.build().attach(net)
+    try:
+        acc.count_flops = True
+        with bench.cpu_attention_flops():
+            bench.run_denoise(setup, acc, 8)
+        full = acc.summary()["flops"]
+        acc.count_flops = False
+        with bench.FlopMemo(acc) as memo, bench.cpu_attention_flops():
+            bench.run_denoise(setup, acc, 8)
+        assert acc.summary()["flops"] == full and memo.counted_calls == 3  # full, batch of 2, batch of 1
+        assert "stage_plan" not in acc.__dict__ and not acc.count_flops  # unwrapped again
+    finally:
+        acc.detach()
+
+
+def test_cpu_attention_flops_are_counted():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    q = torch.randn(1, 2, 16, 8)
+    with bench.cpu_attention_flops(), FlopCounterMode(display=False) as counter:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    assert counter.get_total_flops() == 4 * 2 * 16 * 16 * 8
+
+
+def test_metrics():
+    a = torch.rand((3, 3, 32, 32), generator=torch.Generator().manual_seed(1))
+    assert metrics.psnr(a, a) == CAP and metrics.ssim(a, a) == pytest.approx(1.0)
+    b = (a + 0.1).clamp(0, 1)
+    c = a.clone()
+    c[0] += 0.05  # one frame differs: the identical frames count as CAP each
+    assert 10 < metrics.psnr(a, b) < 40 and metrics.ssim(a, b) < 1
+    per = metrics.psnr_per_frame(a, c.clamp(0, 1))
+    assert per[1] == CAP and per[2] == CAP and per[0] < CAP
+    zero, half = torch.zeros(2, 3, 16, 16), torch.full((2, 3, 16, 16), 0.5)
+    assert metrics.psnr(zero, half) == pytest.approx(10 * np.log10(1 / 0.25))
+    assert metrics.l1(zero, half) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        metrics.psnr(zero, half[:1])
+    with metrics.PeakMemory("cpu") as pm:
+        x = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB, touched
+        del x
+    assert pm.reading.growth_mb > 48 and pm.reading.peak_mb >= pm.reading.growth_mb
+
+
+def test_method_sets():
+    keys = KeySchedule("uniform", interval=5)
+    d = bench.default_methods(keys)
+    assert [m.name for m in d] == ["baseline", "lightningcp", "lightningcp+dfa", "lightningcp+dfa+refdrop",
+                                   "lightningcp-noest", "deepcache", "fasterdiffusion"]
+    assert all(m.accel.caching.keys == keys for m in d[1:])
+    assert [m.accel.method for m in d[-2:]] == ["deepcache", "fasterdiffusion"]
+    a = bench.ablation_methods(keys)
+    assert sum(not m.is_baseline and not m.accel.caching.estimation for m in a) == 3
+    s = bench.sweep_methods((2, 4))
+    assert [m.name for m in s] == ["baseline", "lightningcp@2", "lightningcp@4"]
+    assert [m.key_steps(8) for m in s] == [8, 4, 2]
+    names = [m.name for m in bench.method_set("all", keys, (2, 3))]
+    assert len(names) == len(set(names)) and names[0] == "baseline"
+
+
+def test_embedded_target_without_weights_says_what_to_do(tmp_path, capsys):
+    from talkfast.models.loading import EMBEDDED_DIR
+
+    if (EMBEDDED_DIR / "model.json").exists():
+        pytest.skip("the embedded weights exist")
+    assert cli_main(["bench", "--out", str(tmp_path)]) == 4
+    assert "--random-weights" in capsys.readouterr().err
+    assert not (tmp_path / "bench.md").exists()
+
+
+def test_gpu_bench_dry_run_on_cpu(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_bench.py"), "--preset", "tiny",
+                           "--device", "cpu", "--steps", "4", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "check: LightningCP with every step a key step" in proc.stdout and "-> ok" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1].startswith("| fasterdiffusion |")
+    for name in ("gpu_bench.md", "gpu_bench.json", "gpu_bench.png"):
+        assert (tmp_path / name).is_file()
+    data = json.loads((tmp_path / "gpu_bench.json").read_text())
+    assert data["mode"] == "speed" and data["meta"]["checks_ok"] is True
+    _, rows = table((tmp_path / "gpu_bench.md").read_text())
+    assert rows["baseline"]["speedup"] == "1.00x" and rows["deepcache"]["PSNR base dB"] == "n/a"
