@@ -263,8 +263,9 @@ def cpu_attention_flops():
 @dataclass
 class BenchCase:
     """One input of the pipeline benchmark. ``image``/``audio``: paths, or a PIL image and an
-    :class:`~talkfast.io.audio.Audio`. ``ground_truth``: the real video (T, 3, H, W) in [0, 1]
-    at the generated size, when known. ``lipsync_fn(frames) -> float``: the corpus's lip-sync
+    :class:`~talkfast.io.audio.Audio`. ``ground_truth``: the real video (T, 3, H, W), float in
+    [0, 1] or uint8, when known (resized to the generated size if it differs; compared over the
+    common number of frames). ``lipsync_fn(frames) -> float``: the corpus's lip-sync
     metric for this case's audio (higher is better), when available."""
 
     name: str
@@ -296,23 +297,39 @@ def example_case(seconds: float | None = None, name: str = "example") -> BenchCa
     return BenchCase(name, load_image(EXAMPLE_PORTRAIT), trim_audio(load_audio(EXAMPLE_SPEECH), seconds))
 
 
-def corpus_cases(split: str = "test", limit: int | None = None) -> list[BenchCase]:
-    """Cases from talkfast's synthetic corpus, with ground truth and its lip-sync metric.
-
-    The corpus is not shipped yet. This is the plug point: it expects
-    ``talkfast.data.corpus.bench_cases(split, limit)`` to return :class:`BenchCase` objects (or
-    objects with the same fields)."""
+def corpus_cases(corpus_dir: str | Path, split: str = "test", limit: int | None = None) -> list[BenchCase]:
+    """Cases from a synthetic corpus folder (:mod:`talkfast.data.corpus`): per sample its
+    neutral reference portrait and its speech as inputs, its frames as ground truth (uint8,
+    resized to the generated size when they differ) and :func:`talkfast.eval.lipsync.lipsync_score`
+    against its phoneme-derived mouth target as the lip-sync metric (face boxes scaled to the
+    generated size). ``limit``: the first ``limit`` samples of the split (sorted by id)."""
     from ..errors import InputError
 
     try:
-        from ..data import corpus  # type: ignore[attr-defined]
-    except ImportError:
-        corpus = None
-    fn = getattr(corpus, "bench_cases", None)
-    if fn is None:
-        raise InputError("the synthetic corpus is not available yet (talkfast.data.corpus.bench_cases); "
-                         "benchmark the bundled example instead")
-    return list(fn(split, limit))
+        from ..data.corpus import load_corpus
+        from .lipsync import lipsync_score
+    except ImportError as err:
+        raise InputError(f"the synthetic corpus support is not available: {err}") from err
+    samples = load_corpus(corpus_dir, split)
+    if limit is not None:
+        samples = samples[: max(0, int(limit))]
+    if not samples:
+        raise InputError(f"no {split!r} samples in {corpus_dir}")
+    cases = []
+    for sample in samples:
+        frames = sample.frames()  # (T, H, W, 3) uint8
+        truth = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
+        cases.append(BenchCase(sample.id, sample.reference_path, sample.audio(), truth,
+                               _corpus_lipsync(lipsync_score, sample.face_boxes(), sample.openness, frames.shape[1])))
+    return cases
+
+
+def _corpus_lipsync(score, boxes, target, truth_height: int) -> Callable[[torch.Tensor], float]:
+    def lipsync(video: torch.Tensor) -> float:
+        arr = (video.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return float(score(arr, boxes * (arr.shape[1] / truth_height), target))
+
+    return lipsync
 
 
 def one_clip(audio, frames: int, fps: int):
@@ -444,7 +461,11 @@ def _compare(frames: torch.Tensor, case: BenchCase, base: torch.Tensor | None, c
         a, b = metrics.align(frames, base)
         cr.psnr_base, cr.ssim_base = metrics.psnr(a, b), metrics.ssim(a, b)
     if case.ground_truth is not None:
-        gt = case.ground_truth.detach().to("cpu", torch.float32)
+        gt = case.ground_truth.detach().cpu()
+        gt = gt.float() / 255.0 if gt.dtype == torch.uint8 else gt.float()
+        if gt.shape[-2:] != frames.shape[-2:]:  # ground truth at another resolution
+            gt = torch.nn.functional.interpolate(gt, size=tuple(frames.shape[-2:]), mode="bilinear",
+                                                 align_corners=False, antialias=True).clamp(0, 1)
         a, b = metrics.align(frames, gt)
         cr.psnr_gt, cr.ssim_gt, cr.l1_gt = metrics.psnr(a, b), metrics.ssim(a, b), metrics.l1(a, b)
     if case.lipsync_fn is not None:
@@ -586,9 +607,15 @@ def _pipeline_notes(mem_kind: str, count_flops: bool, repeats: int, pipe, cases)
     if str(getattr(pipe, "source", "")).startswith("random:"):
         notes.append("random weights: PSNR/SSIM to the baseline measure numerical deviation, not visual quality.")
     if not any(c.ground_truth is not None for c in cases):
-        notes.append("ground truth: none for these inputs (n/a); the synthetic corpus's test split will supply it.")
+        notes.append("ground truth: none for these inputs (n/a); a corpus split (--corpus) supplies it.")
+    else:
+        notes.append("PSNR/SSIM/L1 GT: against the ground-truth frames (resized to the generated size if needed), "
+                     "averaged over cases.")
     if not any(c.lipsync_fn is not None for c in cases):
         notes.append("lip-sync: needs the corpus metric (n/a).")
+    else:
+        notes.append("lip-sync: talkfast.eval.lipsync.lipsync_score (Pearson r of the measured mouth opening vs the "
+                     "phoneme-derived target; ~1 in sync, ~0 not), averaged over cases.")
     return notes
 
 

@@ -3,15 +3,17 @@
     talkfast bench [--target embedded|hallo|tiny] [--random-weights] [--methods default|ablation|sweep|all]
                    [--key-steps N|dense|0,1,5] [--sweep 2,3,4,6] [--steps N] [--cfg G] [--seconds S]
                    [--frames F] [--size PX] [--seed N] [--device auto|cpu|cuda] [--dtype auto|fp32|fp16|bf16]
-                   [--repeats N] [--no-flops] [--out DIR] [--quick] [-q]
+                   [--corpus DIR [--split test|train] [--limit N]] [--repeats N] [--no-flops]
+                   [--out DIR] [--quick] [-q]
 
 Targets:
 
 - ``embedded``: the embedded default model on the benchmark inputs (quality and CPU speed). Its
   weights are not shipped yet: ``--random-weights`` runs the same (``small``) model with random
   weights. The inputs are the bundled example portrait and the first ``--seconds`` of the bundled
-  speech (default: one clip); the synthetic corpus's test split plugs in through
-  :func:`talkfast.eval.bench.corpus_cases` once it exists.
+  speech (default: one clip), or with ``--corpus DIR`` the samples of a synthetic-corpus split
+  (default ``test``; ``--limit`` the first N): reference portrait + speech in, ground truth
+  (PSNR/SSIM/L1) and the corpus lip-sync metric out (``--seconds`` then trims each sample).
 - ``tiny``: the ``tiny`` test model with random weights, same inputs.
 - ``hallo``: speed only; the ``hallo`` preset with random weights as a bare denoising loop
   (512x512, 16 frames, 40 steps by default); quality columns are n/a. Meant for a GPU
@@ -57,6 +59,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--seconds", type=float, default=None,
                    help="seconds of the bundled speech to use (default: exactly one clip)")
+    p.add_argument("--corpus", default=None, help="a synthetic-corpus folder (talkfast data): benchmark on its --split "
+                                                 "with ground truth and lip-sync instead of the bundled example")
+    p.add_argument("--split", default="test", choices=["test", "train"], help="corpus split (default: test)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many corpus samples (the first by id)")
     p.add_argument("--frames", type=int, default=None, help="hallo target: frames per clip (default 16)")
     p.add_argument("--size", type=int, default=None, help="frame side in pixels (default: the model's; hallo 512)")
     p.add_argument("--seed", type=int, default=42)
@@ -147,12 +153,19 @@ def _run(args) -> int:
         else:
             pipe = _embedded_pipeline(args)
         opts = GenerateOptions(steps=steps, guidance=args.cfg, seed=args.seed)
-        fps = opts.fps
-        if seconds is None:
-            seconds = pipe.cfg.clip_frames / fps
+        if args.corpus is not None:
+            cases = bench.corpus_cases(args.corpus, args.split, args.limit)
+            if seconds is not None:
+                for c in cases:
+                    c.audio = bench.trim_audio(c.audio, seconds)
+            what = f"{len(cases)} {args.split} samples of {args.corpus}"
+        else:
+            if seconds is None:
+                seconds = pipe.cfg.clip_frames / opts.fps
+            cases = [bench.example_case(seconds)]
+            what = f"{seconds:g} s of the bundled speech"
         log(f"{target}: model {pipe.cfg.name} ({pipe.source}) on {pipe.device} {str(pipe.dtype).replace('torch.', '')}, "
-            f"{len(methods)} methods, {seconds:g} s of speech")
-        cases = [bench.example_case(seconds)]
+            f"{len(methods)} methods, {what}")
         result = bench.run_bench(pipe, cases, methods, opts, warmup=True, count_flops=not args.no_flops,
                                  repeats=args.repeats, size=args.size, target=target, log=log)
     paths = bench.write_outputs(result, args.out)

@@ -55,9 +55,15 @@ def identity_embedding(image: Image.Image, regions: FaceRegions, dim: int, kind:
 
 
 def prepare_portrait(image: Image.Image, size: int, latent_size: int, levels: int, embed_dim: int,
-                     identity: str = "pixels", name: str = "portrait") -> Portrait:
+                     identity: str = "pixels", name: str = "portrait", regions: FaceRegions | None = None) -> Portrait:
     """Crop the largest square around the face, resize to ``size`` and build masks at the
-    latent resolutions ``latent_size / 2**i`` (Hallo: 64, 32, 16, 8)."""
+    latent resolutions ``latent_size / 2**i`` (Hallo: 64, 32, 16, 8). ``regions`` (known face
+    and lip boxes of a square image, e.g. from the synthetic corpus) replaces detection."""
+    if regions is not None:
+        if image.size[0] != image.size[1]:
+            raise ValueError("known face regions need a square image")
+        square = image if image.size[0] == size else image.resize((size, size), Image.Resampling.LANCZOS)
+        return _portrait(square, regions.rescaled((size, size)), latent_size, levels, embed_dim, identity)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         first = detect_face(image)
@@ -71,6 +77,12 @@ def prepare_portrait(image: Image.Image, size: int, latent_size: int, levels: in
     if first.detected and not regions.detected:
         # The crop lost the detection (rare); map the first detection into the crop instead.
         regions = first.rescaled((size, size)) if image.size[0] == image.size[1] else regions
+    return _portrait(square, regions, latent_size, levels, embed_dim, identity)
+
+
+def _portrait(square: Image.Image, regions: FaceRegions, latent_size: int, levels: int, embed_dim: int,
+              identity: str) -> Portrait:
+    size = square.size[0]
     sizes = [max(1, latent_size // 2**i) for i in range(levels)]
     masks = build_masks(regions, level_sizes=sizes, base=latent_size)
     return Portrait(

@@ -85,13 +85,13 @@ class TalkingHeadPipeline:
         self.vae_scale = float(getattr(vae.config, "scaling_factor", 1.0))
 
     # ---------------------------------------------------------------- building blocks
-    def portrait(self, image, size: int | None = None, name: str = "portrait") -> Portrait:
+    def portrait(self, image, size: int | None = None, name: str = "portrait", regions=None) -> Portrait:
         size = size or self.cfg.image_size
         f = self.cfg.vae_scale_factor * 2 ** (self.cfg.unet.num_levels - 1)
         if size % f:
             raise ValueError(f"--size must be a multiple of {f} for the {self.cfg.name} model, got {size}")
         return prepare_portrait(image, size, size // self.cfg.vae_scale_factor, self.cfg.unet.num_levels,
-                                self.cfg.image_embed_dim, self.identity, name)
+                                self.cfg.image_embed_dim, self.identity, name, regions)
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -154,18 +154,21 @@ class TalkingHeadPipeline:
         progress: Callable[[int, int], None] | None = None,
         on_clip: Callable[[torch.Tensor], None] | None = None,
         extra_sidecar: dict | None = None,
+        regions=None,
     ) -> GenerationResult:
         """Generate the video. ``source_image``/``driving_audio`` are paths (or a PIL image and an
         :class:`Audio`). ``output`` None keeps nothing on disk (frames go to ``on_clip`` only).
         ``progress(done, total)`` is called after every denoising step. ``accelerator`` (see
         :mod:`talkfast.accelerators`) is attached to the network if it is not yet, reset for this
-        generation, and asked for every step; its ``summary()`` goes into the sidecar."""
+        generation, and asked for every step; its ``summary()`` goes into the sidecar. ``regions``:
+        known face/lip boxes of a square portrait (the synthetic corpus), instead of detection."""
         t0 = time.perf_counter()
         opts = options.resolved(self.cfg.name)
         image = load_image(source_image) if isinstance(source_image, (str, Path)) else source_image
         audio = load_audio(driving_audio) if isinstance(driving_audio, (str, Path)) else driving_audio
         out_path = check_output_path(output) if output is not None else None
-        por = self.portrait(image, size, name=str(source_image) if isinstance(source_image, (str, Path)) else "portrait")
+        por = self.portrait(image, size, name=str(source_image) if isinstance(source_image, (str, Path)) else "portrait",
+                            regions=regions)
         frames_total = audio.num_frames(opts.fps)
         F, M = self.cfg.clip_frames, self.cfg.motion_frames
         clips = math.ceil(frames_total / F)

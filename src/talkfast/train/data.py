@@ -13,9 +13,9 @@ from PIL import Image
 from ..data.corpus import Sample, load_corpus
 from ..errors import InputError
 from ..face.detect import Box, FaceRegions
-from ..face.masks import MaskSet, build_masks, face_locator_image
+from ..face.masks import MaskSet
 from ..models.config import ModelConfig
-from ..pipeline.conditioning import AudioConditioner, identity_embedding
+from ..pipeline.conditioning import AudioConditioner, prepare_portrait
 from .objective import ClipExample
 
 
@@ -61,13 +61,11 @@ class CorpusClips:
             frames = _pixels(s.frames())
             audio = s.audio()
             feats = self.audio.clip(audio, 0, frames.shape[0], fps=s.fps)
-            lat = cfg.latent_size
-            ref_rgb = s.reference()
-            self._cache[i] = _Prepared(
-                frames=frames, reference=_pixels(ref_rgb), audio=feats,
-                masks=build_masks(regions, [max(1, lat // 2**k) for k in range(cfg.unet.num_levels)], base=lat),
-                locator=face_locator_image(regions, cfg.image_size),
-                identity=identity_embedding(Image.fromarray(ref_rgb), regions, cfg.image_embed_dim, "pixels"))
+            # The same conditioning code as generation, with the corpus's exact face regions.
+            por = prepare_portrait(Image.fromarray(s.reference()), cfg.image_size, cfg.latent_size,
+                                   cfg.unet.num_levels, cfg.image_embed_dim, "pixels", regions=regions)
+            self._cache[i] = _Prepared(frames=frames, reference=por.pixels, audio=feats, masks=por.masks,
+                                       locator=por.locator_input, identity=por.identity)
         return self._cache[i]
 
     def example(self, gen: torch.Generator) -> ClipExample:
