@@ -225,3 +225,27 @@ def test_gpu_bench_dry_run_on_cpu(tmp_path):
     assert data["mode"] == "speed" and data["meta"]["checks_ok"] is True
     _, rows = table((tmp_path / "gpu_bench.md").read_text())
     assert rows["baseline"]["speedup"] == "1.00x" and rows["deepcache"]["PSNR base dB"] == "n/a"
+
+
+def test_corpus_split_supplies_ground_truth_and_lipsync(tmp_path):
+    import shutil
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng (needed to build a corpus) is not installed")
+    from talkfast.data.corpus import build_corpus
+
+    build_corpus(tmp_path / "corpus", 3, 1, seed=0, size=64, test_fraction=0.34, workers=1)
+    cases = bench.corpus_cases(tmp_path / "corpus", "test", limit=1)
+    assert len(cases) == 1 and cases[0].ground_truth.dtype == torch.uint8 and cases[0].lipsync_fn is not None
+    out = tmp_path / "out"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = cli_main(["bench", "--quick", "--corpus", str(tmp_path / "corpus"), "--limit", "1", "--seconds", "0.16",
+                       "--out", str(out), "-q"])
+    assert rc == 0
+    _, rows = table(buf.getvalue())
+    for row in rows.values():
+        assert all(row[c] != "n/a" for c in GT_COLUMNS)
+    data = json.loads((out / "bench.json").read_text())
+    assert data["meta"]["cases"] == [cases[0].name] and data["meta"]["frames"] == 4
+    assert -1 <= data["methods"][0]["lipsync"] <= 1 and 0 < data["methods"][0]["l1_gt"] < 1

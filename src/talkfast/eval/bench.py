@@ -255,6 +255,22 @@ def cpu_attention_flops():
             fc.flop_registry.pop(op, None)
 
 
+@contextlib.contextmanager
+def flushed_denormals(enabled: bool):
+    """While active (and ``enabled``), CPU float math flushes denormal numbers to zero
+    (``torch.set_flush_denormal``). On CPU a model call that meets denormals can run 100x slower
+    (seen with random weights: 17 s instead of 0.07 s per tiny-model call on some clips), which
+    would make the timings measure the inputs' arithmetic accidents rather than the methods.
+    Every method runs under the same setting, so the comparisons stay fair. Restored to the
+    default (off) on exit."""
+    on = bool(enabled) and torch.set_flush_denormal(True)
+    try:
+        yield on
+    finally:
+        if on:
+            torch.set_flush_denormal(False)
+
+
 # ---------------------------------------------------------------------------------------------
 # cases and results
 # ---------------------------------------------------------------------------------------------
@@ -326,8 +342,9 @@ def corpus_cases(corpus_dir: str | Path, split: str = "test", limit: int | None 
 
 def _corpus_lipsync(score, boxes, target, truth_height: int) -> Callable[[torch.Tensor], float]:
     def lipsync(video: torch.Tensor) -> float:
-        arr = (video.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        return float(score(arr, boxes * (arr.shape[1] / truth_height), target))
+        n = min(video.shape[0], len(boxes))  # a trimmed run (--seconds) covers the first frames only
+        arr = (video[:n].detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return float(score(arr, boxes[:n] * (arr.shape[1] / truth_height), target[:n]))
 
     return lipsync
 
@@ -488,14 +505,27 @@ def _load_case(case: BenchCase) -> tuple[Any, Any]:
 
 def run_bench(pipe, cases: Sequence[BenchCase], methods: Sequence[BenchMethod], options=None,
               warmup: bool = True, count_flops: bool = True, *, repeats: int = 1, size: int | None = None,
-              target: str = "pipeline", log: Log | None = None) -> BenchResult:
+              target: str = "pipeline", flush_denormal: bool | None = None, log: Log | None = None) -> BenchResult:
     """Benchmark ``methods`` on ``cases`` with the pipeline ``pipe`` (see the module docstring).
 
     The baseline (added if ``methods`` has none) runs first; its frames are the reference of the
     PSNR/SSIM columns. Per method and case: an untimed pass over the first clip (FLOPs counted
     when ``count_flops``; it is also the method's warm-up), then ``repeats`` timed generations
     (median reported; frames and memory from the first). ``warmup`` adds one untimed baseline
-    clip before everything (first-call costs: threads, allocator, kernels)."""
+    clip before everything (first-call costs: threads, allocator, kernels). ``flush_denormal``
+    (default: on for CPU pipelines) runs everything under :func:`flushed_denormals`."""
+    if flush_denormal is None:
+        flush_denormal = pipe.device.type == "cpu"
+    with flushed_denormals(flush_denormal) as flushed:
+        result = _run_bench(pipe, cases, methods, options, warmup, count_flops, repeats, size, target, log)
+    result.meta["flush_denormal"] = flushed
+    if flushed:
+        result.notes.append("CPU denormals flushed to zero (torch.set_flush_denormal) for every method: "
+                            "denormal arithmetic can slow a CPU model call 100x.")
+    return result
+
+
+def _run_bench(pipe, cases, methods, options, warmup, count_flops, repeats, size, target, log) -> BenchResult:
     from ..pipeline.generate import GenerateOptions
 
     log = log or _quiet
@@ -765,14 +795,30 @@ def run_speed_bench(preset: str = "hallo", device: torch.device | str = "cuda", 
                     frames: int = 16, steps: int = 40, methods: Sequence[BenchMethod] | None = None, size: int = 512,
                     *, guidance: float = 3.5, seed: int = 0, repeats: int = 1, warmup: bool = True,
                     count_flops: bool = True, flops_on: str = "device", setup: SpeedSetup | None = None,
-                    budget_s: float | None = None, target: str | None = None, log: Log | None = None) -> BenchResult:
+                    budget_s: float | None = None, target: str | None = None, flush_denormal: bool | None = None,
+                    log: Log | None = None) -> BenchResult:
     """Speed-only benchmark of the bare denoising loop (see the module docstring).
 
     ``setup``: a prepared :class:`SpeedSetup` (else the preset is built with random weights on
     ``device``). ``flops_on``: "device" (counted in each method's untimed warm-up pass),
     "meta" (a shapes-only copy of the network on the meta device; no device time, costs host
     time) or "none". ``budget_s``: methods that would start after this many seconds (counted from
-    the call, estimated from the baseline's time) are skipped and listed in the notes."""
+    the call, estimated from the baseline's time) are skipped and listed in the notes.
+    ``flush_denormal`` (default: on for CPU) runs everything under :func:`flushed_denormals`."""
+    if flush_denormal is None:
+        dev = setup.net.device if setup is not None else torch.device(device)
+        flush_denormal = dev.type == "cpu"
+    with flushed_denormals(flush_denormal) as flushed:
+        result = _run_speed_bench(preset, device, dtype, frames, steps, methods, size, guidance, seed, repeats,
+                                  warmup, count_flops, flops_on, setup, budget_s, target, log)
+    result.meta["flush_denormal"] = flushed
+    if flushed:
+        result.notes.append("CPU denormals flushed to zero (torch.set_flush_denormal) for every method.")
+    return result
+
+
+def _run_speed_bench(preset, device, dtype, frames, steps, methods, size, guidance, seed, repeats, warmup,
+                     count_flops, flops_on, setup, budget_s, target, log) -> BenchResult:
     log = log or _quiet
     t_start = time.perf_counter()
     if flops_on not in ("device", "meta", "none"):

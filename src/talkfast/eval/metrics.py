@@ -150,7 +150,10 @@ def _read_status_kb(field: str) -> int | None:
 
 
 def current_rss() -> int:
-    """Resident set size of this process in bytes."""
+    """Resident set size of this process in bytes (/proc on Linux, else psutil)."""
+    kb = _read_status_kb("VmRSS")
+    if kb is not None:
+        return kb * 1024
     import psutil
 
     return int(psutil.Process(os.getpid()).memory_info().rss)
