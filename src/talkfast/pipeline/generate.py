@@ -106,15 +106,26 @@ class TalkingHeadPipeline:
         out = [self.vae.decode(z[i : i + chunk]).sample for i in range(0, z.shape[0], chunk)]
         return (torch.cat(out).float() / 2 + 0.5).clamp(0, 1)
 
-    def make_predictor(self, por: Portrait, audio_tokens: torch.Tensor, guidance: float,
-                       motion_scale) -> Callable[[torch.Tensor, torch.Tensor, StagePlan | None], torch.Tensor]:
-        """predict(latents (n,...), timesteps (n,), plan) -> CFG-combined model output (n,...)."""
+    @torch.no_grad()
+    def portrait_conditioning(self, por: Portrait) -> dict:
+        """What the portrait contributes to every clip, computed once per generation: the image
+        contexts [uncond, cond] (2, T, D), the FaceLocator feature (1, C0, 1, h, w) and the masks."""
         net, dev, dt = self.net, self.device, self.dtype
+        ident = por.identity.to(dev, dt)
+        return {
+            "context": net.imageproj(torch.stack([torch.zeros_like(ident), ident])),
+            "face": net.face_locator(por.locator_input.to(dev, dt)[None]).unsqueeze(2),
+            "masks": tuple([m.to(dev, dt)[None] for m in kind] for kind in (por.masks.full, por.masks.face, por.masks.lip)),
+        }
+
+    def make_predictor(self, pc: dict, audio_tokens: torch.Tensor, guidance: float,
+                       motion_scale) -> Callable[[torch.Tensor, torch.Tensor, StagePlan | None], torch.Tensor]:
+        """predict(latents (n,...), timesteps (n,), plan) -> CFG-combined model output (n,...);
+        ``pc`` comes from :meth:`portrait_conditioning`."""
+        net, dt = self.net, self.dtype
         cfg_on = guidance > 1.0
-        ctx_c = net.imageproj(por.identity.to(dev, dt)[None])
-        ctx_u = net.imageproj(torch.zeros_like(por.identity).to(dev, dt)[None])
-        face = net.face_locator(por.locator_input.to(dev, dt)[None]).unsqueeze(2)  # (1, C0, 1, h, w)
-        masks = tuple([m.to(dev, dt)[None] for m in kind] for kind in (por.masks.full, por.masks.face, por.masks.lip))
+        ctx_u, ctx_c = pc["context"][:1], pc["context"][1:]
+        face, masks = pc["face"], pc["masks"]
 
         def predict(latents: torch.Tensor, t: torch.Tensor, plan: StagePlan | None) -> torch.Tensor:
             n = latents.shape[0]
@@ -196,15 +207,15 @@ class TalkingHeadPipeline:
         source = por.pixels[None]
         motion = source.repeat(M, 1, 1, 1)
         h = w = por.image.size[0] // self.cfg.vae_scale_factor
+        pc = self.portrait_conditioning(por)
         try:
             for c in range(clips):
                 tc = time.perf_counter()
                 ref = self.encode(torch.cat([source, motion]))
-                ctx = self.net.imageproj(torch.stack([torch.zeros_like(por.identity), por.identity]).to(self.device, self.dtype))
-                self.net.write_reference(ref, ctx, hallo_tiling=opts.hallo_context_tiling)
+                self.net.write_reference(ref, pc["context"], hallo_tiling=opts.hallo_context_tiling)
                 feats = self.audio.clip(audio, c * F, F, fps=opts.fps).to(self.device, self.dtype)
                 tokens = self.net.audioproj(feats[None])
-                predict = self.make_predictor(por, tokens, opts.guidance, opts.motion_scale)
+                predict = self.make_predictor(pc, tokens, opts.guidance, opts.motion_scale)
                 noise = torch.randn((1, self.cfg.latent_channels, F, h, w), generator=gen).to(self.device, self.dtype)
 
                 def step_done(_j: int) -> None:
