@@ -5,13 +5,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
-if ! command -v espeak-ng >/dev/null 2>&1; then
-  # espeak-ng speaks the synthetic corpus; optional for generation, so a failure only warns.
+# System packages, all optional for generation, so a failure only warns:
+#   espeak-ng speaks the synthetic corpus ('talkfast data');
+#   chromium is the browser the web demo's test drives headless (Playwright never downloads one).
+missing=()
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null) \
-      || echo "warning: could not install espeak-ng (needed only for 'talkfast data')" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
+      || echo "warning: could not install ${missing[*]} (espeak-ng: 'talkfast data'; chromium: the demo's browser test)" >&2
   else
-    echo "warning: espeak-ng missing; install it with your package manager (needed only for 'talkfast data')" >&2
+    echo "warning: ${missing[*]} missing; install with your package manager" \
+         "(espeak-ng: 'talkfast data'; chromium: the demo's browser test)" >&2
   fi
 fi
 

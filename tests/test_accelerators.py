@@ -194,6 +194,32 @@ def test_dfa_needs_a_caching_method():
         AccelConfig("off", dfa=DFAConfig())
 
 
+def _processors(net):
+    return [(name, type(m.processor).__name__) for name, m in net.named_modules() if hasattr(m, "processor")]
+
+
+def test_generate_detaches_what_it_attached(pipe, inputs, baseline):
+    """An accelerator passed to generate() unattached is detached again at the end (its DFA and
+    reference-removal processors gone), so a later plain call equals the baseline; one the
+    caller attached stays attached."""
+    before = _processors(pipe.net)
+    img, audio = inputs
+    acc = build_accelerator(AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=3)),
+                                        dfa=DFAConfig(temporal=True), drop_ref=True))
+    pipe.generate(img, audio, None, GenerateOptions(steps=STEPS), accelerator=acc)
+    assert acc.net is None and _processors(pipe.net) == before
+    torch.testing.assert_close(run(pipe, inputs), baseline, rtol=0, atol=0)
+    acc.attach(pipe.net)
+    try:
+        during = _processors(pipe.net)
+        assert during != before
+        pipe.generate(img, audio, None, GenerateOptions(steps=STEPS), accelerator=acc)
+        assert acc.net is pipe.net and _processors(pipe.net) == during
+    finally:
+        acc.detach()
+    assert _processors(pipe.net) == before
+
+
 def test_compiled_unet_does_not_recompile_per_step(pipe, inputs):
     """torch.compile (dynamo; the eager backend keeps the test fast) of the denoising UNet under
     LightningCP: one graph for the key-step call and one for the batched shallow call, and no

@@ -144,11 +144,10 @@ def test_flop_memo_counts_what_a_full_count_counts():
     acc = m.build().attach(net)
     try:
         acc.count_flops = True
-        with bench.cpu_attention_flops():
-            bench.run_denoise(setup, acc, 8)
+        bench.run_denoise(setup, acc, 8)
         full = acc.summary()["flops"]
         acc.count_flops = False
-        with bench.FlopMemo(acc) as memo, bench.cpu_attention_flops():
+        with bench.FlopMemo(acc) as memo:
             bench.run_denoise(setup, acc, 8)
         assert acc.summary()["flops"] == full and memo.counted_calls == 3  # full, batch of 2, batch of 1
         assert "stage_plan" not in acc.__dict__ and not acc.count_flops  # unwrapped again
@@ -157,12 +156,31 @@ def test_flop_memo_counts_what_a_full_count_counts():
 
 
 def test_cpu_attention_flops_are_counted():
-    from torch.utils.flop_counter import FlopCounterMode
+    from talkfast.sampling.loop import flop_counter
 
     q = torch.randn(1, 2, 16, 8)
-    with bench.cpu_attention_flops(), FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         torch.nn.functional.scaled_dot_product_attention(q, q, q)
     assert counter.get_total_flops() == 4 * 2 * 16 * 16 * 8
+
+
+def test_summary_flops_include_attention():
+    """The accelerator's own summary() counts attention on CPU: its FLOPs exceed what the
+    convolutions and linear layers alone account for."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = bench.build_random_net("tiny", "cpu", torch.float32)
+    setup = bench.speed_setup(net, frames=4, size=64)
+    acc = bench.BenchMethod("off", AccelConfig("off")).build().attach(net)
+    try:
+        acc.count_flops = True
+        bench.run_denoise(setup, acc, 1)
+        counted = acc.summary()["flops"]
+        with FlopCounterMode(display=False) as plain:  # torch's registry alone
+            bench.run_denoise(setup, acc, 1)
+        assert counted > plain.get_total_flops() > 0
+    finally:
+        acc.detach()
 
 
 def test_metrics():

@@ -5,7 +5,7 @@ import torch
 from talkfast.face.detect import Box, FaceRegions
 from talkfast.face.masks import build_masks, face_locator_image
 from talkfast.models.loading import build_random
-from talkfast.train.objective import ClipExample, DiffusionObjective, vae_loss
+from talkfast.train.objective import ClipExample, DiffusionObjective, lip_weighted_mse, vae_loss
 
 
 def example(cfg, seed=0):
@@ -97,3 +97,21 @@ def test_training_checkpoints_and_resumes_exactly(tmp_path):
     for (k, v), (_, w) in zip(straight.state_dict().items(), resumed_cfg_net.state_dict().items()):
         torch.testing.assert_close(v, w, msg=k)
     assert (tmp_path / "a" / "net_train.json").exists()
+
+
+
+def test_lip_weighted_mse():
+    """Uniform error: the same as plain MSE (the weights are normalised); error inside the lip
+    region counts (1 + w) times as much as the same error outside; w = 0 is plain MSE."""
+    lip = torch.zeros(4, 4)
+    lip[2:, 1:3] = 1.0
+    target = torch.zeros(1, 2, 3, 4, 4)
+    uniform = torch.full_like(target, 0.5)
+    torch.testing.assert_close(lip_weighted_mse(uniform, target, lip.flatten(), 3.0), torch.tensor(0.25))
+    inside, outside = torch.zeros_like(target), torch.zeros_like(target)
+    inside[..., 2, 1] = 1.0
+    outside[..., 0, 0] = 1.0
+    ratio = lip_weighted_mse(inside, target, lip.flatten(), 3.0) / lip_weighted_mse(outside, target, lip.flatten(), 3.0)
+    torch.testing.assert_close(ratio, torch.tensor(4.0))
+    torch.testing.assert_close(lip_weighted_mse(inside, target, lip.flatten(), 0.0),
+                               torch.nn.functional.mse_loss(inside, target))

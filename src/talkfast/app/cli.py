@@ -5,18 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
+from .. import examples
 from ..errors import TalkfastError
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
-
 
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="portrait + speech -> talking-head mp4")
-    p.add_argument("-s", "--source_image", "--source-image", default=str(EXAMPLES / "portrait.png"),
+    p.add_argument("-s", "--source_image", "--source-image", default=str(examples.PORTRAIT),
                    help="portrait image (default: the bundled example)")
-    p.add_argument("-a", "--driving_audio", "--driving-audio", default=str(EXAMPLES / "speech.wav"),
+    p.add_argument("-a", "--driving_audio", "--driving-audio", default=str(examples.SPEECH),
                    help="speech recording: wav/flac/ogg/mp3/m4a... (default: the bundled example)")
     p.add_argument("-o", "--output", default="talkfast_out.mp4", help="output .mp4 (a .json sidecar is written beside it)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, e.g. 40 for hallo)")
@@ -47,6 +44,8 @@ def _add_generate(sub) -> None:
     a.add_argument("--dfa-temporal", action="store_true", help="DFA also restricts temporal attention")
     a.add_argument("--drop-ref-layers", default=None,
                    help="reference-feature removal: 'default' (the shallow layer), 'none', or keys like up_blocks.3.attentions.2")
+    p.add_argument("--parallel", choices=["steps", "cfg", "steps+cfg"], default=None,
+                   help="split the model calls over the processes of a torchrun job (docs/SCALING.md)")
 
 
 def accel_config(args):
@@ -91,6 +90,12 @@ def cmd_generate(args) -> int:
     from ..accelerators import build_accelerator
 
     accel = accel_config(args)
+    par, extra = None, {}
+    if args.parallel:  # torchrun: every rank runs the loop, rank 0 alone writes and prints
+        from ..parallel.distributed import ParallelRun
+
+        par = ParallelRun.from_env(args.parallel, args.device)
+        args.device, args.quiet = par.device, args.quiet or par.rank != 0
     pipe = load_pipeline(args.checkpoint, random_weights=args.random_weights, preset=args.model,
                          device=args.device, dtype=args.dtype)
     opts = GenerateOptions(steps=args.steps, guidance=args.cfg, seed=args.seed, fps=args.fps,
@@ -107,11 +112,18 @@ def cmd_generate(args) -> int:
 
     try:
         acc = build_accelerator(accel) if accel.method != "off" else None
-        result = pipe.generate(args.source_image, args.driving_audio, args.output, opts, size=args.size,
-                               progress=progress, accelerator=acc)
+        if par is not None:
+            extra = par.generate_kwargs(pipe)
+        output = args.output if par is None or par.rank == 0 else None
+        result = pipe.generate(args.source_image, args.driving_audio, output, opts, size=args.size,
+                               progress=progress, accelerator=acc, **extra)
     finally:
         if bar is not None:
             bar.close()
+        if par is not None:
+            par.close()
+    if par is not None and par.rank != 0:
+        return 0
     secs = result.seconds.get("total", 0.0)
     print(f"wrote {result.path} ({result.frames} frames, {result.clips} clips, {secs:.1f} s)")
     if acc is not None:
@@ -130,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    from . import batch as batch_app
+
+    batch_app.add_parser(sub)
     d = sub.add_parser("doctor", help="show what is available (device, ffmpeg, face detector, weights)")
     d.add_argument("--checkpoint", default=None, help="also check this checkpoint folder")
     from ..data import cli as data_cli
@@ -138,7 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     data_cli.add_parser(sub)
     eval_cli.add_parser(sub)
+    eval_cli.add_quality_parser(sub)
     train_cli.add_parser(sub)
+    from . import demo as demo_app
+
+    demo_app.add_parser(sub)
     return parser
 
 
@@ -151,7 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     from ..train import cli as train_cli
 
     handlers = {"generate": cmd_generate, "doctor": cmd_doctor, "data": data_cli.run, "bench": eval_cli.run,
+                "quality": eval_cli.run_quality_command,
                 "train": train_cli.run}
+    from . import batch as batch_app
+
+    handlers["batch"] = batch_app.run
+    from . import demo as demo_app
+
+    handlers["demo"] = demo_app.cmd_demo
     try:
         return handlers[args.command](args)
     except TalkfastError as err:

@@ -458,6 +458,15 @@ class Sample:
         with Image.open(self.root / "reference.png") as im:
             return np.asarray(im.convert("RGB"))
 
+    def regions(self):
+        """:class:`~talkfast.face.detect.FaceRegions` of the reference pose (the first frame), exact
+        from the renderer: what training and the quality report condition on instead of detection."""
+        from talkfast.face.detect import Box, FaceRegions
+
+        size = int(self.meta["size"])
+        return FaceRegions(Box(*self.face_boxes()[0].tolist()), Box(*self.mouth_boxes()[0].tolist()),
+                           (size, size), True, "corpus")
+
     @property
     def audio_path(self) -> Path:
         return self.root / "audio.wav"

@@ -49,15 +49,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .. import __version__
+from .. import __version__, examples
 from ..accelerators import AccelConfig, CachingConfig, DFAConfig, KeySchedule, build_accelerator
 from ..accelerators.base import Accelerator
 from . import metrics
 from .metrics import PSNR_CAP, PeakMemory
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
-EXAMPLE_PORTRAIT = EXAMPLES / "portrait.png"
-EXAMPLE_SPEECH = EXAMPLES / "speech.wav"
+EXAMPLE_PORTRAIT, EXAMPLE_SPEECH = examples.PORTRAIT, examples.SPEECH
 
 DEFAULT_KEYS = KeySchedule("uniform", interval=4)
 DEFAULT_SWEEP = (2, 3, 4, 5, 6, 8)
@@ -236,26 +234,6 @@ class FlopMemo:
 
 
 @contextlib.contextmanager
-def cpu_attention_flops():
-    """While active, FlopCounterMode also counts ``aten._scaled_dot_product_flash_attention_for_cpu``
-    (what ``scaled_dot_product_attention`` runs on CPU), with the formula it uses for the CUDA
-    kernels; torch's counter leaves it out, so CPU counts would miss every attention matmul.
-    The entry is removed again on exit."""
-    from torch.utils import flop_counter as fc
-
-    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    formula = fc.flop_registry.get(torch.ops.aten._scaled_dot_product_flash_attention)
-    added = op is not None and formula is not None and op not in fc.flop_registry
-    if added:
-        fc.flop_registry[op] = formula
-    try:
-        yield
-    finally:
-        if added:
-            fc.flop_registry.pop(op, None)
-
-
-@contextlib.contextmanager
 def flushed_denormals(enabled: bool):
     """While active (and ``enabled``), CPU float math flushes denormal numbers to zero
     (``torch.set_flush_denormal``). On CPU a model call that meets denormals can run 100x slower
@@ -289,6 +267,7 @@ class BenchCase:
     audio: Any
     ground_truth: torch.Tensor | None = None
     lipsync_fn: Callable[[torch.Tensor], float] | None = None
+    regions: Any = None  # known face/lip boxes of the portrait (corpus samples), instead of detection
 
 
 def trim_audio(audio, seconds: float | None):
@@ -318,7 +297,7 @@ def corpus_cases(corpus_dir: str | Path, split: str = "test", limit: int | None 
     neutral reference portrait and its speech as inputs, its frames as ground truth (uint8,
     resized to the generated size when they differ) and :func:`talkfast.eval.lipsync.lipsync_score`
     against its phoneme-derived mouth target as the lip-sync metric (face boxes scaled to the
-    generated size). ``limit``: the first ``limit`` samples of the split (sorted by id)."""
+    generated size). ``limit``: at most that many samples, spread over identities."""
     from ..errors import InputError
 
     try:
@@ -326,9 +305,9 @@ def corpus_cases(corpus_dir: str | Path, split: str = "test", limit: int | None 
         from .lipsync import lipsync_score
     except ImportError as err:
         raise InputError(f"the synthetic corpus support is not available: {err}") from err
-    samples = load_corpus(corpus_dir, split)
-    if limit is not None:
-        samples = samples[: max(0, int(limit))]
+    from .quality import select_samples
+
+    samples = select_samples(load_corpus(corpus_dir, split), limit)  # spread over identities
     if not samples:
         raise InputError(f"no {split!r} samples in {corpus_dir}")
     cases = []
@@ -336,7 +315,8 @@ def corpus_cases(corpus_dir: str | Path, split: str = "test", limit: int | None 
         frames = sample.frames()  # (T, H, W, 3) uint8
         truth = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
         cases.append(BenchCase(sample.id, sample.reference_path, sample.audio(), truth,
-                               _corpus_lipsync(lipsync_score, sample.face_boxes(), sample.openness, frames.shape[1])))
+                               _corpus_lipsync(lipsync_score, sample.face_boxes(), sample.openness, frames.shape[1]),
+                               regions=sample.regions()))
     return cases
 
 
@@ -546,7 +526,8 @@ def _run_bench(pipe, cases, methods, options, warmup, count_flops, repeats, size
         if first_clip_only:
             audio = one_clip(audio, clip_frames, opts.fps)
         on_clip = (lambda fr: collect.append(fr.detach().to("cpu", torch.float32))) if collect is not None else None
-        return pipe.generate(image, audio, None, opts, size=size, accelerator=method_acc, on_clip=on_clip)
+        return pipe.generate(image, audio, None, opts, size=size, accelerator=method_acc, on_clip=on_clip,
+                             regions=case.regions)
 
     if warmup:
         log("warm-up: one baseline clip")
@@ -566,7 +547,7 @@ def _run_bench(pipe, cases, methods, options, warmup, count_flops, repeats, size
             for case in cases:
                 per_clip_flops = None
                 if count_flops:
-                    with FlopMemo(acc), cpu_attention_flops():
+                    with FlopMemo(acc):
                         generate(acc, case, first_clip_only=True)
                     per_clip_flops = acc.summary().get("flops")
                 elif warmup:
@@ -861,7 +842,7 @@ def _run_speed_bench(preset, device, dtype, frames, steps, methods, size, guidan
         try:
             flops = None
             if flops_on == "device":
-                with FlopMemo(acc), cpu_attention_flops():
+                with FlopMemo(acc):
                     run_denoise(setup, acc, steps)
                 flops = acc.summary().get("flops")
             elif warmup:
@@ -869,7 +850,7 @@ def _run_speed_bench(preset, device, dtype, frames, steps, methods, size, guidan
             if flops_on == "meta":
                 macc = _attached(m, meta_setup)
                 try:
-                    with FlopMemo(macc), cpu_attention_flops():
+                    with FlopMemo(macc):
                         run_denoise(meta_setup, macc, steps)
                     flops = macc.summary().get("flops")
                 finally:

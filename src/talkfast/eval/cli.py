@@ -8,11 +8,10 @@
 
 Targets:
 
-- ``embedded``: the embedded default model on the benchmark inputs (quality and CPU speed). Its
-  weights are not shipped yet: ``--random-weights`` runs the same (``small``) model with random
-  weights. The inputs are the bundled example portrait and the first ``--seconds`` of the bundled
+- ``embedded``: the embedded default model on the benchmark inputs (quality and CPU speed);
+  ``--random-weights`` runs the same (``small``) model with random weights. The inputs are the bundled example portrait and the first ``--seconds`` of the bundled
   speech (default: one clip), or with ``--corpus DIR`` the samples of a synthetic-corpus split
-  (default ``test``; ``--limit`` the first N): reference portrait + speech in, ground truth
+  (default ``test``; ``--limit`` N of them, spread over identities): reference portrait + speech in, ground truth
   (PSNR/SSIM/L1) and the corpus lip-sync metric out (``--seconds`` then trims each sample).
 - ``tiny``: the ``tiny`` test model with random weights, same inputs.
 - ``hallo``: speed only; the ``hallo`` preset with random weights as a bare denoising loop
@@ -48,7 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="embedded: the embedded model (quality + CPU speed); tiny: the test model; "
                         "hallo: the hallo preset with random weights, speed only (default: embedded)")
     p.add_argument("--random-weights", action="store_true",
-                   help="embedded target: the small preset with random weights (the weights are not shipped yet)")
+                   help="embedded target: the small preset with random weights")
     p.add_argument("--methods", choices=["default", "ablation", "sweep", "all"], default="default",
                    help="default: baseline, LightningCP (+DFA, +DFA+refdrop, no estimation), DeepCache, "
                         "FasterDiffusion; ablation: LightningCP / +DFA / +DFA+refdrop with and without "
@@ -62,7 +61,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--corpus", default=None, help="a synthetic-corpus folder (talkfast data): benchmark on its --split "
                                                  "with ground truth and lip-sync instead of the bundled example")
     p.add_argument("--split", default="test", choices=["test", "train"], help="corpus split (default: test)")
-    p.add_argument("--limit", type=int, default=None, help="at most this many corpus samples (the first by id)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many corpus samples, spread over identities")
     p.add_argument("--frames", type=int, default=None, help="hallo target: frames per clip (default 16)")
     p.add_argument("--size", type=int, default=None, help="frame side in pixels (default: the model's; hallo 512)")
     p.add_argument("--seed", type=int, default=42)
@@ -171,6 +170,109 @@ def _run(args) -> int:
     paths = bench.write_outputs(result, args.out)
     log("wrote " + ", ".join(str(p) for p in paths.values()))
     print(bench.to_markdown(result), flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# talkfast quality
+# ---------------------------------------------------------------------------------------------
+
+# The corpus the embedded model was trained on (its test split holds the held-out samples); the
+# model card records it, these are the values used when it does not.
+DEFAULT_CORPUS = {"identities": 200, "sentences": 3, "seed": 0, "size": 128, "test_fraction": 0.2}
+
+
+def add_quality_parser(subparsers) -> argparse.ArgumentParser:
+    """``talkfast quality``: the model's quality report on held-out corpus samples."""
+    p = subparsers.add_parser(
+        "quality", help="quality report of a model on held-out synthetic samples (PSNR, SSIM, lip sync, identity)",
+        description="Generate held-out samples of the synthetic corpus with plain sampling and compare them with "
+                    "ground truth; write QUALITY.md, quality.json and contact_sheet.png.")
+    p.add_argument("--checkpoint", default=None, help="a talkfast model folder (default: the embedded model)")
+    p.add_argument("--random-weights", action="store_true", help="the small preset with random weights (a control)")
+    p.add_argument("--corpus", default=None,
+                   help="corpus folder; default: build the model's training corpus (from its model card) into "
+                        "--corpus-cache, or reuse it there")
+    p.add_argument("--corpus-cache", default=None, help="where a default corpus is built (default: ~/.cache/talkfast)")
+    p.add_argument("--split", default="test", choices=["test", "train"])
+    p.add_argument("--limit", type=int, default=16, help="samples, spread over identities (default 16)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--cfg", type=float, default=None)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--no-shuffled-audio", action="store_true", help="skip the shuffled-audio generations (half the time)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--out", default="quality_out", help="folder for QUALITY.md, quality.json, contact_sheet.png")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(handler=run_quality_command)
+    return p
+
+
+def default_corpus(card: dict, cache: str | None, log) -> str:
+    """The model card's training corpus, built once into the cache folder (deterministic by seed)."""
+    from pathlib import Path
+
+    from ..data.corpus import build_corpus
+
+    spec = {**DEFAULT_CORPUS, **(card.get("corpus") or {})}
+    root = Path(cache) if cache else Path.home() / ".cache" / "talkfast"
+    folder = root / "corpus-{identities}x{sentences}-seed{seed}-{size}px-test{test_fraction}".format(**spec)
+    if not (folder / "corpus.json").exists():
+        log(f"building the corpus {spec} into {folder} (once)")
+        build_corpus(folder, spec["identities"], spec["sentences"], seed=spec["seed"], size=spec["size"],
+                     test_fraction=spec["test_fraction"], overwrite=True)
+    return str(folder)
+
+
+def run_quality_command(args) -> int:
+    try:
+        return _run_quality(args)
+    except TalkfastError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run_quality(args) -> int:
+    import json
+    import shlex
+    from pathlib import Path
+
+    from ..models.loading import EMBEDDED_DIR
+    from ..pipeline.generate import GenerateOptions
+    from ..pipeline.loader import load_pipeline
+    from . import quality
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    pipe = load_pipeline(args.checkpoint, random_weights=args.random_weights, preset="small",
+                         device=args.device, dtype=args.dtype, seed=args.seed)
+    card_path = Path(args.checkpoint or EMBEDDED_DIR) / "model.json"
+    card = json.loads(card_path.read_text()) if card_path.exists() and not args.random_weights else {}
+    corpus = args.corpus or default_corpus(card, args.corpus_cache, log)
+    opts = GenerateOptions(steps=args.steps, guidance=args.cfg, seed=args.seed)
+    if pipe.device.type == "cpu":
+        import torch
+
+        torch.set_flush_denormal(True)
+    result, sheets = quality.run_quality(pipe, corpus, args.split, args.limit, opts,
+                                         shuffled_audio=not args.no_shuffled_audio, log=log)
+    words = ["talkfast", "quality", "--out", args.out, "--limit", str(args.limit)]
+    for flag, value in (("--checkpoint", args.checkpoint), ("--corpus", args.corpus), ("--steps", args.steps),
+                        ("--cfg", args.cfg)):
+        if value is not None:
+            words += [flag, str(value)]
+    words += ["--random-weights"] * args.random_weights + ["--no-shuffled-audio"] * args.no_shuffled_audio
+    if args.split != "test":
+        words += ["--split", args.split]
+    command = " ".join(shlex.quote(w) for w in words)
+    paths = quality.write_report(result, sheets, args.out, command=command)
+    log("wrote " + ", ".join(str(p) for p in paths.values()))
+    print(paths["markdown"].read_text(), flush=True)
     return 0
 
 

@@ -86,6 +86,10 @@ def load_audio(
     other rates are resampled with soxr (HQ). Raises :class:`InputError` if the file is missing,
     unreadable, empty, contains NaN/inf, is silent (unless ``allow_silent``) or is longer than
     ``max_seconds``.
+
+    The file is read and resampled in blocks, so the memory needed is the returned waveform
+    (4 bytes per output sample: 230 MB for an hour at 16 kHz) plus a constant, whatever the
+    source rate and channel count.
     """
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
@@ -96,74 +100,117 @@ def load_audio(
     if p.is_dir():
         raise InputError(f"Audio path is a directory, not a file: {name}")
 
-    data, src_rate = _read_any(p, name, max_seconds)
-    src_channels = data.shape[1]
-    if data.shape[0] == 0:
-        raise InputError(f"Audio file {name} is empty (contains no samples).")
-    if not np.all(np.isfinite(data)):
-        raise InputError(f"Audio file {name} contains invalid samples (NaN or infinity).")
-    src_seconds = data.shape[0] / src_rate
-    if max_seconds is not None and src_seconds > max_seconds:
-        raise InputError(
-            f"Audio file {name} is {src_seconds:.1f} s long, more than the {max_seconds:g} s limit; "
-            "trim it or raise the limit."
-        )
+    try:
+        return _decode_stream(_open_soundfile(p), name, int(sample_rate), allow_silent, max_seconds)
+    except _DecodeError as sf_err:
+        first_error = str(sf_err)
+    except OSError as err:
+        raise InputError(f"Audio file {name} cannot be opened: {err.strerror or err}") from err
+    with tempfile.TemporaryDirectory(prefix="talkfast-audio-") as tmp:
+        try:
+            wav = _ffmpeg_to_wav(p, max_seconds, Path(tmp))
+            return _decode_stream(_open_soundfile(wav), name, int(sample_rate), allow_silent, max_seconds)
+        except (_DecodeError, OSError) as err:
+            detail = f" ({err})" if str(err) else f" ({first_error})"
+            raise InputError(
+                f"Audio file {name} is not a readable audio file{detail}; "
+                "use WAV, FLAC, MP3, OGG or M4A."
+            ) from err
 
-    mono = data.mean(axis=1, dtype=np.float64) if src_channels > 1 else data[:, 0].astype(np.float64)
+
+#: Frames read (and resampled) at a time: memory use does not depend on the file's length.
+_BLOCK_FRAMES = 1 << 18
+
+
+def _open_soundfile(p: Path) -> sf.SoundFile:
+    """Open ``p`` with libsndfile; a format it cannot read raises :class:`_DecodeError`."""
+    try:
+        return sf.SoundFile(str(p))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        raise _DecodeError(str(err)) from err
+
+
+def _decode_stream(
+    f: sf.SoundFile, name: str, sample_rate: int, allow_silent: bool, max_seconds: float | None
+) -> Audio:
+    """Read ``f`` block by block: downmix, check, resample (soxr HQ, streamed) into one float32 array.
+
+    Besides the returned 16 kHz (``sample_rate``) waveform, memory is bounded by one block, however
+    long the file: the source-rate data, float64 downmix and resampler input are never held whole.
+    The result is identical, sample for sample, to resampling the whole downmixed file at once.
+    Read errors raise :class:`_DecodeError` (the caller then tries ffmpeg); unusable content
+    (empty, NaN/inf, silent, too long) raises :class:`InputError`.
+    """
+    with f:
+        src_rate, channels = int(f.samplerate), int(f.channels)
+        known = int(f.frames) if f.seekable() and 0 <= f.frames < 1 << 50 else None
+        limit = None if max_seconds is None else math.floor(max_seconds * src_rate)
+        resampler = None
+        if src_rate != sample_rate:
+            resampler = soxr.ResampleStream(src_rate, sample_rate, 1, dtype="float64", quality="HQ")
+        capacity = 1 << 20
+        if known is not None:  # soxr's output length: round(frames * out / in), halves up
+            capacity = max(1, (2 * known * sample_rate + src_rate) // (2 * src_rate) + 1)
+        out = np.empty(capacity, np.float32)
+        n_in = n_out = 0
+        peak = sum_sq = 0.0
+        while True:
+            try:
+                block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+                raise _DecodeError(str(err)) from err
+            last = len(block) < _BLOCK_FRAMES
+            if not np.all(np.isfinite(block)):
+                raise InputError(f"Audio file {name} contains invalid samples (NaN or infinity).")
+            n_in += len(block)
+            if limit is not None and n_in > limit:
+                seconds = max(n_in, known or 0) / src_rate
+                raise InputError(
+                    f"Audio file {name} is {seconds:.1f} s long, more than the {max_seconds:g} s limit; "
+                    "trim it or raise the limit."
+                )
+            mono = block.mean(axis=1, dtype=np.float64) if channels > 1 else block[:, 0].astype(np.float64)
+            if len(mono):
+                peak = max(peak, float(np.max(np.abs(mono))))
+                sum_sq += float(np.dot(mono, mono))
+            if resampler is not None:
+                mono = resampler.resample_chunk(mono, last=last)
+            if n_out + len(mono) > len(out):  # the length was unknown or wrong: grow
+                grown = np.empty(max(2 * len(out), n_out + len(mono)), np.float32)
+                grown[:n_out] = out[:n_out]
+                out = grown
+            out[n_out : n_out + len(mono)] = mono
+            n_out += len(mono)
+            if last:
+                break
+    if n_in == 0:
+        raise InputError(f"Audio file {name} is empty (contains no samples).")
     if not allow_silent:
-        peak = float(np.max(np.abs(mono)))
-        rms = float(np.sqrt(np.mean(np.square(mono))))
+        rms = math.sqrt(sum_sq / n_in)
         rms_db = 20.0 * math.log10(rms) if rms > 0 else -math.inf
         if peak < SILENT_PEAK or rms_db < SILENT_RMS_DBFS:
             raise InputError(
                 f"Audio file {name} is silent (peak {peak:.2g}, RMS {rms_db:.0f} dBFS); "
                 "provide a recording with speech."
             )
-
-    if src_rate != sample_rate:
-        mono = soxr.resample(mono, src_rate, sample_rate, quality="HQ")
-    samples = np.ascontiguousarray(mono, dtype=np.float32)
-    if samples.size == 0:
+    if n_out == 0:
         raise InputError(f"Audio file {name} is too short to resample to {sample_rate} Hz.")
+    out.resize(n_out, refcheck=False)  # in place: no second full-length copy
     return Audio(
-        samples=samples,
-        sample_rate=int(sample_rate),
-        source_sample_rate=int(src_rate),
-        source_channels=int(src_channels),
+        samples=out,
+        sample_rate=sample_rate,
+        source_sample_rate=src_rate,
+        source_channels=channels,
         path=name,
     )
-
-
-def _read_any(p: Path, name: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
-    """Read ``p`` as a (frames, channels) float32 array, via soundfile or else ffmpeg."""
-    try:
-        return _read_soundfile(p)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as sf_err:
-        first_error = str(sf_err)
-    except OSError as err:
-        raise InputError(f"Audio file {name} cannot be opened: {err.strerror or err}") from err
-    try:
-        return _read_ffmpeg(p, max_seconds)
-    except _DecodeError as err:
-        detail = f" ({err})" if str(err) else f" ({first_error})"
-        raise InputError(
-            f"Audio file {name} is not a readable audio file{detail}; "
-            "use WAV, FLAC, MP3, OGG or M4A."
-        ) from err
-
-
-def _read_soundfile(p: Path) -> tuple[np.ndarray, int]:
-    """Read with libsndfile; integer PCM comes back scaled to [-1, 1]."""
-    data, rate = sf.read(str(p), dtype="float32", always_2d=True)
-    return data, int(rate)
 
 
 class _DecodeError(Exception):
     """ffmpeg could not decode an audio stream from the file."""
 
 
-def _read_ffmpeg(p: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
-    """Decode the first audio stream with ffmpeg into a temporary float WAV, then read that.
+def _ffmpeg_to_wav(p: Path, max_seconds: float | None, folder: Path) -> Path:
+    """Decode the first audio stream with ffmpeg into a float WAV in ``folder``; returns its path.
 
     Going through a WAV file (instead of a raw pipe) keeps the native channel count and rate,
     so downmixing and resampling are done the same way as for files soundfile reads directly.
@@ -174,31 +221,31 @@ def _read_ffmpeg(p: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
         exe = imageio_ffmpeg.get_ffmpeg_exe()
     except Exception as err:  # binary missing or unusable
         raise _DecodeError(f"ffmpeg unavailable: {err}") from err
-    with tempfile.TemporaryDirectory(prefix="talkfast-audio-") as tmp:
-        out = Path(tmp) / "decoded.wav"
-        cmd = [exe, "-nostdin", "-hide_banner", "-v", "error", "-i", str(p)]
-        if max_seconds is not None:
-            # Decode just past the limit: enough to detect "too long" without decoding hours.
-            cmd += ["-t", f"{max_seconds + 1.0:.3f}"]
-        cmd += ["-map", "0:a:0", "-vn", "-sn", "-dn", "-c:a", "pcm_f32le", "-rf64", "auto", "-y", str(out)]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, timeout=_FFMPEG_TIMEOUT_S, check=False)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            raise _DecodeError(f"ffmpeg failed: {err}") from err
-        if proc.returncode != 0 or not out.exists():
-            lines = proc.stderr.decode(errors="replace").strip().splitlines()
-            raise _DecodeError(lines[-1] if lines else f"ffmpeg exit code {proc.returncode}")
-        try:
-            return _read_soundfile(out)
-        except (RuntimeError, TypeError, ValueError, OSError) as err:
-            raise _DecodeError(str(err)) from err
+    out = folder / "decoded.wav"
+    cmd = [exe, "-nostdin", "-hide_banner", "-v", "error", "-i", str(p)]
+    if max_seconds is not None:
+        # Decode just past the limit: enough to detect "too long" without decoding hours.
+        cmd += ["-t", f"{max_seconds + 1.0:.3f}"]
+    cmd += ["-map", "0:a:0", "-vn", "-sn", "-dn", "-c:a", "pcm_f32le", "-rf64", "auto", "-y", str(out)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=_FFMPEG_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise _DecodeError(f"ffmpeg failed: {err}") from err
+    if proc.returncode != 0 or not out.exists():
+        lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise _DecodeError(lines[-1] if lines else f"ffmpeg exit code {proc.returncode}")
+    return out
 
 
-def save_wav(path: StrPath, audio_or_samples: Audio | np.ndarray, sample_rate: int | None = None) -> Path:
+def save_wav(
+    path: StrPath, audio_or_samples: Audio | np.ndarray, sample_rate: int | None = None, *, length: int | None = None
+) -> Path:
     """Write mono (or (frames, channels)) audio as a 16-bit PCM WAV; returns the path.
 
     ``sample_rate`` is taken from the :class:`Audio` when one is given; it is required for a raw
-    array. Samples are clipped to [-1, 1] before quantisation.
+    array. Samples are clipped to [-1, 1] before quantisation (NaN becomes 0). ``length``: write
+    exactly this many frames, trimming the samples or padding them with silence. The samples are
+    converted and written in blocks, so a long recording is never copied whole.
     """
     if isinstance(audio_or_samples, Audio):
         samples = audio_or_samples.samples
@@ -210,10 +257,20 @@ def save_wav(path: StrPath, audio_or_samples: Audio | np.ndarray, sample_rate: i
         rate = sample_rate
     if samples.ndim not in (1, 2):
         raise ValueError(f"save_wav expects 1-D or (frames, channels) samples, got shape {samples.shape}")
-    pcm = np.clip(np.nan_to_num(samples.astype(np.float32), nan=0.0), -1.0, 1.0)
+    total = len(samples) if length is None else int(length)
+    if total < 0:
+        raise ValueError(f"length must be >= 0, got {length}")
+    channels = 1 if samples.ndim == 1 else samples.shape[1]
     p = Path(path)
     try:
-        sf.write(str(p), pcm, int(rate), subtype="PCM_16", format="WAV")
+        with sf.SoundFile(str(p), "w", samplerate=int(rate), channels=channels, subtype="PCM_16", format="WAV") as f:
+            for start in range(0, total, _BLOCK_FRAMES):
+                stop = min(total, start + _BLOCK_FRAMES)
+                block = np.asarray(samples[start:stop], dtype=np.float32)
+                if len(block) < stop - start:  # past the end of the samples: silence
+                    pad = np.zeros((stop - start - len(block), *samples.shape[1:]), np.float32)
+                    block = np.concatenate([block, pad])
+                f.write(np.clip(np.nan_to_num(block, nan=0.0), -1.0, 1.0))
     except (RuntimeError, OSError) as err:
         raise OutputError(f"Cannot write WAV file {p}: {err}") from err
     return p

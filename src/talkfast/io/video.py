@@ -30,7 +30,7 @@ import numpy as np
 from talkfast.errors import InputError, OutputError
 from talkfast.io.audio import Audio, save_wav
 
-__all__ = ["VideoInfo", "VideoWriter", "check_output_path", "probe_video", "write_json_atomic"]
+__all__ = ["VideoInfo", "VideoWriter", "check_output_path", "probe_video", "remove_stale_temporaries", "write_json_atomic"]
 
 StrPath = str | os.PathLike[str]
 
@@ -96,6 +96,37 @@ def write_json_atomic(path: StrPath, obj: Any) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return p
+
+
+def remove_stale_temporaries(path: StrPath) -> list[Path]:
+    """Delete the hidden temporary files a :class:`VideoWriter` for ``path`` left behind.
+
+    A writer removes its temporaries itself on success, on error and on ``KeyboardInterrupt``; they
+    survive only when the process is killed outright (SIGKILL, the OOM killer, a power cut). Only
+    the names a writer for ``path`` creates are matched (``.<name>.<12 hex digits>.partial.mp4``,
+    ``.video.mp4``, ``.audio.wav``, ``.partial.json`` and the sidecar's own temporary), never the
+    published video or sidecar. Call it only while no other writer for ``path`` is running (e.g. a
+    batch job about to regenerate an output). Returns the files deleted.
+    """
+    p = Path(path).expanduser().resolve()
+    name = re.escape(p.name)
+    pattern = re.compile(
+        rf"\.{name}\.[0-9a-f]{{12}}\.(?:partial\.mp4|video\.mp4|audio\.wav|partial\.json)"
+        rf"|\.\.{name}\.[0-9a-f]{{12}}\.partial\.json\..+\.tmp"
+    )
+    removed = []
+    try:
+        entries = list(p.parent.iterdir())
+    except OSError:  # no folder yet (nothing to clean) or unreadable (the writer will say so)
+        return removed
+    for entry in entries:
+        if pattern.fullmatch(entry.name) and entry.is_file():
+            try:
+                entry.unlink()
+                removed.append(entry)
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 class VideoWriter:
@@ -296,10 +327,7 @@ class VideoWriter:
         assert self.audio is not None
         rate = self.audio.sample_rate
         target = -(-self.frames_written * rate // self.fps)  # ceil(frames / fps * rate)
-        samples = self.audio.samples[:target]
-        if len(samples) < target:
-            samples = np.concatenate([samples, np.zeros(target - len(samples), dtype=np.float32)])
-        save_wav(self._wav_tmp, samples, rate)
+        save_wav(self._wav_tmp, self.audio.samples, rate, length=target)  # streamed: no full copy
 
     def abort(self) -> None:
         """Stop encoding and delete every temporary file; nothing is published. Idempotent."""

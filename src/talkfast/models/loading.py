@@ -141,13 +141,19 @@ def load_hallo(root: str | Path) -> tuple[TalkingHeadNet, AutoencoderKL, Path]:
     return net, vae.eval().requires_grad_(False), paths.wav2vec
 
 
-def save_embedded(net: TalkingHeadNet, vae: AutoencoderKL, folder: str | Path, card: dict | None = None) -> Path:
-    """Write a model folder in talkfast's own layout (net.safetensors, vae/, model.json)."""
+def save_embedded(net: TalkingHeadNet, vae: AutoencoderKL, folder: str | Path, card: dict | None = None,
+                  dtype: torch.dtype | None = None) -> Path:
+    """Write a model folder in talkfast's own layout (net.safetensors, vae/, model.json).
+    ``dtype`` (e.g. float16, to ship small) stores the network's floating-point tensors in that
+    type; loading casts them to the pipeline's dtype."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "net.safetensors"))
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+             for k, v in net.state_dict().items()}
+    save_file(state, str(folder / "net.safetensors"))
     vae.save_pretrained(str(folder / "vae"), safe_serialization=True)
-    meta = {"preset": net.cfg.name, **(card or {})}
+    meta = {"preset": net.cfg.name, "weights_dtype": str(next(iter(state.values())).dtype).replace("torch.", ""),
+            **(card or {})}
     (folder / "model.json").write_text(json.dumps(meta, indent=2))
     return folder
 
@@ -160,8 +166,9 @@ def load_embedded(folder: str | Path = EMBEDDED_DIR) -> tuple[TalkingHeadNet, Au
     if missing:
         raise CheckpointError(
             f"talkfast model folder {folder} is incomplete (missing: {', '.join(missing)}). "
-            "The embedded default model is not shipped yet: pass --random-weights for a test run, "
-            "or --checkpoint DIR with a Hallo checkpoint.")
+            + ("The embedded model ships inside the talkfast package: reinstall it (scripts/install.sh). "
+               if folder.resolve() == EMBEDDED_DIR.resolve() else "")
+            + "Or pass --checkpoint DIR (a talkfast model folder or a Hallo checkpoint), or --random-weights.")
     meta = json.loads((folder / "model.json").read_text())
     net = build_net(get_preset(meta["preset"]), device="meta")
     load_net_weights(net, read_state_dict(folder / "net.safetensors"), str(folder / "net.safetensors"))

@@ -11,17 +11,17 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..audio.features import MelFeatures, Wav2Vec2Features, window_features
-from ..face.detect import FaceRegions, detect_face
+from ..face.detect import Box, FaceRegions, detect_face
 from ..face.masks import MaskSet, build_masks, face_locator_image
 from ..io.audio import Audio
-from ..io.image import square_crop, to_tensor
+from ..io.image import square_crop, square_crop_box, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,21 @@ def prepare_portrait(image: Image.Image, size: int, latent_size: int, levels: in
         warnings.simplefilter("ignore")
         regions = detect_face(square)
     if first.detected and not regions.detected:
-        # The crop lost the detection (rare); map the first detection into the crop instead.
-        regions = first.rescaled((size, size)) if image.size[0] == image.size[1] else regions
+        # The crop lost the detection (a small face once resized); map the first detection into it.
+        regions = _into_square_crop(first, size)
     return _portrait(square, regions, latent_size, levels, embed_dim, identity)
+
+
+def _into_square_crop(regions: FaceRegions, size: int) -> FaceRegions:
+    """``regions`` of a whole image mapped into the square that :func:`square_crop` takes around
+    its face box, resized to ``size`` x ``size``."""
+    x0, y0, x1, y1 = regions.face.to_int()
+    left, top, side = square_crop_box(*regions.image_size, ((x0 + x1) / 2.0, (y0 + y1) / 2.0))
+
+    def move(b: Box) -> Box:
+        return Box(b.x0 - left, b.y0 - top, b.x1 - left, b.y1 - top).clip(side, side).scale(size / side)
+
+    return replace(regions, face=move(regions.face), lip=move(regions.lip), image_size=(size, size))
 
 
 def _portrait(square: Image.Image, regions: FaceRegions, latent_size: int, levels: int, embed_dim: int,

@@ -8,6 +8,7 @@ one clip whatever the audio length.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import platform
@@ -35,6 +36,17 @@ log = logging.getLogger(__name__)
 
 # Sampling defaults per model preset: (steps, guidance).
 SAMPLING_DEFAULTS = {"hallo": (40, 3.5), "small": (15, 3.5), "tiny": (4, 2.0)}
+
+
+@functools.lru_cache(maxsize=64)
+def half_layout(n: int, halves: tuple[int, ...]) -> ItemLayout:
+    """Item layout of ``n`` items of each listed CFG half (0 uncond: no reference tokens, 1 cond);
+    ``(0, 1)`` and ``(1,)`` are ``ItemLayout.cfg(n, True / False)``."""
+    if tuple(halves) == (0, 1):
+        return ItemLayout.cfg(n, True)
+    if tuple(halves) == (1,):
+        return ItemLayout.cfg(n, False)
+    return ItemLayout(tuple(h for h in halves for _ in range(n)), tuple(h == 1 for h in halves for _ in range(n)))
 
 
 @dataclass
@@ -127,29 +139,33 @@ class TalkingHeadPipeline:
         ctx_u, ctx_c = pc["context"][:1], pc["context"][1:]
         face, masks = pc["face"], pc["masks"]
 
+        # per CFG half (0: unconditional, 1: conditional): image context, audio tokens, face feature
+        halves_cond = {0: (ctx_u, torch.zeros_like(audio_tokens), torch.zeros_like(face)), 1: (ctx_c, audio_tokens, face)}
+
+        def model_output(latents: torch.Tensor, t: torch.Tensor, plan: StagePlan | None,
+                         halves: tuple[int, ...] = (0, 1)) -> torch.Tensor:
+            """Raw (unguided) output of the listed CFG halves for every item, half-major:
+            (len(halves) * n, ...). ``(0, 1)`` is the batched CFG call of ``predict``."""
+            n, k = latents.shape[0], len(halves)
+            parts = [halves_cond[h] for h in halves]
+            cond = UNetCond(
+                context=torch.cat([c.expand(n, -1, -1) for c, _, _ in parts]),
+                audio=torch.cat([a.expand(n, -1, -1, -1) for _, a, _ in parts]),
+                masks=tuple([m.expand(k * n, -1) for m in kind] for kind in masks),
+                face_feature=torch.cat([f.expand(n, -1, -1, -1, -1) for _, _, f in parts]),
+                layout=half_layout(n, halves), motion_scale=motion_scale)
+            x, tt = (latents, t) if k == 1 else (torch.cat([latents] * k), torch.cat([t] * k))
+            return net.denoise(x.to(dt), tt, cond, plan)
+
         def predict(latents: torch.Tensor, t: torch.Tensor, plan: StagePlan | None) -> torch.Tensor:
-            n = latents.shape[0]
-            if cfg_on:
-                x = torch.cat([latents, latents])
-                tt = torch.cat([t, t])
-                cond = UNetCond(
-                    context=torch.cat([ctx_u.expand(n, -1, -1), ctx_c.expand(n, -1, -1)]),
-                    audio=torch.cat([torch.zeros_like(audio_tokens).expand(n, -1, -1, -1), audio_tokens.expand(n, -1, -1, -1)]),
-                    masks=tuple([m.expand(2 * n, -1) for m in kind] for kind in masks),
-                    face_feature=torch.cat([torch.zeros_like(face).expand(n, -1, -1, -1, -1), face.expand(n, -1, -1, -1, -1)]),
-                    layout=ItemLayout.cfg(n, True), motion_scale=motion_scale)
-            else:
-                x, tt = latents, t
-                cond = UNetCond(context=ctx_c.expand(n, -1, -1), audio=audio_tokens.expand(n, -1, -1, -1),
-                                masks=tuple([m.expand(n, -1) for m in kind] for kind in masks),
-                                face_feature=face.expand(n, -1, -1, -1, -1), layout=ItemLayout.cfg(n, False),
-                                motion_scale=motion_scale)
-            v = net.denoise(x.to(dt), tt, cond, plan)
             if not cfg_on:
-                return v
-            v_u, v_c = v.chunk(2)
+                return model_output(latents, t, plan, (1,))
+            v_u, v_c = model_output(latents, t, plan, (0, 1)).chunk(2)
             return v_u + guidance * (v_c - v_u)
 
+        # for wrappers that split the CFG halves (talkfast.parallel): predict == guide(model_output(...))
+        predict.model_output = model_output
+        predict.guidance = guidance if cfg_on else None
         return predict
 
     # ---------------------------------------------------------------- generation
@@ -166,13 +182,17 @@ class TalkingHeadPipeline:
         on_clip: Callable[[torch.Tensor], None] | None = None,
         extra_sidecar: dict | None = None,
         regions=None,
+        wrap_predictor: Callable[[Callable], Callable] | None = None,
     ) -> GenerationResult:
         """Generate the video. ``source_image``/``driving_audio`` are paths (or a PIL image and an
         :class:`Audio`). ``output`` None keeps nothing on disk (frames go to ``on_clip`` only).
         ``progress(done, total)`` is called after every denoising step. ``accelerator`` (see
-        :mod:`talkfast.accelerators`) is attached to the network if it is not yet, reset for this
+        :mod:`talkfast.accelerators`) is attached to the network if it is not yet (and then detached
+        again at the end, so a later call without it runs the plain network), reset for this
         generation, and asked for every step; its ``summary()`` goes into the sidecar. ``regions``:
-        known face/lip boxes of a square portrait (the synthetic corpus), instead of detection."""
+        known face/lip boxes of a square portrait (the synthetic corpus), instead of detection.
+        ``wrap_predictor(predict) -> predict``: applied to every clip's predictor (multi-process
+        splitting, :mod:`talkfast.parallel`)."""
         t0 = time.perf_counter()
         opts = options.resolved(self.cfg.name)
         image = load_image(source_image) if isinstance(source_image, (str, Path)) else source_image
@@ -197,6 +217,7 @@ class TalkingHeadPipeline:
             "face_box": list(por.regions.face.to_int()), "lip_box": list(por.regions.lip.to_int()),
             "options": asdict(opts), **(extra_sidecar or {}),
         }
+        attached_here = isinstance(accelerator, Accelerator) and accelerator.net is None
         if isinstance(accelerator, Accelerator):
             accelerator.attach(self.net)
             accelerator.begin(self, por)
@@ -216,6 +237,8 @@ class TalkingHeadPipeline:
                 feats = self.audio.clip(audio, c * F, F, fps=opts.fps).to(self.device, self.dtype)
                 tokens = self.net.audioproj(feats[None])
                 predict = self.make_predictor(pc, tokens, opts.guidance, opts.motion_scale)
+                if wrap_predictor is not None:
+                    predict = wrap_predictor(predict)
                 noise = torch.randn((1, self.cfg.latent_channels, F, h, w), generator=gen).to(self.device, self.dtype)
 
                 def step_done(_j: int) -> None:
@@ -246,4 +269,7 @@ class TalkingHeadPipeline:
             if writer is not None:
                 writer.abort()
             raise
+        finally:
+            if attached_here:  # leave the network as it was: no plug-in processors stay behind
+                accelerator.detach()
         return GenerationResult(out_path, frames_total, clips, timings, sidecar)

@@ -71,6 +71,31 @@ class FullSteps:
         return latents
 
 
+def attention_flop_mapping() -> dict:
+    """Extra FlopCounterMode formulas: ``aten._scaled_dot_product_flash_attention_for_cpu`` (what
+    ``scaled_dot_product_attention`` runs on CPU) gets the formula torch uses for its CUDA flash
+    kernel; torch's own registry leaves it out, so CPU counts would miss every attention matmul."""
+    from torch.utils import flop_counter as fc
+
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    formula = fc.flop_registry.get(torch.ops.aten._scaled_dot_product_flash_attention)
+    if op is None or formula is None or op in fc.flop_registry:
+        return {}
+
+    def registered(*args, **kwargs):  # the registry's formula already takes raw arguments
+        return formula(*args, **kwargs)
+
+    registered._get_raw = True  # tells FlopCounterMode not to wrap it a second time
+    return {op: registered}
+
+
+def flop_counter():
+    """A FlopCounterMode (no display) that also counts CPU attention (:func:`attention_flop_mapping`)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    return FlopCounterMode(display=False, custom_mapping=attention_flop_mapping())
+
+
 def _measured(predict, inputs, t, plan, count_flops: bool, sync: bool):
     """Run one model call, timing it (and counting FLOPs when asked). Device synchronisation
     happens only when ``sync`` is set (benchmarks), never by default."""
@@ -79,9 +104,7 @@ def _measured(predict, inputs, t, plan, count_flops: bool, sync: bool):
     t0 = time.perf_counter()
     flops = None
     if count_flops:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        with FlopCounterMode(display=False) as counter:
+        with flop_counter() as counter:
             out = predict(inputs, t, plan)
         flops = counter.get_total_flops()
     else:

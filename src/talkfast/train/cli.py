@@ -33,10 +33,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         s.add_argument("--batch", type=int, default=batch)
         s.add_argument("--device", default="auto")
         s.add_argument("--seed", type=int, default=0)
+        if name == "vae":
+            s.add_argument("--crop", type=int, default=None,
+                           help="train on random CROP x CROP windows of the frames (multiple of 8; cheaper)")
+            s.add_argument("--decoder-only", action="store_true",
+                           help="fine-tune only the decoder of the trained VAE (the latent space, and a network "
+                                "trained on it, stay valid); checkpoint vae_decoder_ckpt.pt, used by export")
+        else:
+            s.add_argument("--clip-frames", type=int, default=None,
+                           help="frames per training clip (default: the model's clip length)")
+            s.add_argument("--lip-weight", type=float, default=2.0,
+                           help="extra loss weight inside the lip region (default 2; 0 = plain MSE)")
     e = sub.add_parser("export", help="write the trained model as a talkfast model folder")
     e.add_argument("--out", required=True, help="run folder")
     e.add_argument("--model", default="small")
     e.add_argument("--to", default=None, help="destination (default: RUN/model)")
+    e.add_argument("--data", default=None, help="the training corpus: its build settings go into the model card")
+    e.add_argument("--half", action="store_true", help="store the network in float16 (half the size)")
     return p
 
 
@@ -46,7 +59,7 @@ def _device(name: str) -> torch.device:
     return resolve_device(name)
 
 
-def _models(preset: str, run: Path, device, need_vae: bool):
+def _models(preset: str, run: Path, device, need_vae: bool, decoder: bool = True):
     from ..models.loading import build_random
 
     net, vae = build_random(preset)
@@ -56,7 +69,13 @@ def _models(preset: str, run: Path, device, need_vae: bool):
             from ..errors import CheckpointError
 
             raise CheckpointError(f"{vae_ckpt} not found: run 'talkfast train vae' with the same --out first")
-        vae.load_state_dict(torch.load(vae_ckpt, map_location="cpu", weights_only=False)["model"])
+        state = torch.load(vae_ckpt, map_location="cpu", weights_only=False)
+        vae.load_state_dict(state["model"])
+        if "scaling_factor" in state:
+            vae.register_to_config(scaling_factor=float(state["scaling_factor"]))
+        tuned = run / "vae_decoder_ckpt.pt"
+        if decoder and tuned.exists():  # a fine-tuned decoder on the same encoder
+            vae.load_state_dict(torch.load(tuned, map_location="cpu", weights_only=False)["model"])
     return net.to(device), vae.to(device)
 
 
@@ -68,20 +87,91 @@ def run(args) -> int:
     out = Path(args.out)
     if args.train_command == "export":
         return _export(args)
+    from ..errors import InputError
+    from .objective import encode_latents
+
     dev = _device(args.device)
+    if dev.type == "cpu":
+        torch.set_flush_denormal(True)  # tiny gradients as denormals slow CPU kernels many times over
     cfg = get_preset(args.model)
-    clips = CorpusClips(args.data, cfg)
     tcfg = TrainConfig(steps=args.steps, lr=args.lr, batch=args.batch if args.train_command == "net" else 1,
-                       seed=args.seed, run_steps=args.run_steps)
+                       seed=args.seed, run_steps=args.run_steps, lip_weight=getattr(args, "lip_weight", 0.0))
     logging.getLogger("talkfast").setLevel(logging.INFO)
     if args.train_command == "vae":
-        _, vae = _models(args.model, out, dev, need_vae=False)
-        res = train_vae(vae, lambda g: clips.frame_batch(g, args.batch).to(dev), tcfg, out)
+        if args.crop is not None and (args.crop % cfg.vae_scale_factor or args.crop <= 0):
+            raise InputError(f"--crop must be a positive multiple of {cfg.vae_scale_factor}, got {args.crop}")
+        clips = CorpusClips(args.data, cfg)
+        _, vae = _models(args.model, out, dev, need_vae=args.decoder_only)
+        res = train_vae(vae, lambda g: clips.frame_batch(g, args.batch, args.crop).to(dev), tcfg, out,
+                        decoder_only=args.decoder_only)
+        if not args.decoder_only:
+            res["scaling_factor"] = _store_scaling_factor(vae, clips, out / "vae_ckpt.pt", dev)
     else:
+        if args.clip_frames is not None and args.clip_frames < 1:
+            raise InputError(f"--clip-frames must be at least 1, got {args.clip_frames}")
         net, vae = _models(args.model, out, dev, need_vae=True)
+        clips = CorpusClips(args.data, cfg, clip_frames=args.clip_frames, encoder=lambda x: encode_latents(vae, x))
         res = train_net(net, vae, clips.example, tcfg, out)
     print(json.dumps(res, indent=2))
     return 0
+
+
+def _store_scaling_factor(vae, clips, ckpt, dev, frames: int = 64) -> float:
+    """1 / std of the latents of random whole frames, kept with the VAE checkpoint: the diffusion
+    model then sees latents of unit variance (as SD's 0.18215 does for its VAE)."""
+    from .loop import _save
+    from .objective import encode_latents
+
+    vae.register_to_config(scaling_factor=1.0)
+    lat = encode_latents(vae.eval(), clips.frame_batch(torch.Generator().manual_seed(1234), frames).to(dev))
+    factor = float(1.0 / lat.float().std().clamp_min(1e-6))
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state["scaling_factor"] = factor
+    _save(ckpt, state)
+    vae.register_to_config(scaling_factor=factor)
+    return factor
+
+
+def model_card(card: dict, net, vae) -> str:
+    """A model card (markdown) from the exported model's facts: sizes, corpus, training."""
+    def n_params(m) -> str:
+        return f"{sum(p.numel() for p in m.parameters()) / 1e6:.2f} M"
+
+    cfg = net.cfg
+    tc = card.get("train_config") or {}
+    lines = [f"# talkfast `{cfg.name}` model", "",
+             f"A Hallo-style talking-head model (ReferenceNet + denoising UNet with reference attention, audio "
+             f"cross-attention and temporal motion modules; {cfg.image_size}x{cfg.image_size} video, "
+             f"{cfg.latent_size}x{cfg.latent_size} latents, {cfg.audio_features} audio features, clips of "
+             f"{cfg.clip_frames} frames chained by {cfg.motion_frames} motion frames), trained from scratch by "
+             "`talkfast train` on talkfast's synthetic corpus. It only knows that corpus's procedural cartoon "
+             "faces and espeak-ng voices: it is a test bed for the accelerators and an offline default, not a "
+             "model for real photographs.", "",
+             "| part | parameters | stored as |", "|---|---|---|",
+             f"| network (`net.safetensors`) | {n_params(net)} | {card.get('weights_dtype', 'float32')} |",
+             f"| autoencoder (`vae/`, diffusers AutoencoderKL) | {n_params(vae)} | float32 |", ""]
+    corpus = card.get("corpus")
+    if corpus:
+        lines += ["## Corpus", "",
+                  f"`talkfast data build --identities {corpus['identities']} --sentences {corpus['sentences']} "
+                  f"--seed {corpus['seed']} --size {corpus['size']}` (test fraction {corpus.get('test_fraction')}): "
+                  "identities and sentences of the test split never appear in training.", ""]
+    lines += ["## Training", "", "| stage | steps | first loss | final loss | seconds |", "|---|---|---|---|---|"]
+    for part, label in (("vae_training", "autoencoder"), ("vae_decoder_training", "decoder fine-tuning (frozen encoder)"),
+                        ("net_training", "network (v-prediction, zero-terminal-SNR DDIM schedule)")):
+        t = card.get(part)
+        if t:
+            lines.append(f"| {label} | {t['steps']} of {t['of']} | {t['first_loss']:.4f} | {t['final_loss']:.4f} | "
+                         f"{t['seconds']:.0f} |")
+    lines += ["", f"Network: learning rate {tc.get('lr')}, batch {tc.get('batch')}, lip-region loss weight "
+              f"{tc.get('lip_weight')}, unconditional dropout {tc.get('uncond_prob')}; latent scaling factor "
+              f"{card.get('vae_scaling_factor', 1.0):.4f} (1 / std of the encoder's latents). Seconds are wall time "
+              "on the machine that trained it (the run may span several resumed invocations).", "",
+              "## Quality", "",
+              "Measured on held-out identities and sentences by `talkfast quality` (docs/QUALITY.md in the "
+              "repository): PSNR/SSIM against ground truth, lip-sync correlation with shuffled-audio controls, "
+              "identity consistency, and a contact sheet.", ""]
+    return "\n".join(lines)
 
 
 def _export(args) -> int:
@@ -92,7 +182,20 @@ def _export(args) -> int:
     state = torch.load(run_dir / "net_ckpt.pt", map_location="cpu", weights_only=False)
     net.load_state_dict(state["model"])
     card = {"trained_steps": state["step"], "train_config": state.get("config"),
-            "final_loss": sum(state["history"][-50:]) / max(1, len(state["history"][-50:]))}
-    dest = save_embedded(net, vae, args.to or run_dir / "model", card)
+            "final_loss": sum(state["history"][-50:]) / max(1, len(state["history"][-50:])),
+            "first_loss": sum(state["history"][:50]) / max(1, len(state["history"][:50])),
+            "vae_scaling_factor": float(vae.config.scaling_factor)}
+    for part in ("vae", "vae_decoder", "net"):
+        summary = run_dir / f"{part}_train.json"
+        if summary.exists():
+            card[f"{part}_training"] = json.loads(summary.read_text())
+    if args.data:
+        from ..data.corpus import read_manifest
+
+        m = read_manifest(args.data)
+        card["corpus"] = {"identities": m["num_identities"], "sentences": m["sentences_per_identity"],
+                          "seed": m["seed"], "size": m["size"], "test_fraction": m["test_fraction"]}
+    dest = save_embedded(net, vae, args.to or run_dir / "model", card, dtype=torch.float16 if args.half else None)
+    (dest / "MODEL_CARD.md").write_text(model_card(card, net, vae))
     print(f"wrote {dest}")
     return 0

@@ -14,7 +14,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from ..models.net import TalkingHeadNet
-from .objective import ClipExample, DiffusionObjective, vae_loss
+from .objective import ClipExample, DiffusionObjective, decoder_loss, vae_loss
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ class TrainConfig:
     batch: int = 1  # examples per optimizer step (accumulated)
     grad_clip: float = 1.0
     uncond_prob: float = 0.1
+    lip_weight: float = 0.0  # extra loss weight inside the lip region (network only)
     checkpoint_every: int = 200
     log_every: int = 20
     seed: int = 0
@@ -51,13 +52,13 @@ def _fit(name: str, module: torch.nn.Module, params, loss_fn: Callable[[torch.Ge
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[float] = []
-    start = 0
+    start, before = 0, 0.0  # steps and seconds of earlier invocations
     if resume and ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         module.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["rng"])
-        history, start = state["history"], state["step"]
+        history, start, before = state["history"], state["step"], float(state.get("seconds", 0.0))
         log.info("%s: resumed at step %d", name, start)
     module.train()
     t0 = time.perf_counter()
@@ -81,19 +82,32 @@ def _fit(name: str, module: torch.nn.Module, params, loss_fn: Callable[[torch.Ge
                      (time.perf_counter() - t0) / (done - start))
         if done % cfg.checkpoint_every == 0 or done in (cfg.steps, stop):
             _save(ckpt, {"model": module.state_dict(), "opt": opt.state_dict(), "rng": gen.get_state(),
-                         "history": history, "step": done, "config": asdict(cfg)})
+                         "history": history, "step": done, "config": asdict(cfg),
+                         "seconds": before + time.perf_counter() - t0})
     module.eval()
     summary = {"steps": stop, "of": cfg.steps, "final_loss": sum(history[-50:]) / max(1, len(history[-50:])),
-               "first_loss": sum(history[:50]) / max(1, len(history[:50])), "seconds": time.perf_counter() - t0}
+               "first_loss": sum(history[:50]) / max(1, len(history[:50])),
+               "seconds": before + time.perf_counter() - t0}  # over every invocation that has a record
     (out_dir / f"{name}_train.json").write_text(json.dumps({**summary, "config": asdict(cfg)}, indent=2))
     return summary
 
 
 def train_vae(vae: AutoencoderKL, frames: Callable[[torch.Generator], torch.Tensor], cfg: TrainConfig,
-              out_dir: str | Path, resume: bool = True) -> dict:
-    """``frames(gen)`` returns a batch (N, 3, H, W) in [-1, 1] on the VAE's device."""
-    vae.requires_grad_(True)
-    out = _fit("vae", vae, list(vae.parameters()), lambda g: vae_loss(vae, frames(g), g), cfg, Path(out_dir), resume)
+              out_dir: str | Path, resume: bool = True, decoder_only: bool = False) -> dict:
+    """``frames(gen)`` returns a batch (N, 3, H, W) in [-1, 1] on the VAE's device.
+
+    ``decoder_only``: fine-tune the decoder (and ``post_quant_conv``) on the frozen encoder's
+    posterior means; the latent space, and so any network trained on it, stays valid. Its
+    checkpoint is ``vae_decoder_ckpt.pt``."""
+    if decoder_only:
+        params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+        vae.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        out = _fit("vae_decoder", vae, params, lambda g: decoder_loss(vae, frames(g)), cfg, Path(out_dir), resume)
+    else:
+        vae.requires_grad_(True)
+        out = _fit("vae", vae, list(vae.parameters()), lambda g: vae_loss(vae, frames(g), g), cfg, Path(out_dir), resume)
     vae.requires_grad_(False)
     return out
 
@@ -103,7 +117,7 @@ def train_net(net: TalkingHeadNet, vae: AutoencoderKL, examples: Callable[[torch
     """``examples(gen)`` returns one :class:`ClipExample`; the VAE stays frozen."""
     vae.requires_grad_(False).eval()
     net.requires_grad_(True)
-    obj = DiffusionObjective(net, vae, cfg.uncond_prob)
+    obj = DiffusionObjective(net, vae, cfg.uncond_prob, cfg.lip_weight)
     out = _fit("net", net, list(net.parameters()), lambda g: obj.loss(examples(g), g), cfg, Path(out_dir), resume)
     net.requires_grad_(False)
     return out

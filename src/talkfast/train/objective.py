@@ -31,17 +31,29 @@ class ClipExample:
     masks: MaskSet
     locator: torch.Tensor  # (3, H, W) FaceLocator input
     identity: torch.Tensor  # (E,) identity embedding
+    # Optional VAE latents of [reference, motion..., frames...] (1 + M + F, C, h, w), already scaled;
+    # a data source that caches them saves the encoder pass on every step.
+    latents: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor, chunk: int = 32) -> torch.Tensor:
+    """Scaled posterior means of frames (N, 3, H, W) in [-1, 1], in chunks of ``chunk`` frames."""
+    scale = float(getattr(vae.config, "scaling_factor", 1.0))
+    dev = next(vae.parameters()).device
+    return torch.cat([vae.encode(p.to(dev)).latent_dist.mean * scale for p in pixels.split(chunk)])
 
 
 class DiffusionObjective:
-    def __init__(self, net: TalkingHeadNet, vae: AutoencoderKL, uncond_prob: float = 0.1):
-        self.net, self.vae, self.uncond_prob = net, vae, uncond_prob
-        self.alphas = make_scheduler(1).alphas_cumprod.float()
-        self.scale = float(getattr(vae.config, "scaling_factor", 1.0))
+    """``lip_weight`` w scales the loss inside the lip region by (1 + w): the mouth covers a few
+    latent pixels only, and its motion is the one thing the audio decides."""
 
-    @torch.no_grad()
+    def __init__(self, net: TalkingHeadNet, vae: AutoencoderKL, uncond_prob: float = 0.1, lip_weight: float = 0.0):
+        self.net, self.vae, self.uncond_prob, self.lip_weight = net, vae, uncond_prob, lip_weight
+        self.alphas = make_scheduler(1).alphas_cumprod.float()
+
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(pixels).latent_dist.mean * self.scale
+        return encode_latents(self.vae, pixels)
 
     def loss(self, ex: ClipExample, generator: torch.Generator, uncond: bool | None = None,
              timestep: int | None = None) -> torch.Tensor:
@@ -50,7 +62,10 @@ class DiffusionObjective:
         if uncond is None:
             uncond = bool(torch.rand((), generator=generator) < self.uncond_prob)
         m = ex.motion.shape[0]
-        lat = self.encode(torch.cat([ex.reference[None], ex.motion, ex.frames]).to(dev))
+        if ex.latents is not None:
+            lat = ex.latents.to(dev)
+        else:
+            lat = self.encode(torch.cat([ex.reference[None], ex.motion, ex.frames]).to(dev))
         ref_lat, x0 = lat[: 1 + m], lat[1 + m :].permute(1, 0, 2, 3)[None]  # (1, C, F, h, w)
         t = int(torch.randint(0, len(self.alphas), (), generator=generator)) if timestep is None else timestep
         a = self.alphas[t].to(dev)
@@ -71,7 +86,18 @@ class DiffusionObjective:
             pred = net.denoise(zt, torch.tensor([t], device=dev), cond)
         finally:
             net.clear_reference()
-        return F.mse_loss(pred.float(), target.float())
+        return lip_weighted_mse(pred, target, ex.masks.lip[0].to(dev), self.lip_weight)
+
+
+def lip_weighted_mse(pred: torch.Tensor, target: torch.Tensor, lip: torch.Tensor, weight: float) -> torch.Tensor:
+    """MSE over (..., h, w) latents with (1 + ``weight``) inside the flattened lip mask ``lip``
+    (h * w,), normalised by the mean weight so that a uniform error costs what plain MSE does."""
+    err = (pred.float() - target.float()) ** 2
+    if not weight:
+        return err.mean()
+    h, w = err.shape[-2:]
+    wmap = 1.0 + weight * lip.to(err.device, torch.float32).reshape(h, w)
+    return (err * wmap).mean() / wmap.mean()
 
 
 def vae_loss(vae: AutoencoderKL, pixels: torch.Tensor, generator: torch.Generator, kl_weight: float = 1e-6) -> torch.Tensor:
@@ -80,3 +106,11 @@ def vae_loss(vae: AutoencoderKL, pixels: torch.Tensor, generator: torch.Generato
     z = post.mean + post.std * torch.randn(post.mean.shape, generator=generator).to(pixels.device)
     rec = vae.decode(z).sample
     return F.l1_loss(rec, pixels) + F.mse_loss(rec, pixels) + kl_weight * post.kl().mean()
+
+
+def decoder_loss(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
+    """Reconstruction (L1 + MSE) from the encoder's posterior mean, with no gradient into the encoder."""
+    with torch.no_grad():
+        z = vae.encode(pixels).latent_dist.mean
+    rec = vae.decode(z).sample
+    return F.l1_loss(rec, pixels) + F.mse_loss(rec, pixels)

@@ -1,0 +1,423 @@
+"""``talkfast demo``: a local web app (Gradio) around one loaded pipeline.
+
+Upload a portrait and a speech recording (or pick the bundled examples), choose an accelerator
+preset and the number of steps, and watch the video with a speed summary: how many steps ran the
+full network and how many the reduced path, the wall time, and an *estimate* of the time the same
+run would have taken without acceleration (see :func:`speed_report`).
+
+The model is loaded once per process; generations run one at a time (a lock, plus a queue of one).
+Outputs go to a temporary folder removed at exit. The app only listens on the address given
+(127.0.0.1 by default) and never opens a public share link.
+
+Gradio is an optional dependency (``pip install 'talkfast[demo]'``): it is imported inside the
+functions that need it, so the rest of ``talkfast`` works without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import itertools
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import TalkfastError
+
+from ..examples import EXAMPLES_DIR
+from ..examples import PORTRAIT as EXAMPLE_PORTRAIT
+from ..examples import SPEECH as EXAMPLE_SPEECH
+PRESETS = ("off", "quality", "balanced", "fast")
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+KEEP_RUNS = 8  # videos kept in the output folder; older ones are deleted
+
+
+# ---------------------------------------------------------------------------------------------
+# speed summary (no gradio, no torch)
+# ---------------------------------------------------------------------------------------------
+
+
+def speed_report(summary: dict, wall_seconds: float, baseline_step_seconds: float | None = None) -> dict:
+    """Numbers for the speed summary from an accelerator ``summary()`` and the run's wall time.
+
+    The unaccelerated time is an *estimate*, not a measurement: a time per full step times the
+    run's total number of steps, plus the time this run spent outside the denoising network
+    (conditioning, VAE, encoding), which acceleration does not change. The time per full step is
+    ``baseline_step_seconds`` when given (measured by an earlier ``off`` run of the same model:
+    ``basis`` "off run"), else this run's own full (key) steps (``basis`` "key steps"; low when
+    reference removal or DFA also lighten the key steps). Present only when some steps were
+    reduced: with every step full the run itself is the baseline."""
+    steps = int(summary.get("steps", 0))
+    full = int(summary.get("full_steps", 0))
+    model = float(summary.get("model_seconds", 0.0))
+    reduced = int(summary.get("reduced_steps", steps - full))
+    out = {"method": summary.get("method", "off"), "steps": steps, "full_steps": full, "reduced_steps": reduced,
+           "model_calls": int(summary.get("model_calls", 0)), "wall_seconds": float(wall_seconds),
+           "model_seconds": model, "other_seconds": max(0.0, float(wall_seconds) - model)}
+    key_total = summary.get("estimated_baseline_seconds")  # this run's mean full-step time x all steps
+    if steps and full and (key_total is not None or not reduced):
+        out["seconds_per_full_step"] = (float(key_total) if key_total is not None else model) / steps
+    if reduced and "seconds_per_full_step" in out:
+        per_step, basis = out["seconds_per_full_step"], "key steps"
+        if baseline_step_seconds:
+            per_step, basis = float(baseline_step_seconds), "off run"
+        est = out["other_seconds"] + per_step * steps
+        out.update(estimate_basis=basis, estimate_step_seconds=per_step, estimated_unaccelerated_seconds=est,
+                   estimated_speedup=est / wall_seconds if wall_seconds > 0 else None)
+    if summary.get("flops_ratio") is not None:
+        out["flops_ratio"] = float(summary["flops_ratio"])
+    return out
+
+
+def format_report(report: dict, *, preset: str, frames: int, clips: int, fps: int, weights: str = "") -> str:
+    """The speed summary as Markdown (what the app shows under the video)."""
+    steps, full, reduced = report["steps"], report["full_steps"], report["reduced_steps"]
+    per_clip = steps // clips if clips else steps
+    lines = [f"**Preset `{preset}`** ({report['method']}): {frames} frames ({frames / fps:.1f} s at {fps} fps), "
+             f"{clips} clip{'s' if clips != 1 else ''} x {per_clip} steps.", ""]
+    lines += ["| speed | this run |", "|---|---|"]
+    if reduced:
+        lines.append(f"| denoising steps | {steps}: **{full} full + {reduced} reduced** ({report['model_calls']} model calls) |")
+    else:
+        lines.append(f"| denoising steps | {steps}: all full, none skipped ({report['model_calls']} model calls) |")
+    lines.append(f"| wall time | **{report['wall_seconds']:.1f} s** ({report['model_seconds']:.1f} s in the denoising network, "
+                 f"{report['other_seconds']:.1f} s outside it) |")
+    if "seconds_per_full_step" in report:
+        lines.append(f"| time per full step | {report['seconds_per_full_step']:.3f} s (measured in this run) |")
+    if "estimated_unaccelerated_seconds" in report:
+        est, per_step = report["estimated_unaccelerated_seconds"], report["estimate_step_seconds"]
+        lines.append(f"| estimated time without acceleration | ~{est:.1f} s (**estimate**, not measured: {per_step:.3f} s "
+                     f"per full step x {steps} steps + {report['other_seconds']:.1f} s outside the network) |")
+        if report["estimate_basis"] == "off run":
+            lines.append("| step time of the estimate | measured by the last `off` run |")
+        else:
+            lines.append("| step time of the estimate | from this run's full steps (reference removal / DFA may make them "
+                         "lighter than unaccelerated ones): run the `off` preset once for a measured one |")
+        if report.get("estimated_speedup"):
+            lines.append(f"| estimated speed-up | ~{report['estimated_speedup']:.2f}x (estimate) |")
+    elif preset == "off":
+        lines.append("| compared with | this run is the unaccelerated baseline |")
+    else:
+        lines.append("| compared with | no step was reduced at this step count, so there is nothing to compare |")
+    if "flops_ratio" in report:
+        lines.append(f"| FLOPs | {100 * report['flops_ratio']:.1f}% of an all-full run |")
+    if weights.startswith("random:"):
+        lines += ["", "_Random weights (a smoke test): the video is noise; only the speed figures mean something._"]
+    elif reduced:
+        lines += ["", "_Quality: reduced steps approximate the full network; compare with the `off` preset by eye._"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# the engine: one pipeline per process, one generation at a time
+# ---------------------------------------------------------------------------------------------
+
+
+class DemoInputError(TalkfastError):
+    """Something the user has to fix in the form (a missing upload, a bad setting)."""
+
+
+@dataclass
+class DemoResult:
+    video: Path
+    markdown: str
+    report: dict
+    sidecar: dict = field(default_factory=dict)
+
+
+class DemoEngine:
+    """Holds the pipeline (or loads it on first use with ``loader``), a lock so that only one
+    generation runs at a time, and the temporary output folder."""
+
+    def __init__(self, source, *, out_dir: str | Path | None = None, seed: int = 42, fps: int = 25,
+                 default_steps: int | None = None):
+        from ..pipeline.generate import TalkingHeadPipeline
+
+        if isinstance(source, TalkingHeadPipeline):
+            self._pipe, self._loader = source, None
+        elif callable(source):
+            self._pipe, self._loader = None, source
+        else:
+            raise TypeError("DemoEngine needs a TalkingHeadPipeline or a function that returns one")
+        self._lock = threading.Lock()
+        self._count = itertools.count(1)
+        self.seed, self.fps = seed, fps
+        self.off_step_seconds: float | None = None  # per-step time of the latest `off` run
+        self._default_steps = default_steps
+        if out_dir is None:
+            self.out_dir = Path(tempfile.mkdtemp(prefix="talkfast-demo-"))
+            atexit.register(shutil.rmtree, self.out_dir, ignore_errors=True)
+        else:
+            self.out_dir = Path(out_dir)
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def loaded(self) -> bool:
+        return self._pipe is not None
+
+    def pipeline(self):
+        """The pipeline, loaded on first call (only once, even with concurrent callers)."""
+        with self._lock:
+            return self._pipeline_locked()
+
+    def _pipeline_locked(self):
+        if self._pipe is None:
+            self._pipe = self._loader()
+        return self._pipe
+
+    def default_steps(self) -> int:
+        if self._default_steps is not None:
+            return self._default_steps
+        if self._pipe is None:
+            return 15
+        from ..pipeline.generate import SAMPLING_DEFAULTS
+
+        return SAMPLING_DEFAULTS.get(self._pipe.cfg.name, (25, 3.5))[0]
+
+    def generate(self, image: str | Path | None, audio: str | Path | None, preset: str = "balanced",
+                 steps: int | float | None = None, seed: int | float | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> DemoResult:
+        """Validate the form, run one generation (waiting for any other to finish) and return
+        the video path and the speed summary. User mistakes raise :class:`TalkfastError`."""
+        if not image:
+            raise DemoInputError("Upload a portrait image (or pick the bundled example) first.")
+        if not audio:
+            raise DemoInputError("Upload a speech recording (or pick the bundled example) first.")
+        if preset not in PRESETS:
+            raise DemoInputError(f"Unknown accelerator preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+        n_steps = self._whole(steps, "Steps", 1, 1000) if steps is not None else None
+        n_seed = self._whole(seed, "Seed", 0, 2**63 - 1) if seed is not None else self.seed
+
+        from ..accelerators import build_accelerator
+        from ..pipeline.generate import GenerateOptions
+
+        with self._lock:
+            pipe = self._pipeline_locked()
+            out = self.out_dir / f"talk-{next(self._count):04d}-{preset}.mp4"
+            acc = build_accelerator(preset)  # "off" too: its records time every (full) step
+            t0 = time.perf_counter()
+            try:
+                result = pipe.generate(image, audio, out, GenerateOptions(steps=n_steps, seed=n_seed, fps=self.fps),
+                                       accelerator=acc, progress=progress)
+            except TalkfastError as err:
+                raise TalkfastError(self._short_paths(str(err), image, audio)) from err
+            finally:
+                acc.detach()  # DFA / reference removal must not stay on the shared network
+            wall = time.perf_counter() - t0
+            self._prune()
+            report = speed_report(acc.summary(), wall, self.off_step_seconds)
+            if preset == "off" and report.get("seconds_per_full_step"):
+                self.off_step_seconds = report["seconds_per_full_step"]  # the baseline for later estimates
+        text = format_report(report, preset=preset, frames=result.frames, clips=result.clips, fps=self.fps,
+                             weights=getattr(pipe, "source", ""))
+        return DemoResult(out, text, report, result.sidecar)
+
+    @staticmethod
+    def _whole(value, name: str, lo: int, hi: int) -> int:
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise DemoInputError(f"{name} must be a whole number, got {value!r}.") from None
+        if v != int(v) or not lo <= v <= hi:
+            raise DemoInputError(f"{name} must be a whole number from {lo} to {hi}, got {value!r}.")
+        return int(v)
+
+    @staticmethod
+    def _short_paths(message: str, *paths) -> str:
+        """Uploads live under long temporary paths: show only their file names."""
+        for p in paths:
+            if p:
+                message = message.replace(str(p), Path(p).name)
+        return message
+
+    def _prune(self) -> None:
+        runs = sorted(self.out_dir.glob("talk-*.mp4"))
+        for old in runs[:-KEEP_RUNS]:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".json").unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the Gradio app
+# ---------------------------------------------------------------------------------------------
+
+
+def _gradio():
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import gradio as gr
+    except ImportError as err:
+        raise TalkfastError("the web demo needs gradio: pip install 'talkfast[demo]'") from err
+    return gr
+
+
+def _pass_undecodable_uploads(component):
+    """Let uploads that Gradio's image preprocessing cannot open reach talkfast's image loader
+    (and its clear error message) as a plain path, instead of failing inside Gradio with an
+    internal message. Done on the instance: subclassing a Gradio component writes a .pyi file."""
+    original = component.preprocess
+
+    def preprocess(payload):
+        try:
+            return original(payload)
+        except Exception:  # not an image PIL opens: load_image will say what is wrong with it
+            path = getattr(payload, "path", None)
+            return str(path) if path else None
+
+    component.preprocess = preprocess
+    return component
+
+
+def run_for_ui(engine: DemoEngine, image, audio, preset, steps, seed=None, progress=None):
+    """The Generate button: (video path, summary Markdown, details). User mistakes and pipeline
+    input errors become ``gr.Error`` (shown as a message in the page)."""
+    gr = _gradio()
+
+    def report(done: int, total: int) -> None:
+        if progress is not None:
+            progress((done, total), desc="denoising", unit="steps")
+
+    try:
+        if progress is not None and not engine.loaded:
+            progress(0.0, desc="loading the model")
+        res = engine.generate(image, audio, preset, steps, seed, progress=report)
+    except (TalkfastError, ValueError) as err:  # ValueError: option values the pipeline rejects
+        raise gr.Error(str(err), title="Cannot generate", print_exception=False) from err
+    details = {"speed": res.report, "accelerator": res.sidecar.get("accelerator", {}),
+               "seconds": res.sidecar.get("seconds", {}), "model": res.sidecar.get("model"),
+               "weights": res.sidecar.get("weights"), "size": res.sidecar.get("size"),
+               "face_detected": res.sidecar.get("face_detected")}
+    return str(res.video), res.markdown, details
+
+
+def build_demo(source, *, out_dir: str | Path | None = None, default_steps: int | None = None):
+    """The app as a ``gr.Blocks``. ``source``: a loaded ``TalkingHeadPipeline``, a function that
+    loads one (called once, on the first generation) or a :class:`DemoEngine`."""
+    gr = _gradio()
+    engine = source if isinstance(source, DemoEngine) else DemoEngine(source, out_dir=out_dir, default_steps=default_steps)
+
+    def on_generate(image, audio, preset, steps, seed, progress=gr.Progress()):
+        return run_for_ui(engine, image, audio, preset, steps, seed, progress)
+
+    # delete_cache: Gradio's copies of uploads and results older than an hour go, hourly.
+    with gr.Blocks(title="talkfast demo", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown("# talkfast\nPortrait + speech -> talking-head video, with training-free acceleration.")
+        with gr.Row():
+            with gr.Column():
+                image = _pass_undecodable_uploads(gr.Image(label="Portrait", type="filepath", sources=["upload"],
+                                                           image_mode=None, format="png", elem_id="portrait"))
+                audio = gr.Audio(label="Speech", type="filepath", sources=["upload"], elem_id="speech")
+                if EXAMPLE_PORTRAIT.exists() and EXAMPLE_SPEECH.exists():
+                    gr.Examples([[str(EXAMPLE_PORTRAIT), str(EXAMPLE_SPEECH)]], inputs=[image, audio],
+                                label="Bundled example", elem_id="examples")
+                preset = gr.Radio(list(PRESETS), value="balanced", label="Accelerator preset", elem_id="preset",
+                                  info="off: every step full; quality / balanced / fast: more steps reduced")
+                steps = gr.Slider(1, 100, value=engine.default_steps(), step=1, label="Denoising steps per clip",
+                                  elem_id="steps")
+                with gr.Accordion("More", open=False):
+                    seed = gr.Number(value=engine.seed, precision=0, minimum=0, label="Seed", elem_id="seed")
+                run = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column():
+                video = gr.Video(label="Result", format="mp4", interactive=False, elem_id="result")
+                summary = gr.Markdown(elem_id="summary")
+                with gr.Accordion("Details", open=False):
+                    details = gr.JSON(label="Run details", elem_id="details")
+        run.click(on_generate, inputs=[image, audio, preset, steps, seed], outputs=[video, summary, details],
+                  concurrency_limit=1)
+    demo.engine = engine  # for callers and tests
+    return demo
+
+
+def launch(demo, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, block: bool = True, quiet: bool = False):
+    """Serve ``demo`` on ``host:port`` (never a public share link). ``block`` False returns once
+    the server is up (tests); call ``demo.close()`` to stop it."""
+    demo.queue(default_concurrency_limit=1)
+    return demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=not block,
+                       show_error=True, quiet=quiet, ssr_mode=False, allowed_paths=[str(EXAMPLES_DIR)])
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("demo", help="local web app: upload a portrait and speech, compare presets (needs gradio)")
+    p.add_argument("--checkpoint", default=None,
+                   help="model folder: a Hallo pretrained_models folder or a talkfast model folder")
+    p.add_argument("--random-weights", action="store_true", help="random weights (a smoke test; the video is noise)")
+    p.add_argument("--model", default="small", help="preset for --random-weights: small, tiny")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16")
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}: this machine only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    return p
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (port taken, unknown address), or None."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as err:
+        return f"unknown address ({err.strerror})"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            probe.bind(addr)
+        except OSError as err:
+            return f"{err.strerror or err} (another program is using the port? try --port)"
+    return None
+
+
+def cmd_demo(args) -> int:
+    _gradio()  # fail early, before loading the model, if gradio is missing
+    from ..pipeline.loader import load_pipeline
+
+    if not 1 <= args.port <= 65535:
+        raise DemoInputError(f"--port must be between 1 and 65535, got {args.port}")
+    problem = _cannot_listen(args.host, args.port)  # before the model load, not after it
+    if problem:
+        print(f"error: cannot serve on {args.host}:{args.port}: {problem}", file=sys.stderr)
+        return 3
+    print("loading the model ...", flush=True)
+    pipe = load_pipeline(args.checkpoint, random_weights=args.random_weights, preset=args.model,
+                         device=args.device, dtype=args.dtype)
+    demo = build_demo(pipe)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: anyone who can reach this address can use the demo", file=sys.stderr)
+    try:
+        launch(demo, args.host, args.port, block=False, quiet=True)
+    except OSError as err:
+        print(f"error: cannot serve on {args.host}:{args.port}: {err}", file=sys.stderr)
+        return 3
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"talkfast demo on http://{host}:{args.port} (Ctrl+C stops it)", flush=True)
+    _serve_until_signal(demo)
+    return 0
+
+
+def _serve_until_signal(demo, grace: float = 10.0) -> None:
+    """Serve until SIGINT/SIGTERM, then close the server (waiting at most ``grace`` seconds: a
+    stuck connection must not keep the process alive)."""
+    import signal
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("stopping ...", flush=True)
+    closer = threading.Thread(target=demo.close, daemon=True)
+    closer.start()
+    closer.join(grace)
