@@ -95,7 +95,8 @@ def run(args) -> int:
         torch.set_flush_denormal(True)  # tiny gradients as denormals slow CPU kernels many times over
     cfg = get_preset(args.model)
     tcfg = TrainConfig(steps=args.steps, lr=args.lr, batch=args.batch if args.train_command == "net" else 1,
-                       seed=args.seed, run_steps=args.run_steps, lip_weight=getattr(args, "lip_weight", 0.0))
+                       seed=args.seed, run_steps=args.run_steps, lip_weight=getattr(args, "lip_weight", 0.0),
+                       clip_frames=getattr(args, "clip_frames", None))
     logging.getLogger("talkfast").setLevel(logging.INFO)
     if args.train_command == "vae":
         if args.crop is not None and (args.crop % cfg.vae_scale_factor or args.crop <= 0):
@@ -139,6 +140,7 @@ def model_card(card: dict, net, vae) -> str:
 
     cfg = net.cfg
     tc = card.get("train_config") or {}
+    dtype = card.get("weights_dtype", "float32")
     lines = [f"# talkfast `{cfg.name}` model", "",
              f"A Hallo-style talking-head model (ReferenceNet + denoising UNet with reference attention, audio "
              f"cross-attention and temporal motion modules; {cfg.image_size}x{cfg.image_size} video, "
@@ -148,7 +150,7 @@ def model_card(card: dict, net, vae) -> str:
              "faces and espeak-ng voices: it is a test bed for the accelerators and an offline default, not a "
              "model for real photographs.", "",
              "| part | parameters | stored as |", "|---|---|---|",
-             f"| network (`net.safetensors`) | {n_params(net)} | {card.get('weights_dtype', 'float32')} |",
+             f"| network (`net.safetensors`) | {n_params(net)} | {dtype} |",
              f"| autoencoder (`vae/`, diffusers AutoencoderKL) | {n_params(vae)} | float32 |", ""]
     corpus = card.get("corpus")
     if corpus:
@@ -163,7 +165,8 @@ def model_card(card: dict, net, vae) -> str:
         if t:
             lines.append(f"| {label} | {t['steps']} of {t['of']} | {t['first_loss']:.4f} | {t['final_loss']:.4f} | "
                          f"{t['seconds']:.0f} |")
-    lines += ["", f"Network: learning rate {tc.get('lr')}, batch {tc.get('batch')}, lip-region loss weight "
+    lines += ["", f"Network: clips of {tc.get('clip_frames') or cfg.clip_frames} frames, learning rate {tc.get('lr')}, "
+              f"batch {tc.get('batch')}, lip-region loss weight "
               f"{tc.get('lip_weight')}, unconditional dropout {tc.get('uncond_prob')}; latent scaling factor "
               f"{card.get('vae_scaling_factor', 1.0):.4f} (1 / std of the encoder's latents). Seconds are wall time "
               "on the machine that trained it (the run may span several resumed invocations).", "",
@@ -196,6 +199,7 @@ def _export(args) -> int:
         card["corpus"] = {"identities": m["num_identities"], "sentences": m["sentences_per_identity"],
                           "seed": m["seed"], "size": m["size"], "test_fraction": m["test_fraction"]}
     dest = save_embedded(net, vae, args.to or run_dir / "model", card, dtype=torch.float16 if args.half else None)
-    (dest / "MODEL_CARD.md").write_text(model_card(card, net, vae))
+    saved = json.loads((dest / "model.json").read_text())
+    (dest / "MODEL_CARD.md").write_text(model_card(saved, net, vae))
     print(f"wrote {dest}")
     return 0

@@ -28,6 +28,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     uncond_prob: float = 0.1
     lip_weight: float = 0.0  # extra loss weight inside the lip region (network only)
+    clip_frames: int | None = None  # frames per training clip (network only; None: the model's)
     checkpoint_every: int = 200
     log_every: int = 20
     seed: int = 0
