@@ -48,10 +48,11 @@ def one_clip(pipe, audio_path, seconds=0.64):
 
 
 def test_shipped_weights_generate_the_portraits_face(pipe):
-    """A trained model reproduces the portrait it is given (random weights give noise: ~8 dB)."""
+    """A trained model reproduces the portrait it is given: 22 dB against it when shipped, random
+    weights ~12 dB."""
     video = one_clip(pipe, examples.SPEECH)
-    portrait = torch.from_numpy(np.asarray(load_image(examples.PORTRAIT).convert("RGB").resize((128, 128)))).float()
+    portrait = torch.from_numpy(np.array(load_image(examples.PORTRAIT).convert("RGB").resize((128, 128)))).float()
     portrait = portrait.permute(2, 0, 1)[None] / 255
     assert video.shape[1:] == (3, 128, 128)
-    assert metrics.psnr(video, portrait.expand_as(video)) > 16.0
+    assert metrics.psnr(video, portrait.expand_as(video)) > 18.0
     assert float(video.std(dim=0).mean()) > 1e-3  # it moves
