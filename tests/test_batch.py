@@ -4,7 +4,6 @@ resuming a job killed with SIGKILL. Everything runs the tiny random-weights mode
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -15,36 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 import talkfast.pipeline.loader as loader
 from talkfast.app.cli import main
 from talkfast.io.video import VideoWriter, probe_video, remove_stale_temporaries
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_logging")
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "src" / "talkfast" / "assets" / "examples"
 PORTRAIT = EXAMPLES / "portrait.png"
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--random-weights", "--model", "tiny", "--steps", "1", "--cfg", "1"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """main() calls logging.basicConfig; do not let its handler (bound to a captured stderr) leak."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        if h not in handlers:
-            root.removeHandler(h)
-    root.setLevel(level)
 
 
 def speech_like(seconds: float, rate: int = 16000) -> np.ndarray:

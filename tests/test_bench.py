@@ -25,18 +25,11 @@ from talkfast.io.image import load_image
 from talkfast.pipeline.generate import GenerateOptions
 from talkfast.pipeline.loader import load_pipeline
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 CAP = metrics.PSNR_CAP
 GT_COLUMNS = ("PSNR GT dB", "SSIM GT", "L1 GT", "lip-sync")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny model gains nothing from a second thread (and a busy machine makes it slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def table(markdown: str) -> tuple[list[str], dict[str, dict[str, str]]]:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -12,27 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from PIL import Image
 
 from talkfast.app.cli import main
 from talkfast.io.video import probe_video
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_logging")
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "src" / "talkfast" / "assets" / "examples"
 PORTRAIT = EXAMPLES / "portrait.png"
 REPO = Path(__file__).resolve().parent.parent
 
 TINY = ["--random-weights", "--model", "tiny"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread, and on a busy 2-core machine OpenMP threads
-    spinning against other processes slow a clip from 0.2 s to tens of seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,18 +40,6 @@ def speech_like(seconds: float, rate: int = 16000) -> np.ndarray:
     voice = sum(a * np.sin(k * phase) for k, a in ((1, 0.5), (2, 0.3), (4, 0.1)))
     envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3.5 * t) ** 2
     return np.clip(0.4 * voice * envelope + 0.01 * rng.standard_normal(n), -1, 1).astype(np.float32)
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """main() calls logging.basicConfig; do not let its handler (bound to a captured stderr) leak."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        if h not in handlers:
-            root.removeHandler(h)
-    root.setLevel(level)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from talkfast.app import demo as demo_app
 from talkfast.app.cli import build_parser, main
@@ -34,17 +33,9 @@ PORTRAIT, SPEECH = EXAMPLES / "portrait.png", EXAMPLES / "speech.wav"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run"]
 # gradio's queue calls pandas options that pandas 3 deprecates; not ours to fix.
-pytestmark = [pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread (see test_cli.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

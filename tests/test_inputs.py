@@ -58,29 +58,12 @@ from talkfast.io.video import probe_video
 from talkfast.pipeline.generate import GenerateOptions
 from talkfast.pipeline.loader import load_pipeline
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_logging")
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "src" / "talkfast" / "assets" / "examples"
 PORTRAIT = EXAMPLES / "portrait.png"
 REPO = Path(__file__).resolve().parent.parent
 FAST = dict(steps=1, guidance=1.0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        if h not in handlers:
-            root.removeHandler(h)
-    root.setLevel(level)
 
 
 @pytest.fixture(scope="module")

@@ -26,21 +26,13 @@ from talkfast.pipeline.conditioning import AudioConditioner
 from talkfast.pipeline.generate import GenerateOptions
 from talkfast.pipeline.loader import load_pipeline
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "src" / "talkfast" / "assets" / "examples"
 PORTRAIT = EXAMPLES / "portrait.png"
 
 # One denoising step keeps every run cheap; the code path is the same as with more steps.
 FAST = dict(steps=1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread, and on a busy 2-core machine OpenMP threads
-    spinning against other processes slow a clip from 0.2 s to tens of seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -410,24 +410,22 @@ def run(args) -> int:
 
         model = {"checkpoint": args.checkpoint, "random_weights": args.random_weights, "preset": args.model,
                  "device": args.device, "dtype": args.dtype}
-        try:
-            results = run_ray_batch(items, defaults, model, address=args.ray, workers=args.workers,
-                                    gpus_per_worker=args.gpus_per_worker, retries=args.retries, report_path=report,
-                                    manifest=args.manifest, overwrite=args.overwrite, quiet=args.quiet)
-        except KeyboardInterrupt:
-            print(f"interrupted; finished items are kept and listed in {report}; "
-                  "run the same command again to resume", file=sys.stderr)
-            return 130
-        print(format_table(results, args.manifest))
-        print(f"report: {report}")
-        return 1 if any(r.status == "failed" for r in results) else 0
-    pipe = load_pipeline(args.checkpoint, random_weights=args.random_weights, preset=args.model,
-                         device=args.device, dtype=args.dtype)
-    if not args.quiet:
-        print(f"{len(items)} items, model {pipe.cfg.name} ({pipe.source}) on {pipe.device}", flush=True)
+
+        def execute():
+            return run_ray_batch(items, defaults, model, address=args.ray, workers=args.workers,
+                                 gpus_per_worker=args.gpus_per_worker, retries=args.retries, report_path=report,
+                                 manifest=args.manifest, overwrite=args.overwrite, quiet=args.quiet)
+    else:
+        pipe = load_pipeline(args.checkpoint, random_weights=args.random_weights, preset=args.model,
+                             device=args.device, dtype=args.dtype)
+        if not args.quiet:
+            print(f"{len(items)} items, model {pipe.cfg.name} ({pipe.source}) on {pipe.device}", flush=True)
+
+        def execute():
+            return run_batch(items, pipe, defaults, report_path=report, manifest=args.manifest,
+                             overwrite=args.overwrite, quiet=args.quiet)
     try:
-        results = run_batch(items, pipe, defaults, report_path=report, manifest=args.manifest,
-                            overwrite=args.overwrite, quiet=args.quiet)
+        results = execute()
     except KeyboardInterrupt:
         print(f"interrupted; finished items are kept and listed in {report}; "
               "run the same command again to resume", file=sys.stderr)

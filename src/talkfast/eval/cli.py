@@ -99,11 +99,11 @@ def _embedded_pipeline(args):
     return load_pipeline(None, device=args.device, dtype=args.dtype, seed=args.seed)
 
 
-def run(args) -> int:
-    """Run the benchmark described by ``args`` (from :func:`add_parser`); print the markdown with
-    the table last. Returns the exit code (errors print ``error: ...``)."""
+def _reported(command, args) -> int:
+    """``command(args)``, with talkfast's errors and rejected option values printed as
+    ``error: ...`` and turned into the exit code (2 for a bad value)."""
     try:
-        return _run(args)
+        return command(args)
     except TalkfastError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
@@ -112,15 +112,27 @@ def run(args) -> int:
         return 2
 
 
+def _progress_log(quiet: bool):
+    """Progress lines on stderr (stdout keeps the report), none when ``quiet``."""
+    def log(msg: str) -> None:
+        if not quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    return log
+
+
+def run(args) -> int:
+    """Run the benchmark described by ``args`` (from :func:`add_parser`); print the markdown with
+    the table last. Returns the exit code (errors print ``error: ...``)."""
+    return _reported(_run, args)
+
+
 def _run(args) -> int:
     from ..accelerators import KeySchedule
     from ..pipeline.loader import load_pipeline, resolve_device, resolve_dtype
     from . import bench
 
-    def log(msg: str) -> None:
-        if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
-
+    log = _progress_log(args.quiet)
     target, kind, key_text, steps, seconds = args.target, args.methods, args.key_steps, args.steps, args.seconds
     if args.quick:
         target, kind, key_text = "tiny", "quick", QUICK_KEYS
@@ -225,14 +237,7 @@ def default_corpus(card: dict, cache: str | None, log) -> str:
 
 
 def run_quality_command(args) -> int:
-    try:
-        return _run_quality(args)
-    except TalkfastError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return _reported(_run_quality, args)
 
 
 def _run_quality(args) -> int:
@@ -245,10 +250,7 @@ def _run_quality(args) -> int:
     from ..pipeline.loader import load_pipeline
     from . import quality
 
-    def log(msg: str) -> None:
-        if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
-
+    log = _progress_log(args.quiet)
     pipe = load_pipeline(args.checkpoint, random_weights=args.random_weights, preset="small",
                          device=args.device, dtype=args.dtype, seed=args.seed)
     card_path = Path(args.checkpoint or EMBEDDED_DIR) / "model.json"
