@@ -182,6 +182,48 @@ def test_same_seed_same_frames_other_seed_other_frames(pipe, short_wav: Path) ->
     assert (video_a - video_c).abs().mean() > 1e-3
 
 
+def test_motion_frames_come_from_the_chosen_source(pipe, short_wav: Path, monkeypatch) -> None:
+    """Every clip's reference input is [portrait latent, motion latents]: the portrait's latent
+    repeated for the first clip; then the previous clip's last sampled latents ("latents") or its
+    decoded frames encoded again ("pixels"), or the portrait's again ("reference"). The first clip
+    is the same every way."""
+    audio = load_audio(short_wav)
+    written, sampled = [], []
+    write, decode = pipe.net.write_reference, pipe.decode
+    monkeypatch.setattr(pipe.net, "write_reference", lambda ref, *a, **k: (written.append(ref.clone()), write(ref, *a, **k))[1])
+    monkeypatch.setattr(pipe, "decode", lambda lat, *a, **k: (sampled.append(lat.clone()), decode(lat, *a, **k))[1])
+    m = pipe.cfg.motion_frames
+    portrait = pipe.encode(pipe.portrait(Image.open(PORTRAIT), None).pixels[None])
+    runs = {}
+    for source in ("latents", "pixels", "reference"):
+        written.clear(), sampled.clear()
+        _, runs[source] = collect(pipe, PORTRAIT, audio, seed=3, motion_source=source)
+        assert len(written) == len(sampled) == 4
+        torch.testing.assert_close(written[0], portrait.repeat(1 + m, 1, 1, 1))
+        for c in range(1, 4):
+            torch.testing.assert_close(written[c][:1], portrait)
+            last = sampled[c - 1][0, :, -m:].permute(1, 0, 2, 3)
+            if source == "latents":
+                torch.testing.assert_close(written[c][1:], last)
+            elif source == "reference":
+                torch.testing.assert_close(written[c], written[0])
+            else:
+                frames = decode(sampled[c - 1])[-m:]
+                torch.testing.assert_close(written[c][1:], pipe.encode(frames * 2 - 1))
+                assert not torch.allclose(written[c][1:], last, atol=1e-3)  # the round trip is not lossless
+    for other in ("pixels", "reference"):
+        torch.testing.assert_close(runs["latents"][0], runs[other][0])
+        assert not torch.allclose(runs["latents"][-1], runs[other][-1])
+
+
+def test_motion_source_defaults_and_validation() -> None:
+    assert GenerateOptions().resolved("small").motion_source == "latents"
+    assert GenerateOptions().resolved("hallo").motion_source == "pixels"  # Hallo as released
+    assert GenerateOptions(motion_source="reference").resolved("hallo").motion_source == "reference"
+    with pytest.raises(ValueError, match="motion-source"):
+        GenerateOptions(motion_source="frames").resolved("small")
+
+
 # ---------------------------------------------------------------------------------------------
 # memory bounded by a clip: per-clip audio features == slices of the whole-file features
 # ---------------------------------------------------------------------------------------------

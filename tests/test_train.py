@@ -62,6 +62,29 @@ def test_unconditional_loss_ignores_the_conditioning():
     assert (lc - lb).abs() > 1e-6
 
 
+def test_motion_noise_perturbs_only_the_motion_latents():
+    """--motion-noise: the ReferenceNet gets the clean reference latent and noisy motion latents
+    (strength at most the setting); without it the motion latents are the clean encodings."""
+    torch.manual_seed(0)
+    net, vae = build_random("tiny")
+    ex = example(net.cfg)
+    clean = DiffusionObjective(net, vae).encode(torch.cat([ex.reference[None], ex.motion]))
+    written = []
+    write = net.write_reference
+    net.write_reference = lambda ref, *a, **k: (written.append(ref.detach().clone()), write(ref, *a, **k))[1]
+    try:
+        with torch.no_grad():
+            for noise in (0.0, 0.25):
+                DiffusionObjective(net, vae, motion_noise=noise).loss(ex, torch.Generator().manual_seed(4), uncond=False)
+    finally:
+        del net.write_reference
+    plain, noisy = written
+    torch.testing.assert_close(plain, clean)
+    torch.testing.assert_close(noisy[:1], clean[:1])
+    jitter = (noisy[1:] - clean[1:]).std()
+    assert 0 < jitter < 0.25 * 1.2
+
+
 def test_vae_loss_decreases():
     torch.manual_seed(0)
     _, vae = build_random("tiny")

@@ -20,10 +20,11 @@ def test_corpus_train_export_generate(tmp_path, capsys):
     assert main(["train", "vae", "--data", str(corpus), "--out", str(run), "--model", "tiny",
                  "--steps", "2", "--batch", "2", "--device", "cpu"]) == 0
     assert main(["train", "net", "--data", str(corpus), "--out", str(run), "--model", "tiny",
-                 "--steps", "3", "--run-steps", "2", "--device", "cpu"]) == 0
+                 "--steps", "3", "--run-steps", "2", "--device", "cpu", "--motion-noise", "0.2"]) == 0
     assert main(["train", "net", "--data", str(corpus), "--out", str(run), "--model", "tiny",
-                 "--steps", "3", "--device", "cpu"]) == 0  # resumes at step 2
-    assert json.loads((run / "net_train.json").read_text())["steps"] == 3
+                 "--steps", "3", "--device", "cpu", "--motion-noise", "0.2"]) == 0  # resumes at step 2
+    net_train = json.loads((run / "net_train.json").read_text())
+    assert net_train["steps"] == 3 and net_train["config"]["motion_noise"] == 0.2
     assert main(["train", "export", "--out", str(run), "--model", "tiny", "--data", str(corpus), "--half"]) == 0
     card = json.loads((run / "model" / "model.json").read_text())
     assert card["preset"] == "tiny" and card["trained_steps"] == 3 and card["weights_dtype"] == "float16"
@@ -94,3 +95,6 @@ def test_train_cli_rejects_bad_sizes(tmp_path, capsys):
     assert main(["train", "vae", "--data", str(corpus), "--out", str(tmp_path / "run"), "--model", "tiny",
                  "--steps", "1", "--crop", "30", "--device", "cpu"]) == 2
     assert "multiple of 8" in capsys.readouterr().err
+    assert main(["train", "net", "--data", str(corpus), "--out", str(tmp_path / "run"), "--model", "tiny",
+                 "--steps", "1", "--motion-noise", "-0.1", "--device", "cpu"]) == 2
+    assert "--motion-noise must be >= 0" in capsys.readouterr().err

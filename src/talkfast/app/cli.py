@@ -31,6 +31,10 @@ def _add_generate(sub) -> None:
     p.add_argument("--pose-weight", type=float, default=1.0)
     p.add_argument("--face-weight", type=float, default=1.0)
     p.add_argument("--lip-weight", type=float, default=1.0)
+    p.add_argument("--motion-source", choices=["latents", "pixels", "reference"], default=None,
+                   help="the next clip's motion frames: the last sampled latents, the decoded frames re-encoded, "
+                        "or the portrait (no chaining) (default: pixels for hallo checkpoints as released, "
+                        "latents otherwise)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     a = p.add_argument_group("acceleration (see talkfast.accelerators)")
     a.add_argument("--accel", default="off", help="preset: off, quality, balanced, fast")
@@ -99,7 +103,8 @@ def cmd_generate(args) -> int:
     pipe = load_pipeline(args.checkpoint, random_weights=args.random_weights, preset=args.model,
                          device=args.device, dtype=args.dtype)
     opts = GenerateOptions(steps=args.steps, guidance=args.cfg, seed=args.seed, fps=args.fps,
-                           motion_scale=(args.pose_weight, args.face_weight, args.lip_weight))
+                           motion_scale=(args.pose_weight, args.face_weight, args.lip_weight),
+                           motion_source=args.motion_source)
     bar = None
 
     def progress(done: int, total: int) -> None:

@@ -212,6 +212,8 @@ def add_quality_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=float, default=None)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--no-shuffled-audio", action="store_true", help="skip the shuffled-audio generations (half the time)")
+    p.add_argument("--motion-source", choices=["latents", "pixels", "reference"], default=None,
+                   help="motion frames from the sampled latents, the re-encoded frames or the portrait (default: the model's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--out", default="quality_out", help="folder for QUALITY.md, quality.json, contact_sheet.png")
@@ -256,7 +258,7 @@ def _run_quality(args) -> int:
     card_path = Path(args.checkpoint or EMBEDDED_DIR) / "model.json"
     card = json.loads(card_path.read_text()) if card_path.exists() and not args.random_weights else {}
     corpus = args.corpus or default_corpus(card, args.corpus_cache, log)
-    opts = GenerateOptions(steps=args.steps, guidance=args.cfg, seed=args.seed)
+    opts = GenerateOptions(steps=args.steps, guidance=args.cfg, seed=args.seed, motion_source=args.motion_source)
     if pipe.device.type == "cpu":
         import torch
 
@@ -265,7 +267,7 @@ def _run_quality(args) -> int:
                                          shuffled_audio=not args.no_shuffled_audio, log=log)
     words = ["talkfast", "quality", "--out", args.out, "--limit", str(args.limit)]
     for flag, value in (("--checkpoint", args.checkpoint), ("--corpus", args.corpus), ("--steps", args.steps),
-                        ("--cfg", args.cfg)):
+                        ("--cfg", args.cfg), ("--motion-source", args.motion_source)):
         if value is not None:
             words += [flag, str(value)]
     words += ["--random-weights"] * args.random_weights + ["--no-shuffled-audio"] * args.no_shuffled_audio

@@ -225,7 +225,7 @@ def run_quality(pipe, corpus_dir: str | Path, split: str = "test", limit: int | 
         "model": pipe.cfg.name, "weights": str(pipe.source), "device": str(pipe.device),
         "dtype": str(pipe.dtype).replace("torch.", ""), "corpus": str(corpus_dir), "split": split,
         "steps": opts.steps, "guidance": opts.guidance, "seed": opts.seed, "fps": opts.fps,
-        "accelerator": "none (plain sampling)", "seconds": time.perf_counter() - t_all,
+        "motion_source": opts.motion_source, "accelerator": "none (plain sampling)", "seconds": time.perf_counter() - t_all,
     }
     return QualityResult(results, settings, summarize(results)), sheets
 
@@ -284,7 +284,7 @@ def to_markdown(result: QualityResult, sheet_name: str = "contact_sheet.png", co
     lines = [
         "# Quality of the embedded model on held-out samples", "",
         f"Model `{st['model']}` ({st['weights']}), {st['steps']} DDIM steps, CFG {st['guidance']}, seed {st['seed']}, "
-        f"plain sampling, {st['device']} {st['dtype']}; corpus `{st['corpus']}` split `{st['split']}`: "
+        f"plain sampling, motion frames from {st.get('motion_source', 'pixels')}, {st['device']} {st['dtype']}; corpus `{st['corpus']}` split `{st['split']}`: "
         f"{s['samples']} samples of {s['identities']} identities never seen in training, speaking sentences "
         f"never seen in training. Run time {st['seconds']:.0f} s.", "",
     ]

@@ -49,6 +49,9 @@ def half_layout(n: int, halves: tuple[int, ...]) -> ItemLayout:
     return ItemLayout(tuple(h for h in halves for _ in range(n)), tuple(h == 1 for h in halves for _ in range(n)))
 
 
+MOTION_SOURCES = ("latents", "pixels", "reference")
+
+
 @dataclass
 class GenerateOptions:
     steps: int | None = None  # None: the preset's default
@@ -57,6 +60,12 @@ class GenerateOptions:
     fps: int = 25
     motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
     hallo_context_tiling: bool | None = None  # None: True for the hallo preset (as released), else False
+    # Where the next clip's motion frames come from: "pixels" re-encodes the last decoded frames
+    # (Hallo as released), "latents" reuses the last frames' sampled latents and skips the VAE round
+    # trip, whose loss compounds from clip to clip with a small autoencoder; "reference" gives every
+    # clip the portrait as its motion frames (no chaining: no drift, no continuity from the previous
+    # clip). None: "pixels" for the hallo preset, else "latents".
+    motion_source: str | None = None
 
     def resolved(self, preset: str) -> "GenerateOptions":
         steps, guidance = SAMPLING_DEFAULTS.get(preset, (25, 3.5))
@@ -65,6 +74,10 @@ class GenerateOptions:
         out.guidance = self.guidance if self.guidance is not None else guidance
         if out.hallo_context_tiling is None:
             out.hallo_context_tiling = preset == "hallo"
+        if out.motion_source is None:
+            out.motion_source = "pixels" if preset == "hallo" else "latents"
+        if out.motion_source not in MOTION_SOURCES:
+            raise ValueError(f"--motion-source must be one of {', '.join(MOTION_SOURCES)}, not {out.motion_source!r}")
         if out.steps < 1:
             raise ValueError("--steps must be at least 1")
         if out.guidance < 1.0:
@@ -226,13 +239,14 @@ class TalkingHeadPipeline:
             writer = VideoWriter(out_path, opts.fps, por.image.size, audio=audio, max_frames=frames_total, sidecar=sidecar)
         gen = torch.Generator("cpu").manual_seed(opts.seed)
         source = por.pixels[None]
-        motion = source.repeat(M, 1, 1, 1)
+        source_latent = self.encode(source)
+        motion = source_latent.repeat(M, 1, 1, 1)  # motion latents: the portrait's for the first clip
         h = w = por.image.size[0] // self.cfg.vae_scale_factor
         pc = self.portrait_conditioning(por)
         try:
             for c in range(clips):
                 tc = time.perf_counter()
-                ref = self.encode(torch.cat([source, motion]))
+                ref = torch.cat([source_latent, motion])
                 self.net.write_reference(ref, pc["context"], hallo_tiling=opts.hallo_context_tiling)
                 feats = self.audio.clip(audio, c * F, F, fps=opts.fps).to(self.device, self.dtype)
                 tokens = self.net.audioproj(feats[None])
@@ -255,7 +269,10 @@ class TalkingHeadPipeline:
                     writer.write(to_uint8(keep))
                 if on_clip is not None:
                     on_clip(keep)
-                motion = frames[-M:].to(torch.float32) * 2 - 1
+                if opts.motion_source == "latents":
+                    motion = latents[0, :, -M:].permute(1, 0, 2, 3)
+                elif opts.motion_source == "pixels":
+                    motion = self.encode(frames[-M:].to(torch.float32) * 2 - 1)
                 timings["clips"].append(time.perf_counter() - tc)
             timings["total"] = time.perf_counter() - t0
             sidecar["seconds"] = timings

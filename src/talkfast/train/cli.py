@@ -44,6 +44,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                            help="frames per training clip (default: the model's clip length)")
             s.add_argument("--lip-weight", type=float, default=2.0,
                            help="extra loss weight inside the lip region (default 2; 0 = plain MSE)")
+            s.add_argument("--motion-noise", type=float, default=0.0,
+                           help="noise of a random strength up to this on the motion-frame latents, so the "
+                                "network does not copy its own errors from clip to clip (default 0; e.g. 0.25)")
     e = sub.add_parser("export", help="write the trained model as a talkfast model folder")
     e.add_argument("--out", required=True, help="run folder")
     e.add_argument("--model", default="small")
@@ -96,7 +99,7 @@ def run(args) -> int:
     cfg = get_preset(args.model)
     tcfg = TrainConfig(steps=args.steps, lr=args.lr, batch=args.batch if args.train_command == "net" else 1,
                        seed=args.seed, run_steps=args.run_steps, lip_weight=getattr(args, "lip_weight", 0.0),
-                       clip_frames=getattr(args, "clip_frames", None))
+                       clip_frames=getattr(args, "clip_frames", None), motion_noise=getattr(args, "motion_noise", 0.0))
     logging.getLogger("talkfast").setLevel(logging.INFO)
     if args.train_command == "vae":
         if args.crop is not None and (args.crop % cfg.vae_scale_factor or args.crop <= 0):
@@ -110,6 +113,8 @@ def run(args) -> int:
     else:
         if args.clip_frames is not None and args.clip_frames < 1:
             raise InputError(f"--clip-frames must be at least 1, got {args.clip_frames}")
+        if args.motion_noise < 0:
+            raise InputError(f"--motion-noise must be >= 0, got {args.motion_noise}")
         net, vae = _models(args.model, out, dev, need_vae=True)
         clips = CorpusClips(args.data, cfg, clip_frames=args.clip_frames, encoder=lambda x: encode_latents(vae, x))
         res = train_net(net, vae, clips.example, tcfg, out)

@@ -29,6 +29,7 @@ class TrainConfig:
     uncond_prob: float = 0.1
     lip_weight: float = 0.0  # extra loss weight inside the lip region (network only)
     clip_frames: int | None = None  # frames per training clip (network only; None: the model's)
+    motion_noise: float = 0.0  # max noise strength on the motion-frame latents (network only)
     checkpoint_every: int = 200
     log_every: int = 20
     seed: int = 0
@@ -118,7 +119,7 @@ def train_net(net: TalkingHeadNet, vae: AutoencoderKL, examples: Callable[[torch
     """``examples(gen)`` returns one :class:`ClipExample`; the VAE stays frozen."""
     vae.requires_grad_(False).eval()
     net.requires_grad_(True)
-    obj = DiffusionObjective(net, vae, cfg.uncond_prob, cfg.lip_weight)
+    obj = DiffusionObjective(net, vae, cfg.uncond_prob, cfg.lip_weight, cfg.motion_noise)
     out = _fit("net", net, list(net.parameters()), lambda g: obj.loss(examples(g), g), cfg, Path(out_dir), resume)
     net.requires_grad_(False)
     return out

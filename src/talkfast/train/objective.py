@@ -46,10 +46,17 @@ def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor, chunk: int = 32) ->
 
 class DiffusionObjective:
     """``lip_weight`` w scales the loss inside the lip region by (1 + w): the mouth covers a few
-    latent pixels only, and its motion is the one thing the audio decides."""
+    latent pixels only, and its motion is the one thing the audio decides.
 
-    def __init__(self, net: TalkingHeadNet, vae: AutoencoderKL, uncond_prob: float = 0.1, lip_weight: float = 0.0):
+    ``motion_noise`` s adds Gaussian noise of a random strength in [0, s) (latents have unit
+    variance) to the motion-frame latents: in generation they are the model's own previous output,
+    never as clean as the encoded ground truth, and a network that trusts them fully copies its
+    errors from clip to clip."""
+
+    def __init__(self, net: TalkingHeadNet, vae: AutoencoderKL, uncond_prob: float = 0.1, lip_weight: float = 0.0,
+                 motion_noise: float = 0.0):
         self.net, self.vae, self.uncond_prob, self.lip_weight = net, vae, uncond_prob, lip_weight
+        self.motion_noise = motion_noise
         self.alphas = make_scheduler(1).alphas_cumprod.float()
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -67,6 +74,10 @@ class DiffusionObjective:
         else:
             lat = self.encode(torch.cat([ex.reference[None], ex.motion, ex.frames]).to(dev))
         ref_lat, x0 = lat[: 1 + m], lat[1 + m :].permute(1, 0, 2, 3)[None]  # (1, C, F, h, w)
+        if self.motion_noise and m:  # no extra random draws without it: older runs resume exactly
+            strength = self.motion_noise * float(torch.rand((), generator=generator))
+            jitter = torch.randn(ref_lat[1:].shape, generator=generator).to(dev, ref_lat.dtype)
+            ref_lat = torch.cat([ref_lat[:1], ref_lat[1:] + strength * jitter])
         t = int(torch.randint(0, len(self.alphas), (), generator=generator)) if timestep is None else timestep
         a = self.alphas[t].to(dev)
         eps = torch.randn(x0.shape, generator=generator).to(dev)
