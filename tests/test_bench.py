@@ -196,6 +196,19 @@ def test_metrics():
     assert pm.reading.growth_mb > 48 and pm.reading.peak_mb >= pm.reading.growth_mb
 
 
+def test_clip_boundary_ratio():
+    """A ramp changes by 0.01 per frame; a jump of 0.05 at every 4th step is a boundary 5x the
+    change inside the clips, and the ramp alone reads 1."""
+    ramp = torch.arange(12, dtype=torch.float32)[:, None, None, None].expand(12, 3, 8, 8) * 0.01
+    smooth = metrics.clip_boundary_ratio(ramp, 4)
+    assert smooth["ratio"] == pytest.approx(1.0) and smooth["within"] == pytest.approx(0.01)
+    jumps = ramp + 0.04 * (torch.arange(12) // 4).float()[:, None, None, None]
+    out = metrics.clip_boundary_ratio(jumps, 4)
+    assert out["boundary"] == pytest.approx(0.05) and out["ratio"] == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="no clip boundary"):
+        metrics.clip_boundary_ratio(ramp[:4], 4)
+
+
 def test_method_sets():
     keys = KeySchedule("uniform", interval=5)
     d = bench.default_methods(keys)

@@ -216,12 +216,26 @@ def test_motion_frames_come_from_the_chosen_source(pipe, short_wav: Path, monkey
         assert not torch.allclose(runs["latents"][-1], runs[other][-1])
 
 
-def test_motion_source_defaults_and_validation() -> None:
+def test_motion_source_defaults_and_validation(tmp_path: Path) -> None:
+    from talkfast.errors import CheckpointError
+    from talkfast.models.loading import build_random, save_embedded
+
     assert GenerateOptions().resolved("small").motion_source == "latents"
     assert GenerateOptions().resolved("hallo").motion_source == "pixels"  # Hallo as released
-    assert GenerateOptions(motion_source="reference").resolved("hallo").motion_source == "reference"
+    assert GenerateOptions().resolved("small", "reference").motion_source == "reference"  # the model's choice
+    assert GenerateOptions(motion_source="pixels").resolved("small", "reference").motion_source == "pixels"
     with pytest.raises(ValueError, match="motion-source"):
         GenerateOptions(motion_source="frames").resolved("small")
+    # A model folder names its default in model.json; the shipped model names one.
+    net, vae = build_random("tiny")
+    plain = save_embedded(net, vae, tmp_path / "plain")
+    named = save_embedded(net, vae, tmp_path / "named", {"motion_source": "reference"})
+    assert load_pipeline(plain).resolve().motion_source == "latents"
+    assert load_pipeline(named).resolve().motion_source == "reference"
+    assert load_pipeline().resolve().motion_source == json.loads((EXAMPLES.parent / "small" / "model.json").read_text())["motion_source"]
+    broken = save_embedded(net, vae, tmp_path / "broken", {"motion_source": "video"})
+    with pytest.raises(CheckpointError, match="motion_source"):
+        load_pipeline(broken)
 
 
 # ---------------------------------------------------------------------------------------------

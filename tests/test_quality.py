@@ -50,16 +50,19 @@ def test_quality_command_writes_the_report(corpus, tmp_path, capsys):
     net, vae = build_random("tiny")
     model = save_embedded(net, vae, tmp_path / "model", {"corpus": {"identities": 6}})
     code = main(["quality", "--checkpoint", str(model), "--corpus", str(corpus), "--limit", "2", "--steps", "1",
-                 "--out", str(out), "-q"])
+                 "--out", str(out), "-q", "--motion-source", "pixels"])
     assert code == 0
     data = json.loads((out / "quality.json").read_text())
     assert data["summary"]["samples"] == 2 and data["settings"]["steps"] == 1
+    assert data["settings"]["motion_source"] == "pixels"
     for s in data["samples"]:
         assert np.isfinite([s["psnr"], s["ssim"], s["lipsync"], s["identity_sim"]]).all()
+        assert s["frames"] > 4 and s["clip_boundary"] > 0  # tiny: 4-frame clips, so every sample has boundaries
+        assert 0.3 < s["clip_boundary_truth"] < 3  # rendered frames change about as much across as inside
         assert s["lipsync_truth"] > 0.8  # the metric itself works on ground-truth frames
         assert s["shuffled_audio_from"] not in (None, s["sample"])
     md = (out / "QUALITY.md").read_text()
-    assert "lip-sync" in md and "contact_sheet.png" in md and "talkfast quality" in md
+    assert "lip-sync" in md and "contact_sheet.png" in md and "--motion-source pixels" in md and "clip boundaries" in md
     from PIL import Image
 
     with Image.open(out / "contact_sheet.png") as im:

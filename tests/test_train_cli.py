@@ -25,9 +25,11 @@ def test_corpus_train_export_generate(tmp_path, capsys):
                  "--steps", "3", "--device", "cpu", "--motion-noise", "0.2"]) == 0  # resumes at step 2
     net_train = json.loads((run / "net_train.json").read_text())
     assert net_train["steps"] == 3 and net_train["config"]["motion_noise"] == 0.2
-    assert main(["train", "export", "--out", str(run), "--model", "tiny", "--data", str(corpus), "--half"]) == 0
+    assert main(["train", "export", "--out", str(run), "--model", "tiny", "--data", str(corpus), "--half",
+                 "--motion-source", "reference"]) == 0
     card = json.loads((run / "model" / "model.json").read_text())
     assert card["preset"] == "tiny" and card["trained_steps"] == 3 and card["weights_dtype"] == "float16"
+    assert card["motion_source"] == "reference"
     assert card["corpus"]["identities"] == 3 and card["net_training"]["steps"] == 3
     model_card = (run / "model" / "MODEL_CARD.md").read_text()
     assert "--identities 3" in model_card and "| network (`net.safetensors`)" in model_card

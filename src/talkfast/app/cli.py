@@ -8,6 +8,8 @@ import sys
 
 from .. import examples
 from ..errors import TalkfastError
+from ..pipeline import MOTION_SOURCES
+
 
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="portrait + speech -> talking-head mp4")
@@ -31,7 +33,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--pose-weight", type=float, default=1.0)
     p.add_argument("--face-weight", type=float, default=1.0)
     p.add_argument("--lip-weight", type=float, default=1.0)
-    p.add_argument("--motion-source", choices=["latents", "pixels", "reference"], default=None,
+    p.add_argument("--motion-source", choices=MOTION_SOURCES, default=None,
                    help="the next clip's motion frames: the last sampled latents, the decoded frames re-encoded, "
                         "or the portrait (no chaining) (default: pixels for hallo checkpoints as released, "
                         "latents otherwise)")
@@ -88,10 +90,9 @@ def accel_config(args):
 def cmd_generate(args) -> int:
     from tqdm import tqdm
 
+    from ..accelerators import build_accelerator
     from ..pipeline.generate import GenerateOptions
     from ..pipeline.loader import load_pipeline
-
-    from ..accelerators import build_accelerator
 
     accel = accel_config(args)
     par, extra = None, {}

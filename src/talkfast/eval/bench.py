@@ -506,14 +506,13 @@ def run_bench(pipe, cases: Sequence[BenchCase], methods: Sequence[BenchMethod], 
 
 
 def _run_bench(pipe, cases, methods, options, warmup, count_flops, repeats, size, target, log) -> BenchResult:
-    from ..pipeline.generate import GenerateOptions
 
     log = log or _quiet
     if not cases:
         raise ValueError("no benchmark cases")
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
-    opts = (options or GenerateOptions()).resolved(pipe.cfg.name)
+    opts = pipe.resolve(options)
     methods = _baseline_first(methods)
     device = pipe.device
     loaded = {c.name: _load_case(c) for c in cases}

@@ -31,6 +31,7 @@ import argparse
 import sys
 
 from ..errors import CheckpointError, TalkfastError
+from ..pipeline import MOTION_SOURCES
 
 QUICK_STEPS = 4
 QUICK_KEYS = "2"
@@ -212,7 +213,7 @@ def add_quality_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=float, default=None)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--no-shuffled-audio", action="store_true", help="skip the shuffled-audio generations (half the time)")
-    p.add_argument("--motion-source", choices=["latents", "pixels", "reference"], default=None,
+    p.add_argument("--motion-source", choices=MOTION_SOURCES, default=None,
                    help="motion frames from the sampled latents, the re-encoded frames or the portrait (default: the model's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")

@@ -107,6 +107,21 @@ def align(video: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, t
     return video[:n], reference[:n]
 
 
+def clip_boundary_ratio(frames: torch.Tensor, clip_frames: int) -> dict:
+    """Continuity across generated clips: the mean absolute frame-to-frame change (pixels in
+    [0, 1]) between the last frame of a clip and the first of the next (``boundary``), the same
+    inside clips (``within``), and their ratio (about 1 when clips join as smoothly as frames
+    follow each other inside a clip). ``frames`` (N, C, H, W)."""
+    if frames.ndim != 4 or clip_frames < 1:
+        raise ValueError("expected frames (N, C, H, W) and clip_frames >= 1")
+    if frames.shape[0] <= clip_frames:
+        raise ValueError(f"{frames.shape[0]} frames make no clip boundary at {clip_frames} frames per clip")
+    change = (frames[1:].float() - frames[:-1].float()).abs().flatten(1).mean(1)  # change[i]: frame i -> i + 1
+    at_boundary = (torch.arange(change.shape[0]) + 1) % clip_frames == 0
+    boundary, within = float(change[at_boundary].mean()), float(change[~at_boundary].mean())
+    return {"boundary": boundary, "within": within, "ratio": boundary / max(within, 1e-12)}
+
+
 # ---------------------------------------------------------------------------------------------
 # memory
 # ---------------------------------------------------------------------------------------------

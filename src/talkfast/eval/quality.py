@@ -101,6 +101,10 @@ class SampleQuality:
     identity_sim_other: float = 0.0
     identity_first_clip: float = 0.0
     identity_last_clip: float = 0.0
+    # Continuity across clips (metrics.clip_boundary_ratio: frame-to-frame change across a clip
+    # boundary / inside clips); None for a sample of one clip.
+    clip_boundary: float | None = None
+    clip_boundary_truth: float | None = None
 
 
 @dataclass
@@ -115,7 +119,7 @@ class QualityResult:
 
 SUMMARY_FIELDS = ("psnr", "ssim", "lipsync", "lipsync_truth", "lipsync_mismatched_target", "lipsync_shuffled_audio",
                   "lipsync_shuffled_heard", "identity_sim", "identity_sim_truth", "identity_sim_other",
-                  "identity_first_clip", "identity_last_clip")
+                  "identity_first_clip", "identity_last_clip", "clip_boundary", "clip_boundary_truth")
 
 
 def summarize(samples: list[SampleQuality]) -> dict:
@@ -162,10 +166,9 @@ def run_quality(pipe, corpus_dir: str | Path, split: str = "test", limit: int | 
     ``generated`` as float (N, 3, H, W) in [0, 1])."""
     from ..data.corpus import load_corpus
     from ..errors import InputError
-    from ..pipeline.generate import GenerateOptions
 
     log = log or (lambda _m: None)
-    opts = (options or GenerateOptions()).resolved(pipe.cfg.name)
+    opts = pipe.resolve(options)
     samples = select_samples(load_corpus(corpus_dir, split), limit)
     if len(samples) < 2:
         raise InputError(f"the quality report needs at least 2 {split!r} samples in {corpus_dir} (the controls pair them)")
@@ -213,6 +216,9 @@ def run_quality(pipe, corpus_dir: str | Path, split: str = "test", limit: int | 
         sq.identity_sim_truth = float(identity_similarity(truth, boxes, ref, ref_box).mean())
         other_ref = _as_unit(other.reference()[None])[0]
         sq.identity_sim_other = float(identity_similarity(video, boxes, other_ref, other.face_boxes()[0]).mean())
+        if n > clip:
+            sq.clip_boundary = metrics.clip_boundary_ratio(video, clip)["ratio"]
+            sq.clip_boundary_truth = metrics.clip_boundary_ratio(truth, clip)["ratio"]
         results.append(sq)
         picks = np.linspace(0, n - 1, 5).round().astype(int)
         sheets.append({"name": s.id, "reference": ref, "truth": truth[picks], "generated": video[picks],
@@ -304,11 +310,16 @@ def to_markdown(result: QualityResult, sheet_name: str = "contact_sheet.png", co
         f"| identity similarity to another identity's reference (floor) | {pm('identity_sim_other')} |",
         f"| identity similarity, first clip -> last clip | {_f(s.get('identity_first_clip'))} -> "
         f"{_f(s.get('identity_last_clip'))} |",
+        f"| clip boundaries: frame change across / inside clips, generated | {pm('clip_boundary', '.2f')} |",
+        f"| clip boundaries, ground truth at the same frames | {pm('clip_boundary_truth', '.2f')} |",
         "",
         "Lip-sync r: Pearson correlation of the mouth opening measured in the frames with the "
         "phoneme-derived target (`talkfast.eval.lipsync`). Identity similarity: cosine of mean-centred "
         "16x16 upper-face pixels (hair, brows, eyes, skin) against the reference portrait "
-        "(`talkfast.eval.quality`).", "",
+        "(`talkfast.eval.quality`). Clip boundaries: mean absolute frame-to-frame change between the "
+        "last frame of a generated clip and the first of the next, over the same inside clips "
+        "(`talkfast.eval.metrics.clip_boundary_ratio`; 1 = clips join as smoothly as frames follow "
+        "each other).", "",
         f"![contact sheet]({sheet_name})", "",
         "Per sample:", "",
         "| sample | frames | PSNR | SSIM | lip-sync | truth | shuffled audio | identity | s |",

@@ -30,6 +30,7 @@ from ..models.net import TalkingHeadNet
 from ..models.unet import StagePlan, UNetCond
 from ..sampling.loop import StepPlanner, denoise
 from ..sampling.scheduler import make_scheduler
+from . import MOTION_SOURCES
 from .conditioning import AudioConditioner, Portrait, prepare_portrait
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,6 @@ def half_layout(n: int, halves: tuple[int, ...]) -> ItemLayout:
     return ItemLayout(tuple(h for h in halves for _ in range(n)), tuple(h == 1 for h in halves for _ in range(n)))
 
 
-MOTION_SOURCES = ("latents", "pixels", "reference")
-
-
 @dataclass
 class GenerateOptions:
     steps: int | None = None  # None: the preset's default
@@ -64,10 +62,12 @@ class GenerateOptions:
     # (Hallo as released), "latents" reuses the last frames' sampled latents and skips the VAE round
     # trip, whose loss compounds from clip to clip with a small autoencoder; "reference" gives every
     # clip the portrait as its motion frames (no chaining: no drift, no continuity from the previous
-    # clip). None: "pixels" for the hallo preset, else "latents".
+    # clip). None: what the model folder's model.json names ("motion_source"), else "pixels" for
+    # the hallo preset and "latents" for the others.
     motion_source: str | None = None
 
-    def resolved(self, preset: str) -> "GenerateOptions":
+    def resolved(self, preset: str, motion_source: str | None = None) -> "GenerateOptions":
+        """Every None filled in: the preset's defaults, and ``motion_source`` when the model names one."""
         steps, guidance = SAMPLING_DEFAULTS.get(preset, (25, 3.5))
         out = GenerateOptions(**asdict(self))
         out.steps = self.steps if self.steps is not None else steps
@@ -75,7 +75,7 @@ class GenerateOptions:
         if out.hallo_context_tiling is None:
             out.hallo_context_tiling = preset == "hallo"
         if out.motion_source is None:
-            out.motion_source = "pixels" if preset == "hallo" else "latents"
+            out.motion_source = motion_source or ("pixels" if preset == "hallo" else "latents")
         if out.motion_source not in MOTION_SOURCES:
             raise ValueError(f"--motion-source must be one of {', '.join(MOTION_SOURCES)}, not {out.motion_source!r}")
         if out.steps < 1:
@@ -98,7 +98,8 @@ class GenerationResult:
 
 class TalkingHeadPipeline:
     def __init__(self, net: TalkingHeadNet, vae: AutoencoderKL, audio: AudioConditioner, *,
-                 device="cpu", dtype=torch.float32, identity: str = "pixels", source: str = ""):
+                 device="cpu", dtype=torch.float32, identity: str = "pixels", source: str = "",
+                 motion_source: str | None = None):
         self.net = net.to(device=device, dtype=dtype)
         vae = vae.to(device=device)
         self.vae = vae if vae.dtype == dtype else vae.to(dtype=dtype)
@@ -107,7 +108,12 @@ class TalkingHeadPipeline:
         self.cfg = net.cfg
         self.identity = identity
         self.source = source
+        self.motion_source = motion_source  # the model's own default (model.json), or None
         self.vae_scale = float(getattr(vae.config, "scaling_factor", 1.0))
+
+    def resolve(self, options: "GenerateOptions | None" = None) -> "GenerateOptions":
+        """``options`` (default: all defaults) completed for this model."""
+        return (options or GenerateOptions()).resolved(self.cfg.name, self.motion_source)
 
     # ---------------------------------------------------------------- building blocks
     def portrait(self, image, size: int | None = None, name: str = "portrait", regions=None) -> Portrait:
@@ -207,7 +213,7 @@ class TalkingHeadPipeline:
         ``wrap_predictor(predict) -> predict``: applied to every clip's predictor (multi-process
         splitting, :mod:`talkfast.parallel`)."""
         t0 = time.perf_counter()
-        opts = options.resolved(self.cfg.name)
+        opts = self.resolve(options)
         image = load_image(source_image) if isinstance(source_image, (str, Path)) else source_image
         audio = load_audio(driving_audio) if isinstance(driving_audio, (str, Path)) else driving_audio
         out_path = check_output_path(output) if output is not None else None

@@ -3,6 +3,7 @@ folder, or random weights), plus device/dtype resolution."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -10,6 +11,7 @@ import torch
 from ..errors import CheckpointError
 from ..models.config import get_preset
 from ..models.loading import EMBEDDED_DIR, build_random, load_embedded, load_hallo
+from . import MOTION_SOURCES
 from .conditioning import AudioConditioner
 from .generate import TalkingHeadPipeline
 
@@ -56,4 +58,9 @@ def load_pipeline(checkpoint: str | Path | None = None, *, random_weights: bool 
     folder = Path(checkpoint) if checkpoint is not None else EMBEDDED_DIR
     net, vae = load_embedded(folder)
     audio = AudioConditioner(net.cfg.audio_features, device=dev)
-    return TalkingHeadPipeline(net, vae, audio, device=dev, dtype=dt, identity="pixels", source=str(folder))
+    motion_source = json.loads((folder / "model.json").read_text()).get("motion_source")
+    if motion_source is not None and motion_source not in MOTION_SOURCES:
+        raise CheckpointError(f"{folder / 'model.json'}: motion_source must be one of {', '.join(MOTION_SOURCES)}, "
+                              f"not {motion_source!r}")
+    return TalkingHeadPipeline(net, vae, audio, device=dev, dtype=dt, identity="pixels", source=str(folder),
+                               motion_source=motion_source)

@@ -53,6 +53,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--to", default=None, help="destination (default: RUN/model)")
     e.add_argument("--data", default=None, help="the training corpus: its build settings go into the model card")
     e.add_argument("--half", action="store_true", help="store the network in float16 (half the size)")
+    e.add_argument("--motion-source", choices=["latents", "pixels", "reference"], default=None,
+                   help="the model's default for generate --motion-source, stored in model.json (measure with "
+                        "talkfast quality --motion-source first)")
     return p
 
 
@@ -193,6 +196,8 @@ def _export(args) -> int:
             "final_loss": sum(state["history"][-50:]) / max(1, len(state["history"][-50:])),
             "first_loss": sum(state["history"][:50]) / max(1, len(state["history"][:50])),
             "vae_scaling_factor": float(vae.config.scaling_factor)}
+    if args.motion_source is not None:
+        card["motion_source"] = args.motion_source
     for part in ("vae", "vae_decoder", "net"):
         summary = run_dir / f"{part}_train.json"
         if summary.exists():
