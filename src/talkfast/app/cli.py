@@ -35,8 +35,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--lip-weight", type=float, default=1.0)
     p.add_argument("--motion-source", choices=MOTION_SOURCES, default=None,
                    help="the next clip's motion frames: the last sampled latents, the decoded frames re-encoded, "
-                        "or the portrait (no chaining) (default: pixels for hallo checkpoints as released, "
-                        "latents otherwise)")
+                        "or the portrait (no chaining) (default: what the model folder's model.json names "
+                        "- the embedded model: reference -, pixels for hallo checkpoints, else latents)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     a = p.add_argument_group("acceleration (see talkfast.accelerators)")
     a.add_argument("--accel", default="off", help="preset: off, quality, balanced, fast")
