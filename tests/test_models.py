@@ -15,13 +15,20 @@ from talkfast.models.loading import load_net_weights, read_state_dict
 from talkfast.models.net import build_net
 from talkfast.models.unet import StagePlan, UNetCond
 
-KEYS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "hallo_net_keys.json"
+# Every key and shape of Hallo's released net.pth (a copy of ../shared/reference/hallo_net_keys.json,
+# kept in the repository so that the check runs in any checkout).
+KEYS = Path(__file__).resolve().parent / "data" / "hallo_net_keys.json"
+SHARED_KEYS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "hallo_net_keys.json"
 
 
 def hallo_reference_keys() -> dict[str, tuple[int, ...]]:
-    if not KEYS.exists():
-        pytest.skip(f"{KEYS} not present")
     return {k: tuple(v) for k, v in json.loads(KEYS.read_text())["keys"].items()}
+
+
+def test_key_list_is_the_shared_reference():
+    if not SHARED_KEYS.exists():
+        pytest.skip(f"{SHARED_KEYS} not present (the repository copy is used)")
+    assert json.loads(KEYS.read_text()) == json.loads(SHARED_KEYS.read_text())
 
 
 def test_hallo_preset_has_exactly_the_released_keys_and_shapes():
