@@ -4,9 +4,18 @@ LightningCP are individually right, and state never leaks between runs."""
 import numpy as np
 import pytest
 import torch
+from tiny_pipeline import randomized_tiny_pipeline
 
-from talkfast.accelerators import (AccelConfig, CachingConfig, DFA, DFAConfig, KeySchedule, LightningCP,
-                                   ReferenceRemoval, build_accelerator)
+from talkfast.accelerators import (
+    DFA,
+    AccelConfig,
+    CachingConfig,
+    DFAConfig,
+    KeySchedule,
+    LightningCP,
+    ReferenceRemoval,
+    build_accelerator,
+)
 from talkfast.io.audio import Audio
 from talkfast.io.image import load_image
 from talkfast.pipeline.generate import GenerateOptions
@@ -19,12 +28,7 @@ STEPS = 8
 
 @pytest.fixture(scope="module")
 def pipe():
-    p = load_pipeline(random_weights=True, preset="tiny", device="cpu", dtype="fp32")
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for prm in p.net.parameters():  # random non-zero weights: zero-init layers hide wiring bugs
-            prm.copy_(torch.randn(prm.shape, generator=g) * 0.1)
-    return p
+    return randomized_tiny_pipeline()
 
 
 @pytest.fixture(scope="module")

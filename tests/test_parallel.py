@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_pipeline import randomized_tiny_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 PORTRAIT = ROOT / "src/talkfast/assets/examples/portrait.png"
@@ -36,19 +37,14 @@ CASES = {
 }
 
 
-def make_pipe():
-    from talkfast.pipeline.loader import load_pipeline
-
-    p = load_pipeline(random_weights=True, preset="tiny", device="cpu", dtype="fp32")
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for prm in p.net.parameters():  # random non-zero weights: zero-init layers hide wiring bugs
-            prm.copy_(torch.randn(prm.shape, generator=g) * 0.1)
-    return p
-
-
 def make_accel(kind):
-    from talkfast.accelerators import AccelConfig, CachingConfig, DFAConfig, KeySchedule, build_accelerator
+    from talkfast.accelerators import (
+        AccelConfig,
+        CachingConfig,
+        DFAConfig,
+        KeySchedule,
+        build_accelerator,
+    )
 
     if kind is None:
         return None
@@ -85,7 +81,7 @@ def worker(out: str, names: list[str]) -> None:
 
     torch.set_num_threads(1)
     par = ParallelRun.from_env("steps", "cpu")
-    pipe = make_pipe()
+    pipe = randomized_tiny_pipeline()
     results = {}
     for name in names or list(CASES):
         mode, kind = CASES[name]
@@ -120,7 +116,7 @@ def four_procs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def single(request):
     torch.set_num_threads(1)
-    pipe = make_pipe()
+    pipe = randomized_tiny_pipeline()
     return {name: run(pipe, kind) for name, (_, kind) in CASES.items()}
 
 

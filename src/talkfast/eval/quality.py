@@ -290,7 +290,7 @@ def to_markdown(result: QualityResult, sheet_name: str = "contact_sheet.png", co
     lines = [
         "# Quality of the embedded model on held-out samples", "",
         f"Model `{st['model']}` ({st['weights']}), {st['steps']} DDIM steps, CFG {st['guidance']}, seed {st['seed']}, "
-        f"plain sampling, motion frames from {st.get('motion_source', 'pixels')}, {st['device']} {st['dtype']}; corpus `{st['corpus']}` split `{st['split']}`: "
+        f"plain sampling, motion frames from {st['motion_source']}, {st['device']} {st['dtype']}; corpus `{st['corpus']}` split `{st['split']}`: "
         f"{s['samples']} samples of {s['identities']} identities never seen in training, speaking sentences "
         f"never seen in training. Run time {st['seconds']:.0f} s.", "",
     ]

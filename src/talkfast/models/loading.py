@@ -158,8 +158,9 @@ def save_embedded(net: TalkingHeadNet, vae: AutoencoderKL, folder: str | Path, c
     return folder
 
 
-def load_embedded(folder: str | Path = EMBEDDED_DIR) -> tuple[TalkingHeadNet, AutoencoderKL]:
-    """Load a folder written by :func:`save_embedded` (the embedded default model by default)."""
+def load_embedded(folder: str | Path = EMBEDDED_DIR) -> tuple[TalkingHeadNet, AutoencoderKL, dict]:
+    """Load a folder written by :func:`save_embedded` (the embedded default model by default):
+    the network, the VAE and the folder's model.json."""
     folder = Path(folder)
     need = [folder / "model.json", folder / "net.safetensors", folder / "vae" / "config.json"]
     missing = [str(p) for p in need if not p.exists()]
@@ -173,4 +174,4 @@ def load_embedded(folder: str | Path = EMBEDDED_DIR) -> tuple[TalkingHeadNet, Au
     net = build_net(get_preset(meta["preset"]), device="meta")
     load_net_weights(net, read_state_dict(folder / "net.safetensors"), str(folder / "net.safetensors"))
     vae = AutoencoderKL.from_pretrained(str(folder / "vae"), local_files_only=True)
-    return net.eval().requires_grad_(False), vae.eval().requires_grad_(False)
+    return net.eval().requires_grad_(False), vae.eval().requires_grad_(False), meta

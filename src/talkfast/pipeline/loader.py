@@ -3,7 +3,6 @@ folder, or random weights), plus device/dtype resolution."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -56,9 +55,9 @@ def load_pipeline(checkpoint: str | Path | None = None, *, random_weights: bool 
         audio = AudioConditioner("wav2vec2", model_dir=w2v, device=dev)
         return TalkingHeadPipeline(net, vae, audio, device=dev, dtype=dt, identity="zeros", source=str(checkpoint))
     folder = Path(checkpoint) if checkpoint is not None else EMBEDDED_DIR
-    net, vae = load_embedded(folder)
+    net, vae, meta = load_embedded(folder)
     audio = AudioConditioner(net.cfg.audio_features, device=dev)
-    motion_source = json.loads((folder / "model.json").read_text()).get("motion_source")
+    motion_source = meta.get("motion_source")
     if motion_source is not None and motion_source not in MOTION_SOURCES:
         raise CheckpointError(f"{folder / 'model.json'}: motion_source must be one of {', '.join(MOTION_SOURCES)}, "
                               f"not {motion_source!r}")

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ..pipeline import MOTION_SOURCES
+
 log = logging.getLogger(__name__)
 
 
@@ -53,7 +55,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--to", default=None, help="destination (default: RUN/model)")
     e.add_argument("--data", default=None, help="the training corpus: its build settings go into the model card")
     e.add_argument("--half", action="store_true", help="store the network in float16 (half the size)")
-    e.add_argument("--motion-source", choices=["latents", "pixels", "reference"], default=None,
+    e.add_argument("--motion-source", choices=MOTION_SOURCES, default=None,
                    help="the model's default for generate --motion-source, stored in model.json (measure with "
                         "talkfast quality --motion-source first)")
     return p
