@@ -2,9 +2,28 @@
 ``pytestmark = pytest.mark.usefixtures("one_torch_thread", ...)``."""
 
 import logging
+import os
 
-import pytest
-import torch
+# Before torch loads OpenMP, which reads these once: the test models are tiny and gain nothing from
+# a second thread, and OpenMP threads spinning against another process on a busy 2-core machine turn
+# seconds into minutes (a clean-clone run: 545 s for one test that takes 3 s like this). Subprocesses
+# the tests start inherit them. Values exported by the caller win.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def pytest_addoption(parser):
+    parser.addoption("--reverse", action="store_true",
+                     help="run the collected tests in reverse order (catches tests that depend on an earlier one)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--reverse"):
+        items.reverse()
 
 
 @pytest.fixture(scope="module")

@@ -224,6 +224,7 @@ def test_generate_detaches_what_it_attached(pipe, inputs, baseline):
     assert _processors(pipe.net) == before
 
 
+@pytest.mark.slow  # dynamo traces the UNet twice: about a minute on one core
 def test_compiled_unet_does_not_recompile_per_step(pipe, inputs):
     """torch.compile (dynamo; the eager backend keeps the test fast) of the denoising UNet under
     LightningCP: one graph for the key-step call and one for the batched shallow call, and no

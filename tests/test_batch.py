@@ -78,7 +78,7 @@ MANIFEST_ERRORS = {
                              ("lines 2 and 3", "x.mp4")),
     "bad-int": ("m.csv", ["image,audio,output,steps", "p.png,a.wav,x.mp4,", "p.png,a.wav,y.mp4,many"],
                 ("line 3", "'steps'", "integer", "many")),
-    "steps-0": ("m.jsonl", [{**GOOD, "steps": 0}], ("line 1", "'steps'", "at least 1")),
+    "steps-0": ("m.jsonl", [{**GOOD, "steps": 0}], ("line 1", "'steps'", "between 1 and 1000")),
     "fps-out-of-range": ("m.jsonl", [{**GOOD, "fps": 500}], ("line 1", "'fps'", "120")),
     "unknown-accel": ("m.jsonl", [{**GOOD, "accel": "warp"}], ("line 1", "accel", "warp", "balanced")),
     "empty-path": ("m.jsonl", [{**GOOD, "audio": ""}], ("line 1", "'audio'")),
@@ -130,7 +130,8 @@ def test_batch_job(capsys, tmp_path: Path, monkeypatch) -> None:
     (jobs / "in" / "corrupt.wav").write_bytes(np.random.default_rng(0).bytes(3000))
     out = jobs / "out"
     out.mkdir()
-    (out / "garbage.mp4").write_bytes(b"not a video" * 50)  # not a finished video: generated again
+    (out / "garbage.mp4").write_bytes(b"not a video" * 50)  # not a finished video: generated again,
+    (out / "garbage.json").write_text('{"talkfast": "0.0"}')  # as talkfast wrote it (else it is refused)
     stale = out / ".plain.mp4.0123456789ab.video.mp4"  # what a killed run leaves behind
     stale.write_bytes(b"partial")
     manifest = jobs / "manifest.csv"

@@ -34,7 +34,13 @@ GT_COLUMNS = ("PSNR GT dB", "SSIM GT", "L1 GT", "lip-sync")
 
 def table(markdown: str) -> tuple[list[str], dict[str, dict[str, str]]]:
     """(header, {method: {column: cell}}) of the markdown table (the last block of lines)."""
-    lines = [ln for ln in markdown.strip().splitlines() if ln.startswith("|")]
+    blocks: list[list[str]] = [[]]
+    for ln in markdown.strip().splitlines():
+        if ln.startswith("|"):
+            blocks[-1].append(ln)
+        elif blocks[-1]:
+            blocks.append([])
+    lines = [b for b in blocks if b][-1]
     cells = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
     header, rows = cells[0], cells[2:]
     return header, {r[0]: dict(zip(header, r)) for r in rows}
@@ -57,14 +63,16 @@ def test_quick_bench_writes_markdown_json_and_png(quick):
     md = (out / "bench.md").read_text()
     header, rows = table(md)
     assert tuple(header) == bench.COLUMNS
-    assert list(rows) == ["baseline", "lightningcp"]
+    names = list(rows)
+    assert names[:2] == ["baseline", "lightningcp"] and names[-1] == "reference@8"
+    assert all(n.startswith("ddim@") for n in names[2:-1])
     # the table is the last thing printed
-    assert printed.strip().splitlines()[-1].startswith("| lightningcp |")
+    assert printed.strip().splitlines()[-1].startswith("| reference@8 |")
     assert table(printed)[1] == rows
 
     data = json.loads((out / "bench.json").read_text())
     assert data["mode"] == "pipeline" and data["psnr_cap_db"] == CAP and data["meta"]["model"] == "tiny"
-    base, lcp = data["methods"]
+    base, lcp = data["methods"][:2]
     assert base["name"] == "baseline" and lcp["name"] == "lightningcp"
     for key in ("seconds", "seconds_per_step", "speedup", "model_speedup", "flops", "flops_ratio",
                 "peak_memory_mb", "psnr_base", "ssim_base", "psnr_gt", "ssim_gt", "l1_gt", "lipsync", "cases"):
@@ -93,6 +101,84 @@ def test_plot_is_a_readable_png(quick):
     assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 8  # coloured points and labels, not a blank canvas
 
 
+def test_quick_bench_has_controls_reference_frontier_and_stages(quick):
+    _, out, _ = quick
+    data = json.loads((out / "bench.json").read_text())
+    rows = {m["name"]: m for m in data["methods"]}
+    base, lcp, ref = rows["baseline"], rows["lightningcp"], rows["reference@8"]
+    controls = [m for m in data["methods"] if m["role"] == "control"]
+    # the controls are plain DDIM at fewer steps, chosen from the accelerated row's measured speedups
+    speedups = [lcp["speedup"], lcp["model_speedup"], 1 / lcp["flops_ratio"]]
+    assert [m["steps"] for m in controls] == sorted(bench.control_steps(4, speedups), reverse=True)
+    assert controls and all(m["accel"] is None and m["steps"] < 4 and m["key_steps"] == m["steps"] for m in controls)
+    assert all(m["family"] == bench.PLAIN for m in controls) and lcp["family"] == "lightningcp"
+    assert [m["name"] for m in controls] == [f"ddim@{m['steps']}" for m in controls]
+    assert data["meta"]["controls"] == [m["steps"] for m in controls]
+    # the longer reference: twice the steps, its own PSNR column reads the cap
+    assert ref["role"] == "reference" and ref["steps"] == 8 and ref["psnr_ref"] == CAP and ref["flops_ratio"] == 2.0
+    assert base["psnr_ref"] < CAP and lcp["psnr_ref"] < CAP
+    # frontier flags agree with the definition on the measured rows
+    pts = [(m["speedup"], m["psnr_base"]) for m in data["methods"]]
+    assert [m["frontier"] for m in data["methods"]] == bench.frontier_flags(pts)
+    assert base["frontier"] is True  # nothing matches its PSNR (the cap)
+    md = (out / "bench.md").read_text()
+    _, cells = table(md)
+    assert {r["frontier"] for r in cells.values()} <= {"yes", "no"}
+    assert bench.frontier_sentence(bench.read_json(out / "bench.json").methods) in md
+    # stage seconds: whatever the pipeline reports, "total" at least, as a mean per generation
+    for m in data["methods"]:
+        assert m["stage_seconds"]["total"] == pytest.approx(sum(c["stages"]["total"] for c in m["cases"]) / len(m["cases"]))
+        assert m["stage_seconds"]["total"] <= m["seconds"] * 1.01
+    assert "Seconds per pipeline stage" in md
+
+
+def test_frontier_on_hand_made_rows():
+    pts = [(1.0, 100.0), (2.0, 35.0), (3.0, 30.0), (2.5, 32.0), (1.5, 34.0), (3.0, 29.0), (None, 30.0), (2.0, 35.0)]
+    assert bench.frontier_flags(pts) == [True, True, True, True, False, False, None, True]
+
+    def row(name, family, speed, psnr, role="method"):
+        return bench.MethodResult(name, None, 1, 1, speedup=speed, psnr_base=psnr, family=family, role=role)
+
+    rows = [row("baseline", bench.PLAIN, 1.0, 100.0, "baseline"), row("lcp@2", "lightningcp", 1.8, 38.0),
+            row("ddim@5", bench.PLAIN, 2.5, 35.0, "control"), row("ddim@4", bench.PLAIN, 3.0, 33.0, "control"),
+            row("lcp@4", "lightningcp", 2.9, 30.0), row("reference@30", bench.PLAIN, 0.5, 36.0, "reference")]
+    bench.mark_frontier(rows)
+    assert [r.frontier for r in rows] == [True, True, True, True, False, False]
+    sentence = bench.frontier_sentence(rows)
+    assert sentence.startswith("Frontier: plain DDIM owns most of it (2 of the 3") and "lightningcp 1" in sentence
+    rows[1].speedup = 0.9  # lcp@2 slower than the baseline: only plain DDIM rows remain on the fast part
+    bench.mark_frontier(rows)
+    assert bench.frontier_sentence(rows).startswith("Frontier: plain DDIM owns it")
+
+
+def test_control_steps_span_the_measured_speedups():
+    assert bench.control_steps(15, [1.8, 3.4]) == [4, 5, 6, 7, 8, 9]  # 15/4 = 3.75 >= 3.4, 15/9 = 1.67 <= 1.8
+    assert bench.control_steps(15, [1.8, 3.4], most=3) == [4, 6, 9]
+    assert bench.control_steps(4, [1.2]) == [3] and bench.control_steps(4, [40.0]) == [1]
+    assert bench.control_steps(15, []) == [] and bench.control_steps(1, [2.0]) == []
+    m = bench.control_method(5)
+    assert m.steps == 5 and m.is_plain and not m.is_baseline and m.family == bench.PLAIN
+    assert bench.reference_method(15).steps == 30
+
+
+def test_plot_draws_the_frontier_line(tmp_path):
+    def row(name, speed, psnr):
+        return bench.MethodResult(name, None, 1, 1, speedup=speed, psnr_base=psnr)
+
+    res = bench.BenchResult("t", "pipeline", {"model": "tiny"}, [row("baseline", 1.0, 100.0), row("a", 2.0, 35.0),
+                                                                   row("b", 3.0, 30.0), row("c", 1.5, 31.0)])
+    bench.mark_frontier(res.methods)
+    assert [m.frontier for m in res.methods] == [True, True, True, False]
+    with Image.open(bench.plot_png(res, tmp_path / "with.png")) as img:
+        drawn = np.asarray(img.convert("RGB")).astype(int)
+    for m in res.methods:
+        m.frontier = False
+    with Image.open(bench.plot_png(res, tmp_path / "without.png")) as img:
+        plain = np.asarray(img.convert("RGB")).astype(int)
+    changed = np.abs(drawn - plain).sum(axis=2) > 0
+    assert changed.sum() > 200  # the line (and its note) is drawn only when rows are on the frontier
+
+
 @pytest.fixture(scope="module")
 def pipe():
     return load_pipeline(random_weights=True, preset="tiny", device="cpu", dtype="fp32")
@@ -112,7 +198,7 @@ def test_every_step_a_key_step_is_identical_and_ground_truth_fills_the_columns(p
     case = bench.BenchCase("fake", image, audio, ground_truth=truth, lipsync_fn=lipsync)
     every = AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=1)))
     methods = [bench.BenchMethod("lightningcp-all-keys", every), bench.BenchMethod("baseline")]  # baseline moved first
-    res = bench.run_bench(pipe, [case], methods, GenerateOptions(steps=3), warmup=False)
+    res = bench.run_bench(pipe, [case], methods, GenerateOptions(steps=3), warmup=False, controls=None, reference=0)
     assert [m.name for m in res.methods] == ["baseline", "lightningcp-all-keys"]
     base, same = res.methods
     assert base.speedup == 1.0
@@ -146,6 +232,24 @@ def test_flop_memo_counts_what_a_full_count_counts():
         assert "stage_plan" not in acc.__dict__ and not acc.count_flops  # unwrapped again
     finally:
         acc.detach()
+
+
+def test_speed_bench_adds_the_controls():
+    net = bench.build_random_net("tiny", "cpu", torch.float32)
+    setup = bench.speed_setup(net, frames=4, size=64)
+    lcp = bench.BenchMethod("lcp@2", AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=2))))
+    res = bench.run_speed_bench("tiny", "cpu", torch.float32, steps=4, methods=[lcp], setup=setup, warmup=False,
+                                controls="auto")
+    base, got = res.methods[0], res.methods[1]
+    controls = [m for m in res.methods if m.role == "control"]
+    spans = [got.speedup, got.model_speedup, 1 / got.flops_ratio]
+    assert [m.steps for m in controls] == sorted(bench.control_steps(4, spans), reverse=True) and controls
+    assert all(m.flops_ratio == pytest.approx(m.steps / 4) for m in controls)  # plain DDIM: FLOPs ~ steps
+    assert res.meta["controls"] == [m.steps for m in controls] and base.role == "baseline"
+    assert all(m.frontier is None for m in res.methods)  # speed mode: no quality, no frontier
+    fixed = bench.run_speed_bench("tiny", "cpu", torch.float32, steps=4, methods=[], setup=setup, warmup=False,
+                                  count_flops=False, controls=[2])
+    assert [m.name for m in fixed.methods] == ["baseline", "ddim@2"] and fixed.methods[1].steps == 2
 
 
 def test_cpu_attention_flops_are_counted():

@@ -1,12 +1,16 @@
 """The Hallo checkpoint path end to end, at toy size: a ``pretrained_models`` folder with
 ``hallo/net.pth``, ``sd-vae-ft-mse/`` and ``wav2vec/wav2vec2-base-960h/`` is found, loaded strictly
 and generates a video with wav2vec2 features (the full-size layout itself is checked on the meta
-device in test_models.py)."""
+device in test_models.py). The folder's SD VAE is a reduced-width AutoencoderKL (same block
+types and 8x scale, loaded by the same ``from_pretrained`` call): a full-width one decodes at about
+0.4 s per 64-pixel frame on one core and would make this the slowest test of the suite."""
 
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 import torch
+from diffusers import AutoencoderKL
 
 import talkfast.models.loading as loading
 from talkfast.errors import CheckpointError
@@ -25,7 +29,8 @@ def hallo_folder(tmp_path, monkeypatch):
 
     monkeypatch.setattr(loading, "get_preset", lambda name: TOY_HALLO)
     torch.manual_seed(0)
-    net, vae = loading.build_random(TOY_HALLO)
+    net = loading.build_net(TOY_HALLO).eval().requires_grad_(False)
+    vae = AutoencoderKL(**loading.small_vae_config(TOY_HALLO))
     (tmp_path / "hallo").mkdir()
     torch.save(net.state_dict(), tmp_path / "hallo" / "net.pth")
     vae.save_pretrained(tmp_path / "sd-vae-ft-mse")
@@ -44,8 +49,11 @@ def test_hallo_folder_loads_strictly_and_generates(hallo_folder, tmp_path):
         assert k == k2
         torch.testing.assert_close(v, w)
     out = tmp_path / "out" / "talk.mp4"
-    res = pipe.generate(ROOT / "src/talkfast/assets/examples/portrait.png", ROOT / "src/talkfast/assets/examples/speech.wav",
-                        out, GenerateOptions(steps=2))
+    speech, rate = sf.read(ROOT / "src/talkfast/assets/examples/speech.wav", dtype="float32")
+    short = tmp_path / "speech.wav"  # 0.5 s: 13 frames, several chained clips
+    sf.write(short, speech[: rate // 2], rate)
+    res = pipe.generate(ROOT / "src/talkfast/assets/examples/portrait.png", short, out, GenerateOptions(steps=2))
+    assert res.frames == 13 and res.clips > 1
     info = probe_video(out)
     assert info.num_frames == res.frames and info.has_audio
     assert res.sidecar["options"]["hallo_context_tiling"] is True  # the released pairing for hallo

@@ -120,6 +120,7 @@ def single(request):
     return {name: run(pipe, kind) for name, (_, kind) in CASES.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_two_processes_give_the_single_process_frames(two_procs, single, name):
     check(two_procs, single, name)
@@ -128,6 +129,7 @@ def test_two_processes_give_the_single_process_frames(two_procs, single, name):
 FOUR = ["lcp-steps", "lcp-steps+cfg", "fd-dfa-steps+cfg"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FOUR)
 def test_four_processes_give_the_single_process_frames(four_procs, single, name):
     """4 ranks: steps in 4 shards (a group of 2 reduced steps leaves 2 ranks idle), and steps+cfg as
@@ -143,6 +145,7 @@ def check(per_rank, single, name):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5, msg=lambda m, r=rank: f"rank {r}: {m}")
 
 
+@pytest.mark.slow
 def test_cli_only_rank_zero_writes(tmp_path):
     out = tmp_path / "talk.mp4"
     r = torchrun(["-m", "talkfast", "generate", "--random-weights", "--model", "tiny", "--steps", "4",

@@ -42,8 +42,9 @@ def test_select_samples_spreads_over_identities():
     assert [p.id for p in picked] == ["0-0", "1-0", "2-0", "0-1"]
 
 
-def test_quality_command_writes_the_report(corpus, tmp_path, capsys):
+def test_quality_command_writes_the_report(corpus, tmp_path, capsys, monkeypatch):
     out = tmp_path / "report"
+    monkeypatch.chdir(tmp_path.parent)  # the model and the corpus lie under the working folder
     # tiny random weights through a model folder: the path a real checkpoint takes
     from talkfast.models.loading import build_random, save_embedded
 
@@ -55,6 +56,9 @@ def test_quality_command_writes_the_report(corpus, tmp_path, capsys):
     data = json.loads((out / "quality.json").read_text())
     assert data["summary"]["samples"] == 2 and data["settings"]["steps"] == 1
     assert data["settings"]["motion_source"] == "pixels"
+    # no absolute machine paths in the report: the model and corpus folders relative to the working folder
+    assert data["settings"]["weights"] == f"{tmp_path.name}/model"
+    assert data["settings"]["corpus"] == f"{corpus.parent.name}/c"
     for s in data["samples"]:
         assert np.isfinite([s["psnr"], s["ssim"], s["lipsync"], s["identity_sim"]]).all()
         assert s["frames"] > 4 and s["clip_boundary"] > 0  # tiny: 4-frame clips, so every sample has boundaries
@@ -62,6 +66,7 @@ def test_quality_command_writes_the_report(corpus, tmp_path, capsys):
         assert s["lipsync_truth"] > 0.8  # the metric itself works on ground-truth frames
         assert s["shuffled_audio_from"] not in (None, s["sample"])
     md = (out / "QUALITY.md").read_text()
+    assert str(tmp_path.parent) not in md
     assert "lip-sync" in md and "contact_sheet.png" in md and "--motion-source pixels" in md and "clip boundaries" in md
     from PIL import Image
 

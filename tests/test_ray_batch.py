@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'talkfast[ray]')")
+pytestmark = pytest.mark.slow  # a Ray instance and actors with a loaded model each: ~15-80 s a test
 
 from talkfast.app.batch import read_manifest  # noqa: E402
 from talkfast.app.cli import main  # noqa: E402
@@ -60,7 +61,6 @@ def check_outputs(tmp: Path, seconds: list[float]) -> None:
 def test_items_over_two_actors_each_once_then_all_skipped(tmp_path, capsys):
     seconds = [0.2, 0.3, 0.2, 0.25]
     m = manifest(tmp_path, seconds)
-    t0 = time.perf_counter()
     code = main(["batch", str(m), "--ray", "local", "--workers", "2", *TINY])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -73,7 +73,6 @@ def test_items_over_two_actors_each_once_then_all_skipped(tmp_path, capsys):
     assert main(["batch", str(m), "--ray", "local", "--workers", "2", *TINY]) == 0
     report = json.loads((tmp_path / "jobs.report.json").read_text())
     assert report["counts"]["skipped"] == 4
-    assert time.perf_counter() - t0 < 120
 
 
 def test_killed_actor_mid_item_is_retried_without_loss_or_duplicates(tmp_path):

@@ -34,7 +34,7 @@ def test_corpus_train_export_generate(tmp_path, capsys):
     model_card = (run / "model" / "MODEL_CARD.md").read_text()
     assert "--identities 3" in model_card and "| network (`net.safetensors`)" in model_card
     # the latent scale measured after VAE training travels into the exported VAE config
-    factor = torch.load(run / "vae_ckpt.pt", weights_only=False)["scaling_factor"]
+    factor = torch.load(run / "vae_ckpt.pt", weights_only=True)["scaling_factor"]
     assert factor > 0 and factor != 1.0
     assert json.loads((run / "model" / "vae" / "config.json").read_text())["scaling_factor"] == pytest.approx(factor)
     out = tmp_path / "talk.mp4"

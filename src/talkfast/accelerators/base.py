@@ -44,25 +44,27 @@ def key_items(key_layout: ItemLayout, layout: ItemLayout) -> list[int]:
         raise RuntimeError(f"no key-step item for reference group {err}") from None
 
 
-_INDEX: dict[tuple, torch.Tensor] = {}
-
-
-def _device_index(index: list[int], device: torch.device) -> torch.Tensor:
-    """A small index tensor, made once per (index, device): no host-to-device copy per call."""
-    key = (tuple(index), str(device))
-    if key not in _INDEX:
-        _INDEX[key] = torch.tensor(index, device=device)
-    return _INDEX[key]
+def take_rows(x: torch.Tensor, index: list[int] | tuple[int, ...]) -> torch.Tensor:
+    """``x[index]`` along dim 0 for a Python index, built from slices and expands of runs of equal
+    entries: no index tensor is made, so nothing is created on the device inside a model call and
+    torch.compile sees only constants (a lazily filled cache of index tensors made the first
+    compiled calls recompile)."""
+    index = list(index)
+    if index == list(range(x.shape[0])):
+        return x
+    parts, start = [], 0
+    for i in range(1, len(index) + 1):
+        if i == len(index) or index[i] != index[start]:
+            g = index[start]
+            parts.append(x[g : g + 1].expand(i - start, *x.shape[1:]))
+            start = i
+    return parts[0].contiguous() if len(parts) == 1 else torch.cat(parts)
 
 
 def expand_items(cached: torch.Tensor, frames: int, index: list[int]) -> torch.Tensor:
     """Frame-flattened key-step tensor (K*F, ...) -> (len(index)*F, ...) following ``index``."""
     per_item = cached.reshape(-1, frames, *cached.shape[1:])
-    if index == list(range(per_item.shape[0])):
-        out = per_item
-    else:
-        out = per_item.index_select(0, _device_index(index, cached.device))
-    return out.reshape(-1, *cached.shape[1:])
+    return take_rows(per_item, index).reshape(-1, *cached.shape[1:])
 
 
 @dataclass
@@ -70,8 +72,12 @@ class CallRecord:
     steps: tuple[int, ...]
     kind: str  # "full" | "shallow" | "decoder"
     items: int
-    seconds: float
+    timing: object  # seconds (float), or a sampling.loop.CudaTiming read on demand
     flops: int | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.timing if isinstance(self.timing, float) else self.timing.seconds()
 
 
 @dataclass
@@ -98,6 +104,7 @@ class Accelerator:
         self.sync_timing = False
         self.num_steps = 0
         self.scheduler = None
+        self.first_clip_calls: int | None = None  # records of the first clip (set when the 2nd starts)
 
     # ----------------------------------------------------------- lifecycle
     def attach(self, net: TalkingHeadNet) -> "Accelerator":
@@ -120,6 +127,7 @@ class Accelerator:
     def begin(self, pipeline, portrait) -> None:
         """Called once per generation, before the first clip: drop every statistic."""
         self.records.clear()
+        self.first_clip_calls = None
         for p in self.plugins:
             p.begin(pipeline, portrait)
 
@@ -127,6 +135,8 @@ class Accelerator:
         """Called at the start of every clip's denoising: drop every cache."""
         self.scheduler = scheduler
         self.num_steps = len(scheduler.timesteps)
+        if self.records and self.first_clip_calls is None:
+            self.first_clip_calls = len(self.records)
         self.shared.phase = "off"
         self.shared.key_layout = None
         for p in self.plugins:
@@ -148,12 +158,12 @@ class Accelerator:
     def chain(self, action: StepAction) -> bool:
         return True
 
-    def post_step(self, index: int, latents: torch.Tensor) -> torch.Tensor:
+    def pre_step(self, index: int, latents: torch.Tensor) -> torch.Tensor:
         return latents
 
-    def record(self, action: StepAction, seconds: float, items: int, flops: int | None) -> None:
+    def record(self, action: StepAction, timing, items: int, flops: int | None) -> None:
         kind = "full" if action.full else "shallow"
-        self.records.append(CallRecord(action.steps, kind, items, seconds, flops))
+        self.records.append(CallRecord(action.steps, kind, items, timing, flops))
 
     # ----------------------------------------------------------- reporting
     def describe(self) -> dict:
@@ -162,10 +172,11 @@ class Accelerator:
     def summary(self) -> dict:
         """Which steps were full / reduced, time per step, FLOPs done vs an all-full run."""
         recs = self.records
+        first = recs[: self.first_clip_calls] if self.first_clip_calls is not None else recs
         full = [r for r in recs if r.kind == "full"]
         steps_full = sum(len(r.steps) for r in full)
         steps_all = sum(len(r.steps) for r in recs)
-        secs = sum(r.seconds for r in recs)
+        secs = sum(r.seconds for r in recs)  # on CUDA: reads the call events (after the loop)
         out = {
             "method": self.name,
             "steps": steps_all,
@@ -174,7 +185,7 @@ class Accelerator:
             "model_calls": len(recs),
             "model_seconds": secs,
             "seconds_per_step": secs / steps_all if steps_all else 0.0,
-            "key_steps_first_clip": [r.steps[0] for r in recs if r.kind == "full"][: self.num_steps],
+            "key_steps_first_clip": [r.steps[0] for r in first if r.kind == "full"],
         }
         if recs and all(r.flops is not None for r in recs) and full:
             per_full_step = sum(r.flops for r in full) / steps_full
@@ -213,10 +224,12 @@ class CapturePlan(StagePlan):
 
 class ShallowPlan(StagePlan):
     """Runs stages [0, d) and [u, end); before stage u the hidden state (and optionally the skip
-    stack) is replaced by the key step's cache, expanded to this call's items."""
+    stack) is replaced by the key step's cache, expanded to this call's items. ``feature(index,
+    frames)``, when given, supplies that hidden state instead (a forecast of the cached feature)."""
 
-    def __init__(self, d: int, u: int, cache: CapturePlan, key_layout: ItemLayout, layout_of):
+    def __init__(self, d: int, u: int, cache: CapturePlan, key_layout: ItemLayout, layout_of, feature=None):
         self.d, self.u, self.cache, self.key_layout, self.layout_of = d, u, cache, key_layout, layout_of
+        self.feature = feature
 
     def active(self, index: int, stage: Stage) -> bool:
         return index < self.d or index >= self.u
@@ -225,7 +238,10 @@ class ShallowPlan(StagePlan):
         if index != self.u:
             return
         idx = key_items(self.key_layout, self.layout_of())
-        state.h = expand_items(self.cache.h, state.frames, idx)
+        if self.feature is not None:
+            state.h = self.feature(idx, state.frames)
+        else:
+            state.h = expand_items(self.cache.h, state.frames, idx)
         if self.cache.skips is not None:
             state.skips = [expand_items(s, state.frames, idx) for s in self.cache.skips]
 

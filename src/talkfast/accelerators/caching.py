@@ -9,20 +9,30 @@ measured against, DeepCache and FasterDiffusion, all on the same cut mechanism.
   true latents.
 - **FasterDiffusion**: cache the encoder side (every skip and the mid-block output) at key steps;
   the other steps of a group run the decoder only, batched, then chained; plus prior noise
-  injection (``0.003 * z_T`` added to the latent once t < 500).
+  injection (``0.003 * z_T`` added to the latent a scheduler step starts from, for every step whose
+  timestep is below 500).
+
+Options on top of every method (``CachingConfig``): how reduced predictions are combined
+(``chain``, ``each``, ``x0``), forecasting the cached feature from the last key steps instead of
+reusing it (``forecast``), guidance reuse at reduced steps (``guidance_reuse``), adaptive key
+steps (``adaptive``) and padding reduced calls to one size (``pad``, for torch.compile).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass, field
 
 import torch
 
 from ..models.unet import StagePlan
 from ..sampling.loop import StepAction
-from ..sampling.scheduler import noise_to, previous_timestep
-from .base import Accelerator, CapturePlan, ShallowPlan, cut_points, key_prediction
+from ..sampling.scheduler import noise_to, output_for, previous_timestep, split_prediction
+from .base import Accelerator, CapturePlan, ShallowPlan, cut_points, expand_items, key_prediction
 from .schedule import KeySchedule
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -30,16 +40,48 @@ class CachingConfig:
     keys: KeySchedule = field(default_factory=lambda: KeySchedule("uniform", interval=3))
     branch: int = 0  # cache point (0 = shallowest: the input of the last up layer)
     estimation: bool = True  # LightningCP input-latent estimation; False: non-key steps get z_k
-    combine: str = "chain"  # "chain": steps chained from the true z_{k+1}; "each": from own estimate
+    # "chain": steps chained from the true z_{k+1}; "each": each from its own estimate; "x0": the
+    # x0 each prediction makes of its own input, applied to the true chained latent
+    combine: str = "chain"
     chunk: int = 0  # most steps per reduced call (0: the whole group in one call)
     noise_injection: float = 0.003  # FasterDiffusion only
     injection_below: int = 500
+    # 0: reduced steps reuse the key step's cached feature; 1 / 2: extrapolate it (Lagrange
+    # polynomial in the timestep through the last 2 / 3 key steps: a finite-difference Taylor forecast)
+    forecast: int = 0
+    guidance_reuse: bool = False  # reduced steps: conditional half only + the key step's guidance term
+    adaptive: float = 0.0  # > 0: key steps chosen online (threshold on the accumulated output change)
+    max_interval: int = 8  # adaptive: at most this many steps from one key step to the next
+    pad: bool = False  # pad every reduced call to the clip's largest group (one compiled graph)
 
     def __post_init__(self):
-        if self.combine not in ("chain", "each"):
-            raise ValueError(f"combine must be 'chain' or 'each', not {self.combine!r}")
+        if self.combine not in COMBINE_MODES:
+            raise ValueError(f"combine must be one of {', '.join(COMBINE_MODES)}, not {self.combine!r}")
         if self.chunk < 0:
             raise ValueError("chunk must be >= 0")
+        if self.forecast not in (0, 1, 2):
+            raise ValueError(f"forecast must be 0, 1 or 2, not {self.forecast!r}")
+        if not (self.adaptive >= 0 and math.isfinite(self.adaptive)):
+            raise ValueError(f"adaptive threshold must be a finite number >= 0, not {self.adaptive!r}")
+        if self.max_interval < 1:
+            raise ValueError("max_interval must be >= 1")
+        if not math.isfinite(self.noise_injection):
+            raise ValueError("noise_injection must be finite")
+
+
+COMBINE_MODES = ("chain", "each", "x0")
+
+
+def lagrange_weights(points: list[float], x: float) -> list[float]:
+    """Weights w_m with p(x) = sum_m w_m * f(points[m]) for the polynomial through the points."""
+    out = []
+    for m, pm in enumerate(points):
+        w = 1.0
+        for l_, pl in enumerate(points):
+            if l_ != m:
+                w *= (x - pl) / (pm - pl)
+        out.append(w)
+    return out
 
 
 class LightningCP(Accelerator):
@@ -52,10 +94,16 @@ class LightningCP(Accelerator):
         self.cfg = cfg
         self.actions: dict[int, StepAction] = {}
         self.capture: CapturePlan | None = None
+        self.history: list[tuple[float, CapturePlan]] = []  # (timestep, capture) of recent key steps
+        self.largest = 1
         self.key_index = -1
         self.key_latents: torch.Tensor | None = None
         self.x0: torch.Tensor | None = None
         self.eps: torch.Tensor | None = None
+        self.guide_delta: torch.Tensor | None = None
+        self._drift = 0.0
+        self._last_out: torch.Tensor | None = None
+        self._warned_reuse = False
 
     def cut(self) -> tuple[int, int]:
         unet = self.net.denoising_unet
@@ -66,38 +114,114 @@ class LightningCP(Accelerator):
 
     def reset(self, scheduler) -> None:
         super().reset(scheduler)
-        self.capture, self.key_index = None, -1
-        self.key_latents = self.x0 = self.eps = None
+        self.capture, self.key_index, self.history = None, -1, []
+        self.key_latents = self.x0 = self.eps = self.guide_delta = None
+        self._drift, self._last_out = 0.0, None
         self.actions = {}
+        self.largest = 1
+        if self.cfg.adaptive:
+            return  # decided online (next_action)
         for key, group in self.cfg.keys.groups(self.num_steps):
             self.actions[key] = StepAction((key,), True)
             size = (self.cfg.chunk or len(group)) if self.batched else 1
             for start in range(0, len(group), max(1, size)):
                 chunk = group[start : start + size]
                 self.actions[chunk[0]] = StepAction(chunk, False)
+                self.largest = max(self.largest, len(chunk))
 
     def next_action(self, index: int) -> StepAction:
-        return self.actions[index]
+        if not self.cfg.adaptive:
+            return self.actions[index]
+        since = index - self.key_index
+        key = self.key_index < 0 or self._drift >= self.cfg.adaptive or since >= self.cfg.max_interval
+        return StepAction((index,), key)
+
+    def pad_to(self, action: StepAction) -> int:
+        return self.largest if self.cfg.pad else len(action.steps)
 
     def stage_plan(self, action: StepAction) -> StagePlan | None:
         d, u = self.cut()
         if action.full:
             self.shared.phase = "key"
             self.capture = CapturePlan(u, keep_skips=self.decoder_only)
+            t = float(self.scheduler.timesteps[action.steps[0]])
+            self.history = (self.history + [(t, self.capture)])[-3:]
             return self.capture
         if self.capture is None or self.capture.h is None:
             raise RuntimeError(f"{self.name}: reduced step {action.steps} before any key step")
         self.shared.phase = "shallow"
         rs = self.net.ref_state
-        return ShallowPlan(d, u, self.capture, self.shared.key_layout, lambda: rs.layout)
+        return ShallowPlan(d, u, self.capture, self.shared.key_layout, lambda: rs.layout, self._forecast(action))
+
+    def _forecast(self, action: StepAction):
+        """``feature(index, frames)`` extrapolating the cached feature to each step of ``action``
+        (None: plain reuse). The weights are made here, outside the model call."""
+        order = min(self.cfg.forecast, len(self.history) - 1)
+        if order < 1:
+            return None
+        pts = self.history[-(order + 1):]
+        steps = list(action.steps)
+        steps += [steps[-1]] * (self.pad_to(action) - len(steps))
+        ts = self.scheduler.timesteps
+        weights = torch.tensor([lagrange_weights([p for p, _ in pts], float(ts[j])) for j in steps]).T  # (M, n)
+        ref = pts[-1][1].h
+        weights = weights.to(ref.device, ref.dtype)
+        n = len(steps)
+
+        def feature(index: list[int], frames: int) -> torch.Tensor:
+            w = weights.repeat(1, len(index) // n).repeat_interleave(frames, 1)  # (M, items*F)
+            out = None
+            for m, (_, cap) in enumerate(pts):
+                term = w[m].view(-1, *([1] * (cap.h.dim() - 1))) * expand_items(cap.h, frames, index)
+                out = term if out is None else out + term
+            return out
+
+        return feature
+
+    def call(self, predict, action: StepAction, latents: torch.Tensor, t: torch.Tensor, plan) -> torch.Tensor:
+        """The model call; with guidance reuse a key step keeps its (cond - uncond) and a reduced
+        step runs the conditional half only: u + s (c - u) = c + (s - 1) (c_key - u_key)."""
+        if not self.cfg.guidance_reuse:
+            return predict(latents, t, plan)
+        g, raw = getattr(predict, "guidance", None), getattr(predict, "model_output", None)
+        if g is None:  # no CFG: nothing to reuse
+            return predict(latents, t, plan)
+        if raw is None:
+            if not self._warned_reuse:
+                log.warning("guidance reuse needs a predictor with separate CFG halves (not available "
+                            "with --parallel); running full CFG calls")
+                self._warned_reuse = True
+            return predict(latents, t, plan)
+        if action.full:
+            u, c = raw(latents, t, plan, (0, 1)).chunk(2)
+            self.guide_delta = c - u
+            return u + g * self.guide_delta
+        return raw(latents, t, plan, (1,)) + (g - 1) * self.guide_delta
 
     def after_step(self, action: StepAction, index: int, output: torch.Tensor, latents: torch.Tensor) -> None:
+        if self.cfg.adaptive:
+            if action.full:
+                self._drift = 0.0
+            elif self._last_out is not None:
+                prev = self._last_out
+                self._drift += float((output - prev).abs().mean() / prev.abs().mean().clamp_min(1e-12))
+            self._last_out = output
         if not action.full:
             return
         self.key_index = index
         self.key_latents = latents
         self.shared.key_layout = self.net.ref_state.layout
         self.x0, self.eps = key_prediction(self.scheduler, output, latents, self.scheduler.timesteps[index])
+
+    def adjust_output(self, action: StepAction, index: int, output: torch.Tensor, own: torch.Tensor,
+                      start: torch.Tensor) -> torch.Tensor:
+        """``combine="x0"``: keep the x0 the prediction makes of the latent it was computed on and
+        step the true latent towards it (its eps follows from the true latent)."""
+        if self.cfg.combine != "x0" or action.full or own.data_ptr() == start.data_ptr():
+            return output
+        t = int(self.scheduler.timesteps[index])
+        x0, _ = split_prediction(self.scheduler, output, own, t)
+        return output_for(self.scheduler, x0, start, t)
 
     def estimate(self, step: int) -> torch.Tensor:
         """Input latent of ``step`` from the key step's prediction: where chained DDIM steps with
@@ -106,18 +230,21 @@ class LightningCP(Accelerator):
         return noise_to(self.scheduler, self.x0, self.eps, previous_timestep(self.scheduler, t_before))
 
     def batch_latents(self, action: StepAction, latents: torch.Tensor) -> torch.Tensor:
+        if self.cfg.adaptive:
+            return latents  # one step at a time: its true latent is known
         if not self.cfg.estimation:
             return self.key_latents.expand(len(action.steps), *latents.shape[1:])
         parts = [latents if j == self.key_index + 1 else self.estimate(j) for j in action.steps]
         return torch.cat(parts)
 
     def chain(self, action: StepAction) -> bool:
-        return self.cfg.combine == "chain"
+        return self.cfg.combine != "each"
 
 
 class DeepCache(LightningCP):
     """Key steps cache the deep feature; the other steps run the shallow path one by one on
-    their true latents (no estimation, no batching)."""
+    their true latents (no estimation, no batching). Its non-uniform key steps are
+    ``KeySchedule("power")``."""
 
     name = "deepcache"
     batched = False
@@ -128,7 +255,11 @@ class DeepCache(LightningCP):
 
 class FasterDiffusion(LightningCP):
     """Encoder propagation: decoder-only reduced steps, batched over the group, plus prior
-    noise injection."""
+    noise injection as the official code applies it (hutaiHang/Faster-Diffusion, utils_sd.py at
+    d64bfed, the key-time sampling loop): before every scheduler step whose timestep is below
+    500, ``0.003 * z_T`` (the initial noise) is added to the latent that step starts from; the
+    model input of a key step is the latent before injection, and the final latent is never
+    injected."""
 
     name = "fasterdiffusion"
     decoder_only = True
@@ -150,7 +281,7 @@ class FasterDiffusion(LightningCP):
         # The decoder-only path never reads the latent; keep shapes consistent.
         return latents.expand(len(action.steps), *latents.shape[1:])
 
-    def post_step(self, index: int, latents: torch.Tensor) -> torch.Tensor:
+    def pre_step(self, index: int, latents: torch.Tensor) -> torch.Tensor:
         a = self.cfg.noise_injection
         if a and self.z_T is not None and int(self.scheduler.timesteps[index]) < self.cfg.injection_below:
             return latents + a * self.z_T

@@ -33,6 +33,32 @@ class AccelConfig:
     def describe(self) -> dict:
         return dataclasses.asdict(self)
 
+    @staticmethod
+    def from_dict(d: dict) -> "AccelConfig":
+        """Inverse of :meth:`describe` (a JSON round trip gives an equal config). Unknown keys
+        are an error, so a setting written by a newer talkfast is not silently misread."""
+
+        def build(cls, data, nested=None):
+            if not isinstance(data, dict):
+                raise ValueError(f"{cls.__name__}: expected an object, got {data!r}")
+            names = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(data) - names)
+            if unknown:
+                raise ValueError(f"{cls.__name__}: unknown settings {unknown}")
+            kw = dict(data)
+            for key, sub in (nested or {}).items():
+                if kw.get(key) is not None:
+                    kw[key] = sub(kw[key])
+            for key in ("steps", "drop_ref_layers"):
+                if isinstance(kw.get(key), list):
+                    kw[key] = tuple(kw[key])
+            return cls(**kw)
+
+        keys = lambda x: build(KeySchedule, x)  # noqa: E731
+        caching = lambda x: build(CachingConfig, x, {"keys": keys})  # noqa: E731
+        dfa = lambda x: build(DFAConfig, x)  # noqa: E731
+        return build(AccelConfig, d, {"caching": caching, "dfa": dfa})
+
 
 PRESETS: dict[str, AccelConfig] = {
     "off": AccelConfig(),

@@ -121,6 +121,11 @@ class DFA:
         self._masks.clear()
         if self.regions is not None and not self.regions.detected:
             log.warning("DFA: no face found; attention stays full-frame")
+        if pipeline is not None and portrait is not None:
+            # every level's token mask made now, not lazily inside a (possibly compiled) model call
+            side = portrait.image.size[0] // pipeline.cfg.vae_scale_factor
+            for level in range(pipeline.cfg.unet.num_levels):
+                self.foreground((side >> level) ** 2, pipeline.device)
 
     def reset(self) -> None:
         for attn, _ in self._wrapped:

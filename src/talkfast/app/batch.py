@@ -5,7 +5,7 @@ row). Columns:
 
 * ``image``, ``audio``, ``output`` (required): relative paths resolve against the manifest's folder;
   ``output`` must end in ``.mp4`` and appear only once.
-* ``steps``, ``cfg``, ``seed``, ``accel`` (preset: off, quality, balanced, fast), ``fps``, ``size``
+* ``steps``, ``cfg``, ``seed``, ``accel`` (auto, off, quality, balanced, fast), ``fps``, ``size``
   (optional, per item): an empty CSV cell or a JSON ``null`` takes the command line's value.
 * ``id`` (optional): a label for the report (default: the manifest line number).
 
@@ -20,10 +20,16 @@ is generated. Then every item runs in turn:
   so an output path holds either nothing or a finished video;
 * a failing item is recorded with its reason and the job goes on.
 
+Outputs stay inside the manifest's folder (``--allow-outside`` lifts that); no two items may write
+the same video or ``.json`` sidecar (compared ignoring case), and no output may be the report, the
+manifest or an input. An existing file that talkfast did not write (no talkfast sidecar beside it)
+is never replaced without ``--overwrite``: such an item fails with that reason.
+
 The end is a table of done / skipped / failed items and a JSON report (``<manifest>.report.json``
-beside the manifest, or ``--report PATH``), rewritten after every item so that a killed job leaves
-an up-to-date one. The exit code is 1 when an item failed, else 0. Run one job per set of
-outputs at a time: two jobs writing the same outputs would delete each other's temporaries.
+beside the manifest, or ``--report PATH``), rewritten at most every ``REPORT_EVERY_S`` seconds
+(:mod:`talkfast.app.jobs`) while items run and at the end, so that a killed job leaves a recent one.
+The exit code is 1 when an item failed, else 0. Run one job per set of outputs at a time: a running
+writer's temporaries are locked and left alone, but two jobs would still both generate each output.
 """
 
 from __future__ import annotations
@@ -33,13 +39,12 @@ import json
 import logging
 import os
 import sys
-import time
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from ..errors import InputError, OutputError, TalkfastError
+from ..errors import InputError, OutputError
+from .jobs import (BatchItem, ItemResult, _abs, _now, _report, _short,  # noqa: F401  (re-exported)
+                   existing_video, run_batch)
 
 log = logging.getLogger(__name__)
 
@@ -50,37 +55,19 @@ COLUMNS = (*REQUIRED, *SETTINGS, "id")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
-@dataclass
-class BatchItem:
-    line: int  # 1-based line of the manifest (CSV: the data row's line)
-    id: str
-    image: Path
-    audio: Path
-    output: Path
-    settings: dict[str, Any] = field(default_factory=dict)  # only what the manifest sets
-
-
-@dataclass
-class ItemResult:
-    line: int
-    id: str
-    image: str
-    audio: str
-    output: str
-    status: str = "pending"  # pending | done | skipped | failed
-    reason: str = ""
-    frames: int | None = None
-    seconds: float | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
-
-
 # ---------------------------------------------------------------------------------------------
 # the manifest
 # ---------------------------------------------------------------------------------------------
 
 
-def read_manifest(path: str | os.PathLike[str]) -> list[BatchItem]:
-    """Parse and check a manifest; raises :class:`InputError` (naming the line) on any problem."""
+def read_manifest(path: str | os.PathLike[str], *, allow_outside: bool = False,
+                  report: str | os.PathLike[str] | None = None) -> list[BatchItem]:
+    """Parse and check a manifest; raises :class:`InputError` (naming the line) on any problem.
+
+    Besides each value: every output lies inside the manifest's folder (unless ``allow_outside``);
+    no two items write the same video or sidecar, compared case-insensitively (``c.MP4`` and
+    ``c.mp4`` share ``c.json``); no output or sidecar is the report (``report``, default
+    :func:`default_report_path`), the manifest or any item's input."""
     manifest = Path(path).expanduser()
     if not manifest.is_file():
         raise InputError(f"Manifest not found: {manifest}" if not manifest.exists() else f"Manifest {manifest} is not a file.")
@@ -102,13 +89,35 @@ def read_manifest(path: str | os.PathLike[str]) -> list[BatchItem]:
         raise InputError(f"Manifest {manifest} has no items.")
     base = manifest.resolve().parent
     items = [_item(manifest, base, line, row) for line, row in rows]
-    seen: dict[Path, int] = {}
-    for item in items:
-        if item.output in seen:
-            raise InputError(f"Manifest {manifest}: lines {seen[item.output]} and {item.line} both write "
-                             f"{item.output}; every item needs its own output.")
-        seen[item.output] = item.line
+    _check_outputs(manifest, base, items, allow_outside,
+                   Path(report).expanduser().resolve() if report is not None else default_report_path(manifest))
     return items
+
+
+def _check_outputs(manifest: Path, base: Path, items: list[BatchItem], allow_outside: bool, report: Path) -> None:
+    """The write policy of a batch job (see :func:`read_manifest`); file systems may ignore case,
+    so paths are compared case-folded."""
+    def key(p: Path) -> str:
+        return os.path.normcase(str(p)).casefold()
+
+    reserved = {key(manifest.resolve()): "the manifest", key(report): "the batch report"}
+    for item in items:
+        for what in ("image", "audio"):
+            reserved.setdefault(key(getattr(item, what)), f"the {what} of line {item.line}")
+    written: dict[str, int] = {}
+    for item in items:
+        where = f"Manifest {manifest} line {item.line}"
+        if not allow_outside and not item.output.is_relative_to(base):
+            raise InputError(f"{where}: output {item.output} is outside the manifest's folder {base}; "
+                             "pass --allow-outside to write there.")
+        for path in (item.output, item.output.with_suffix(".json")):
+            k = key(path)
+            if k in written:
+                raise InputError(f"Manifest {manifest}: lines {written[k]} and {item.line} both write {path} "
+                                 "(paths are compared ignoring case, sidecars included); every item needs its own output.")
+            if k in reserved:
+                raise InputError(f"{where}: {path} would replace {reserved[k]}; choose another output.")
+            written[k] = item.line
 
 
 def _jsonl_rows(manifest: Path, text: str) -> list[tuple[int, dict]]:
@@ -175,7 +184,9 @@ def _item(manifest: Path, base: Path, line: int, row: dict) -> BatchItem:
         value = row.get(key)
         if not isinstance(value, str) or not value.strip():
             raise InputError(f"{where}: {key!r} must be a non-empty path, got {value!r}.")
-        paths[key] = (base / Path(value.strip()).expanduser()).resolve()
+        raw = base / Path(value.strip()).expanduser()
+        # inputs: the file itself; the output: its folder resolved, a link at the name not followed
+        paths[key] = raw.resolve() if key != "output" else Path(os.path.normpath(raw.parent.resolve() / raw.name))
     if paths["output"].suffix.lower() != ".mp4":
         raise InputError(f"{where}: output {row['output']!r} must end in .mp4.")
     settings = {}
@@ -216,18 +227,20 @@ def _setting(where: str, key: str, kind: type, value: Any) -> Any:
         if not isinstance(out, (int, float)):
             raise bad
         out = float(out)
-    checks = {
-        "steps": (lambda v: v >= 1, "at least 1"),
-        "cfg": (lambda v: v >= 1.0, "at least 1.0 (1.0 disables guidance)"),
+    from ..pipeline.generate import MAX_GUIDANCE, MAX_STEPS
+
+    checks = {  # the ranges of GenerateOptions.resolved; NaN and infinity fail every one
+        "steps": (lambda v: 1 <= v <= MAX_STEPS, f"between 1 and {MAX_STEPS}"),
+        "cfg": (lambda v: 1.0 <= v <= MAX_GUIDANCE, f"a number from 1.0 (1.0 disables guidance) to {MAX_GUIDANCE:g}"),
         "fps": (lambda v: 1 <= v <= 120, "between 1 and 120"),
         "size": (lambda v: v >= 1, "a positive number of pixels"),
         "seed": (lambda v: 0 <= v < 2**63, "between 0 and 2**63 - 1"),
     }
     if key == "accel":
-        from ..accelerators import PRESETS
+        from ..accelerators.tuned import NAMES
 
-        if out not in PRESETS:
-            raise InputError(f"{where}: unknown accel preset {out!r}; choose from {', '.join(PRESETS)}.")
+        if out not in NAMES:
+            raise InputError(f"{where}: unknown accel preset {out!r}; choose from {', '.join(NAMES)}.")
     elif not checks[key][0](out):
         raise InputError(f"{where}: {key!r} must be {checks[key][1]}, got {value!r}.")
     return out
@@ -241,109 +254,6 @@ def _setting(where: str, key: str, kind: type, value: Any) -> Any:
 def default_report_path(manifest: str | os.PathLike[str]) -> Path:
     m = Path(manifest).expanduser().resolve()
     return m.with_name(f"{m.stem}.report.json")
-
-
-def existing_video(path: Path) -> tuple[bool, str]:
-    """(True, what) if ``path`` is a finished video (it probes, has frames and audio), else (False, why)."""
-    from ..io.video import probe_video
-
-    if not path.is_file():
-        return False, "missing"
-    try:
-        info = probe_video(path)
-    except TalkfastError as err:
-        return False, str(err)
-    if info.num_frames < 1 or not info.has_audio:
-        return False, f"{info.num_frames} frames, {'with' if info.has_audio else 'no'} audio"
-    return True, f"{info.num_frames} frames, {info.video_duration:.2f} s"
-
-
-def run_batch(items: list[BatchItem], pipe, defaults: dict[str, Any], *, report_path: Path | None = None,
-              manifest: str | os.PathLike[str] | None = None, overwrite: bool = False, quiet: bool = False,
-              stream: TextIO | None = None) -> list[ItemResult]:
-    """Generate every item with ``pipe`` (loaded once by the caller); never raises for one item's
-    failure. ``defaults`` holds the settings an item does not set (keys of :data:`SETTINGS`)."""
-    from ..accelerators import build_accelerator
-    from ..io.video import remove_stale_temporaries, write_json_atomic
-    from ..pipeline.generate import GenerateOptions
-
-    stream = stream if stream is not None else sys.stdout
-    results = [ItemResult(it.line, it.id, str(it.image), str(it.audio), str(it.output),
-                          settings={**defaults, **it.settings}) for it in items]
-    started = _now()
-
-    def save_report(finished: bool) -> None:
-        if report_path is not None:
-            write_json_atomic(report_path, _report(results, manifest, started, finished))
-
-    save_report(False)
-    for n, (item, res) in enumerate(zip(items, results), start=1):
-        t0 = time.perf_counter()
-        settings = res.settings
-        acc = None
-        try:
-            removed = remove_stale_temporaries(item.output)
-            if removed:
-                log.warning("%s: removed %d temporary file(s) left by an interrupted run", item.output, len(removed))
-            skip = False
-            if item.output.exists() and not overwrite:
-                skip, what = existing_video(item.output)
-                if skip:
-                    res.status, res.reason = "skipped", f"output exists ({what})"
-                else:
-                    log.warning("%s exists but is not a finished video (%s); generating it again", item.output, what)
-            if not skip:
-                opts = GenerateOptions(steps=settings.get("steps"), guidance=settings.get("cfg"),
-                                       seed=settings.get("seed", 42), fps=settings.get("fps", 25))
-                preset = settings.get("accel") or "off"
-                acc = build_accelerator(preset) if preset != "off" else None
-                result = pipe.generate(item.image, item.audio, item.output, opts, size=settings.get("size"),
-                                       accelerator=acc,
-                                       extra_sidecar={"batch": {"manifest": _abs(manifest), "line": item.line, "id": item.id}})
-                res.status, res.frames = "done", result.frames
-                res.reason = f"{result.frames} frames, {result.clips} clips"
-        except KeyboardInterrupt:
-            res.reason = "interrupted"
-            save_report(False)
-            raise
-        except Exception as err:  # one bad item must not stop the job
-            res.status = "failed"
-            res.reason = str(err) if isinstance(err, (TalkfastError, ValueError)) else f"{type(err).__name__}: {err}"
-            log.debug("item %s failed", item.id, exc_info=True)
-        finally:
-            if acc is not None:
-                acc.detach()  # the next item may run without an accelerator
-            if res.status != "pending":
-                res.seconds = round(time.perf_counter() - t0, 3)
-        if not quiet or res.status == "failed":
-            print(f"[{n}/{len(items)}] {res.status:<7} {_short(item.output, manifest)}  {res.reason}", file=stream, flush=True)
-        save_report(False)
-    save_report(True)
-    return results
-
-
-def _abs(manifest) -> str | None:
-    return str(Path(manifest).expanduser().resolve()) if manifest is not None else None
-
-
-def _report(results: list[ItemResult], manifest, started: str, finished: bool) -> dict:
-    counts = {k: sum(r.status == k for r in results) for k in ("done", "skipped", "failed", "pending")}
-    return {"manifest": _abs(manifest), "started": started,
-            "finished": _now() if finished else None, "counts": counts, "items": [asdict(r) for r in results]}
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _short(path: str | Path, manifest) -> str:
-    """``path`` relative to the manifest's folder when it lies inside it."""
-    if manifest is None:
-        return str(path)
-    try:
-        return str(Path(path).relative_to(Path(_abs(manifest)).parent))
-    except ValueError:
-        return str(path)
 
 
 def format_table(results: list[ItemResult], manifest=None) -> str:
@@ -370,12 +280,16 @@ def add_parser(sub) -> None:
                                    "that already exist are skipped, so re-running a killed job resumes it.")
     p.add_argument("manifest", help="a .jsonl (one JSON object per line) or .csv (header row) file")
     p.add_argument("--report", default=None, help="JSON report path (default: <manifest>.report.json beside it)")
-    p.add_argument("--overwrite", action="store_true", help="regenerate outputs that already exist")
+    p.add_argument("--overwrite", action="store_true",
+                   help="regenerate outputs that already exist, replacing files talkfast did not write too")
+    p.add_argument("--allow-outside", action="store_true", help="let outputs lie outside the manifest's folder")
     g = p.add_argument_group("defaults for items that do not set them")
     g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     g.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 disables)")
     g.add_argument("--seed", type=int, default=42)
-    g.add_argument("--accel", default="off", help="accelerator preset: off, quality, balanced, fast")
+    g.add_argument("--accel", default="auto",
+                   help="auto (= balanced), quality, balanced, fast (the model's tuned setting, else the preset), "
+                        "or off (default: auto)")
     g.add_argument("--fps", type=int, default=25)
     g.add_argument("--size", type=int, default=None, help="output side in pixels (default: the model's)")
     m = p.add_argument_group("model (as for generate)")
@@ -396,11 +310,12 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..pipeline.loader import load_pipeline
 
-    items = read_manifest(args.manifest)  # every manifest error comes before the model load
+    report = Path(args.report).expanduser().resolve() if args.report else default_report_path(args.manifest)
+    # every manifest error comes before the model load
+    items = read_manifest(args.manifest, allow_outside=args.allow_outside, report=report)
     where = "command line"
     defaults = {k: _setting(where, k, kind, getattr(args, k)) for k, kind in SETTINGS.items()
                 if getattr(args, k) is not None}
-    report = Path(args.report).expanduser().resolve() if args.report else default_report_path(args.manifest)
     try:
         report.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -418,6 +333,13 @@ def run(args) -> int:
     else:
         pipe = load_pipeline(args.checkpoint, random_weights=args.random_weights, preset=args.model,
                              device=args.device, dtype=args.dtype)
+        for item in items:  # the model bounds the size: every item is checked before any runs
+            try:
+                pipe.check_size(item.settings.get("size", defaults.get("size")))
+            except ValueError as err:
+                where = f"Manifest {args.manifest} line {item.line}" if "size" in item.settings else "command line"
+                named = "'size'" if "size" in item.settings else "--size"
+                raise InputError(f"{where}: {err}".replace("--size", named)) from None
         if not args.quiet:
             print(f"{len(items)} items, model {pipe.cfg.name} ({pipe.source}) on {pipe.device}", flush=True)
 

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 
 from .. import examples
 from ..errors import TalkfastError
 from ..pipeline import MOTION_SOURCES
+from . import threads
+
+#: Subcommands that run a model and take --threads N (talkfast.app.threads).
+THREADED_COMMANDS = ("generate", "batch", "bench", "quality")
 
 
 def _add_generate(sub) -> None:
@@ -18,6 +24,8 @@ def _add_generate(sub) -> None:
     p.add_argument("-a", "--driving_audio", "--driving-audio", default=str(examples.SPEECH),
                    help="speech recording: wav/flac/ogg/mp3/m4a... (default: the bundled example)")
     p.add_argument("-o", "--output", default="talkfast_out.mp4", help="output .mp4 (a .json sidecar is written beside it)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output (or .json beside it) that talkfast did not write")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, e.g. 40 for hallo)")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 disables)")
     p.add_argument("--seed", type=int, default=42)
@@ -39,7 +47,10 @@ def _add_generate(sub) -> None:
                         "- the embedded model: reference -, pixels for hallo checkpoints, else latents)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     a = p.add_argument_group("acceleration (see talkfast.accelerators)")
-    a.add_argument("--accel", default="off", help="preset: off, quality, balanced, fast")
+    a.add_argument("--accel", default="auto",
+                   help="auto (= balanced), quality, balanced, fast: the setting 'talkfast tune' measured for this "
+                        "model for that quality budget (steps too, unless --steps), else the documented preset with a "
+                        "warning; off: no acceleration (default: auto)")
     a.add_argument("--accel-method", default=None, help="lightningcp, deepcache, fasterdiffusion (overrides the preset's)")
     a.add_argument("--key-steps", default=None, help="key steps: N (every N-th), 'dense', or a list '0,1,2,5,9'")
     a.add_argument("--cache-branch", type=int, default=None, help="cache point, 0 = shallowest (input of the last up layer)")
@@ -58,13 +69,22 @@ def accel_config(args):
     """The preset named by --accel, with every explicit flag applied on top."""
     import dataclasses
 
-    from ..accelerators import DFAConfig, KeySchedule, get_preset
+    from ..accelerators import DFAConfig, KeySchedule
 
-    cfg = get_preset(args.accel)
+    from ..accelerators.tuned import model_folder, resolve
+
+    choice = resolve(args.accel, model_folder(getattr(args, "checkpoint", None), getattr(args, "random_weights", False)),
+                     getattr(args, "steps", None))
+    args.accel_choice = choice  # what --accel resolved to (printed and stored in the sidecar by generate)
+    cfg = choice.accel
     caching = cfg.caching
     changes = {}
     if args.key_steps is not None:
-        changes["keys"] = KeySchedule.parse(args.key_steps)
+        try:
+            changes["keys"] = KeySchedule.parse(args.key_steps)
+        except ValueError:
+            raise ValueError(f"--key-steps must be N (every N-th step), 'dense' or a list of step numbers like "
+                             f"0,1,2,5; got {args.key_steps!r}") from None
     if args.cache_branch is not None:
         changes["branch"] = args.cache_branch
     if args.chunk is not None:
@@ -103,7 +123,9 @@ def cmd_generate(args) -> int:
         args.device, args.quiet = par.device, args.quiet or par.rank != 0
     pipe = load_pipeline(args.checkpoint, random_weights=args.random_weights, preset=args.model,
                          device=args.device, dtype=args.dtype)
-    opts = GenerateOptions(steps=args.steps, guidance=args.cfg, seed=args.seed, fps=args.fps,
+    choice = args.accel_choice
+    opts = GenerateOptions(steps=args.steps if args.steps is not None else choice.steps, guidance=args.cfg,
+                           seed=args.seed, fps=args.fps,
                            motion_scale=(args.pose_weight, args.face_weight, args.lip_weight),
                            motion_source=args.motion_source)
     bar = None
@@ -120,9 +142,10 @@ def cmd_generate(args) -> int:
         acc = build_accelerator(accel) if accel.method != "off" else None
         if par is not None:
             extra = par.generate_kwargs(pipe)
+        extra["extra_sidecar"] = {**extra.get("extra_sidecar", {}), "accel_choice": choice.describe()}
         output = args.output if par is None or par.rank == 0 else None
         result = pipe.generate(args.source_image, args.driving_audio, output, opts, size=args.size,
-                               progress=progress, accelerator=acc, **extra)
+                               progress=progress, accelerator=acc, overwrite=args.overwrite, **extra)
     finally:
         if bar is not None:
             bar.close()
@@ -132,6 +155,9 @@ def cmd_generate(args) -> int:
         return 0
     secs = result.seconds.get("total", 0.0)
     print(f"wrote {result.path} ({result.frames} frames, {result.clips} clips, {secs:.1f} s)")
+    print(choice.text() + ("" if accel == choice.accel else "; with the explicit acceleration options on top"))
+    if choice.warning:
+        print(choice.warning, file=sys.stderr)
     if acc is not None:
         print(acc.summary_text())
     return 0
@@ -160,16 +186,25 @@ def build_parser() -> argparse.ArgumentParser:
     data_cli.add_parser(sub)
     eval_cli.add_parser(sub)
     eval_cli.add_quality_parser(sub)
+    from ..eval import tune_cli
+
+    tune_cli.add_parser(sub)
     train_cli.add_parser(sub)
     from . import demo as demo_app
 
     demo_app.add_parser(sub)
+    for name in THREADED_COMMANDS:
+        threads.add_argument(sub.choices[name])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    if not threads.torch_loaded():  # OpenMP reads its wait policy once, when torch loads it
+        threads.prepare_environment()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in THREADED_COMMANDS:
+        threads.apply(args.threads)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     from ..data import cli as data_cli
     from ..eval import cli as eval_cli
@@ -177,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"generate": cmd_generate, "doctor": cmd_doctor, "data": data_cli.run, "bench": eval_cli.run,
                 "quality": eval_cli.run_quality_command,
+                "tune": lambda a: a.handler(a),
                 "train": train_cli.run}
     from . import batch as batch_app
 
@@ -184,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import demo as demo_app
 
     handlers["demo"] = demo_app.cmd_demo
+    previous = _catch_sigterm()
     try:
         return handlers[args.command](args)
     except TalkfastError as err:
@@ -192,9 +229,30 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # option values rejected by the pipeline
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         print("interrupted; no output written", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGTERM if isinstance(err, Terminated) else 130
+    finally:
+        if previous is not _NOT_INSTALLED:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it unwinds (removing its temporaries) as on Ctrl-C."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+_NOT_INSTALLED = object()
+
+
+def _catch_sigterm():
+    """Turn SIGTERM into :class:`Terminated` (main thread only); returns the handler to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return _NOT_INSTALLED
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from ..errors import TalkfastError
 from ..examples import EXAMPLES_DIR
 from ..examples import PORTRAIT as EXAMPLE_PORTRAIT
 from ..examples import SPEECH as EXAMPLE_SPEECH
-PRESETS = ("off", "quality", "balanced", "fast")
+PRESETS = ("auto", "off", "quality", "balanced", "fast")  # auto = balanced (talkfast.accelerators.tuned)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 KEEP_RUNS = 8  # videos kept in the output folder; older ones are deleted
@@ -182,7 +182,7 @@ class DemoEngine:
 
         return SAMPLING_DEFAULTS.get(self._pipe.cfg.name, (25, 3.5))[0]
 
-    def generate(self, image: str | Path | None, audio: str | Path | None, preset: str = "balanced",
+    def generate(self, image: str | Path | None, audio: str | Path | None, preset: str = "auto",
                  steps: int | float | None = None, seed: int | float | None = None,
                  progress: Callable[[int, int], None] | None = None) -> DemoResult:
         """Validate the form, run one generation (waiting for any other to finish) and return
@@ -197,16 +197,23 @@ class DemoEngine:
         n_seed = self._whole(seed, "Seed", 0, 2**63 - 1) if seed is not None else self.seed
 
         from ..accelerators import build_accelerator
+        from ..accelerators.tuned import folder_of, resolve
         from ..pipeline.generate import GenerateOptions
 
         with self._lock:
             pipe = self._pipeline_locked()
+            # the model's tuned setting for the budget (its own steps unless the slider was moved off
+            # the model's default), else the documented preset
+            choice = resolve(preset, folder_of(pipe), None if n_steps in (None, self.default_steps()) else n_steps)
+            if choice.source == "tuned":
+                n_steps = choice.steps
             out = self.out_dir / f"talk-{next(self._count):04d}-{preset}.mp4"
-            acc = build_accelerator(preset)  # "off" too: its records time every (full) step
+            acc = build_accelerator(choice.accel)  # "off" too: its records time every (full) step
             t0 = time.perf_counter()
             try:
                 result = pipe.generate(image, audio, out, GenerateOptions(steps=n_steps, seed=n_seed, fps=self.fps),
-                                       accelerator=acc, progress=progress)
+                                       accelerator=acc, progress=progress,
+                                       extra_sidecar={"accel_choice": choice.describe()})
             except TalkfastError as err:
                 raise TalkfastError(self._short_paths(str(err), image, audio)) from err
             finally:
@@ -218,6 +225,7 @@ class DemoEngine:
                 self.off_step_seconds = report["seconds_per_full_step"]  # the baseline for later estimates
         text = format_report(report, preset=preset, frames=result.frames, clips=result.clips, fps=self.fps,
                              weights=getattr(pipe, "source", ""))
+        text += "\n\n" + choice.text() + (f"\n\n_{choice.warning.removeprefix('warning: ')}_" if choice.warning else "")
         return DemoResult(out, text, report, result.sidecar)
 
     @staticmethod
@@ -318,8 +326,10 @@ def build_demo(source, *, out_dir: str | Path | None = None, default_steps: int 
                 if EXAMPLE_PORTRAIT.exists() and EXAMPLE_SPEECH.exists():
                     gr.Examples([[str(EXAMPLE_PORTRAIT), str(EXAMPLE_SPEECH)]], inputs=[image, audio],
                                 label="Bundled example", elem_id="examples")
-                preset = gr.Radio(list(PRESETS), value="balanced", label="Accelerator preset", elem_id="preset",
-                                  info="off: every step full; quality / balanced / fast: more steps reduced")
+                preset = gr.Radio(list(PRESETS), value="auto", label="Accelerator preset", elem_id="preset",
+                                  info="auto = balanced; quality / balanced / fast: the fastest setting 'talkfast tune' "
+                                       "measured for this model within >= 36 / 33 / 30 dB of the full run (its own "
+                                       "steps unless you move the slider), else a documented preset; off: every step full")
                 steps = gr.Slider(1, 100, value=engine.default_steps(), step=1, label="Denoising steps per clip",
                                   elem_id="steps")
                 with gr.Accordion("More", open=False):

@@ -6,6 +6,7 @@ import importlib.metadata as md
 import platform
 import shutil
 import subprocess
+from pathlib import Path
 
 
 def _check(label: str, fn) -> bool:
@@ -83,11 +84,84 @@ def run_doctor(checkpoint: str | None = None) -> int:
     _check("espeak-ng", _espeak)
     _check("embedded weights", _embedded)
     if checkpoint:
-        def ckpt():
-            from ..models.loading import find_hallo_checkpoint
-
-            p = find_hallo_checkpoint(checkpoint)
-            return True, f"net {p.net}, vae {p.vae}, wav2vec2 {p.wav2vec}"
-
-        essential &= _check(f"checkpoint {checkpoint}", ckpt)
+        essential &= _check(f"checkpoint {checkpoint}", lambda: check_checkpoint(checkpoint))
     return 0 if essential else 1
+
+
+def _header(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a weights file, read from its header (safetensors) or memory-mapped
+    without copying the data (torch, ``weights_only``); raises on a file that does not read."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    from ..models.loading import read_state_dict
+
+    return {k: tuple(v.shape) for k, v in read_state_dict(path).items() if hasattr(v, "shape")}
+
+
+def _compare(found: dict[str, tuple[int, ...]], preset: str, path: Path) -> str:
+    """Key and shape check of network weights against the preset's model (built on ``meta``)."""
+    from ..errors import CheckpointError
+    from ..models.config import get_preset
+    from ..models.net import build_net
+
+    own = {k: tuple(v.shape) for k, v in build_net(get_preset(preset), device="meta").state_dict().items()}
+    missing, unexpected = sorted(set(own) - set(found)), sorted(set(found) - set(own))
+    shapes = [k for k in sorted(set(own) & set(found)) if own[k] != found[k]]
+    if missing or unexpected or shapes:
+        raise CheckpointError(f"{path} does not match the {preset!r} model: {len(missing)} missing keys "
+                              f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}), "
+                              f"{len(shapes)} shape mismatches (e.g. {shapes[:2]})")
+    return f"{path.name}: all {len(own)} tensors, shapes match {preset!r}"
+
+
+def _weights_folder(folder: Path, what: str) -> str:
+    """A diffusers/transformers folder: config.json parses and a weights file's header reads."""
+    import json
+
+    from ..errors import CheckpointError
+
+    try:
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{folder / 'config.json'} is not readable JSON ({err})") from err
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+    if not files:
+        raise CheckpointError(f"{what} folder {folder} has no weights (.safetensors or .bin)")
+    try:
+        n = len(_header(files[0]))
+    except Exception as err:
+        raise CheckpointError(f"cannot read {files[0]}: {err}") from err
+    if n == 0:
+        raise CheckpointError(f"{files[0]} holds no tensors")
+    return f"{what} {folder.name} ({files[0].name}: {n} tensors)"
+
+
+def check_checkpoint(folder: str | Path) -> tuple[bool, str]:
+    """Read a checkpoint folder's headers: every network key and shape, the VAE's (and wav2vec2's)
+    config and weights header. Raises :class:`~talkfast.errors.CheckpointError` saying what is wrong."""
+    from ..errors import CheckpointError
+    from ..models.loading import find_hallo_checkpoint, read_model_json
+
+    root = Path(folder).expanduser()
+    if (root / "model.json").is_file():  # a talkfast model folder
+        meta = read_model_json(root / "model.json")
+        net = root / "net.safetensors"
+        try:
+            found = _header(net)
+        except Exception as err:
+            raise CheckpointError(f"cannot read {net}: {err}") from err
+        parts = [_compare(found, meta["preset"], net), _weights_folder(root / "vae", "VAE")]
+        return True, "talkfast model folder: " + "; ".join(parts)
+    paths = find_hallo_checkpoint(root)
+    try:
+        found = _header(paths.net)
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(f"cannot read {paths.net}: {err}") from err
+    parts = [_compare(found, "hallo", paths.net), _weights_folder(paths.vae, "VAE"),
+             _weights_folder(paths.wav2vec, "wav2vec2")]
+    return True, "Hallo checkpoint: " + "; ".join(parts)

@@ -3,7 +3,8 @@
     talkfast bench [--target embedded|hallo|tiny] [--random-weights] [--methods default|ablation|sweep|all]
                    [--key-steps N|dense|0,1,5] [--sweep 2,3,4,6] [--steps N] [--cfg G] [--seconds S]
                    [--frames F] [--size PX] [--seed N] [--device auto|cpu|cuda] [--dtype auto|fp32|fp16|bf16]
-                   [--corpus DIR [--split test|train] [--limit N]] [--repeats N] [--no-flops]
+                   [--corpus DIR [--split test|train] [--limit N]] [--controls auto|none|3,5] [--reference 2]
+                   [--repeats N] [--no-flops]
                    [--out DIR] [--quick] [-q]
 
 Targets:
@@ -17,6 +18,10 @@ Targets:
 - ``hallo``: speed only; the ``hallo`` preset with random weights as a bare denoising loop
   (512x512, 16 frames, 40 steps by default); quality columns are n/a. Meant for a GPU
   (``benchmarks/gpu_bench.py`` is the one-command form).
+
+Every pipeline comparison also runs plain DDIM at fewer steps (the controls; ``--controls``) and
+at twice the steps (the longer reference; ``--reference``), and marks the rows on the
+speed/quality frontier.
 
 ``--quick`` is the CI form: tiny model, the baseline and LightningCP, 4 steps, key step every 2nd.
 Writes ``bench.md``, ``bench.json`` and ``bench.png`` into ``--out`` and prints the markdown
@@ -68,6 +73,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16")
+    p.add_argument("--controls", default="auto",
+                   help="plain-DDIM fewer-step controls: 'auto' (step counts whose cost ratio spans the accelerated "
+                        "rows' measured speedups), 'none', or step counts '3,5,7' (default: auto)")
+    p.add_argument("--no-tuned", action="store_true",
+                   help="leave out the rows of the model's tuned settings (talkfast tune; included by default)")
+    p.add_argument("--reference", type=int, default=2,
+                   help="a longer plain-DDIM reference at this many times the baseline's steps (0: none; default 2)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per method (the median is reported)")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP-counting pass (FLOPs n/a)")
     p.add_argument("--out", default="bench_out", help="folder for bench.md, bench.json, bench.png")
@@ -85,6 +97,19 @@ def _intervals(text: str) -> list[int]:
         raise ValueError(f"--sweep takes comma-separated integers, got {text!r}") from None
     if not vals or any(v < 1 for v in vals):
         raise ValueError(f"--sweep needs intervals >= 1, got {text!r}")
+    return vals
+
+
+def _controls(text: str):
+    text = text.strip()
+    if text in ("auto", "none"):
+        return None if text == "none" else "auto"
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--controls takes auto, none or comma-separated step counts, got {text!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise ValueError(f"--controls needs step counts >= 1, got {text!r}")
     return vals
 
 
@@ -140,6 +165,9 @@ def _run(args) -> int:
         steps = steps or QUICK_STEPS
     if args.repeats < 1:
         raise ValueError("--repeats must be at least 1")
+    if args.reference < 0:
+        raise ValueError("--reference must be >= 0 (0: no longer reference)")
+    controls = _controls(args.controls)
     keys = KeySchedule.parse(key_text)
     methods = bench.method_set(kind, keys, _intervals(args.sweep))
     device = resolve_device(args.device)
@@ -165,6 +193,10 @@ def _run(args) -> int:
         else:
             pipe = _embedded_pipeline(args)
         opts = GenerateOptions(steps=steps, guidance=args.cfg, seed=args.seed)
+        if not args.no_tuned:
+            from ..accelerators.tuned import folder_of
+
+            methods = methods + bench.tuned_methods(folder_of(pipe))  # the budgets' rows: on the frontier?
         if args.corpus is not None:
             cases = bench.corpus_cases(args.corpus, args.split, args.limit)
             if seconds is not None:
@@ -179,7 +211,8 @@ def _run(args) -> int:
         log(f"{target}: model {pipe.cfg.name} ({pipe.source}) on {pipe.device} {str(pipe.dtype).replace('torch.', '')}, "
             f"{len(methods)} methods, {what}")
         result = bench.run_bench(pipe, cases, methods, opts, warmup=True, count_flops=not args.no_flops,
-                                 repeats=args.repeats, size=args.size, target=target, log=log)
+                                 repeats=args.repeats, size=args.size, target=target, log=log,
+                                 controls=controls, reference=args.reference)
     paths = bench.write_outputs(result, args.out)
     log("wrote " + ", ".join(str(p) for p in paths.values()))
     print(bench.to_markdown(result), flush=True)

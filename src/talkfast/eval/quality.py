@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__
+from ..paths import display_path
 from . import metrics
 from .lipsync import lipsync_score
 
@@ -228,8 +229,8 @@ def run_quality(pipe, corpus_dir: str | Path, split: str = "test", limit: int | 
             f"({secs:.1f} s)")
     settings = {
         "talkfast": __version__, "torch": torch.__version__, "python": platform.python_version(),
-        "model": pipe.cfg.name, "weights": str(pipe.source), "device": str(pipe.device),
-        "dtype": str(pipe.dtype).replace("torch.", ""), "corpus": str(corpus_dir), "split": split,
+        "model": pipe.cfg.name, "weights": display_path(pipe.source), "device": str(pipe.device),
+        "dtype": str(pipe.dtype).replace("torch.", ""), "corpus": display_path(corpus_dir), "split": split,
         "steps": opts.steps, "guidance": opts.guidance, "seed": opts.seed, "fps": opts.fps,
         "motion_source": opts.motion_source, "accelerator": "none (plain sampling)", "seconds": time.perf_counter() - t_all,
     }

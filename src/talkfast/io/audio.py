@@ -8,6 +8,7 @@ Files that ``soundfile`` (libsndfile) cannot read are decoded with the ffmpeg bi
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import subprocess
@@ -23,6 +24,8 @@ import soxr
 from talkfast.errors import InputError, OutputError
 
 __all__ = ["Audio", "load_audio", "save_wav"]
+
+log = logging.getLogger(__name__)
 
 #: Below this peak amplitude a file is considered silent.
 SILENT_PEAK = 1e-4
@@ -83,7 +86,8 @@ def load_audio(
     """Load ``path`` as mono float32 at ``sample_rate`` Hz.
 
     Multi-channel audio is downmixed by averaging the channels; integer PCM is scaled to [-1, 1];
-    other rates are resampled with soxr (HQ). Raises :class:`InputError` if the file is missing,
+    other rates are resampled with soxr (HQ); a (float) file whose samples go beyond full scale is
+    scaled to peak 1 (with a warning). Raises :class:`InputError` if the file is missing,
     unreadable, empty, contains NaN/inf, is silent (unless ``allow_silent``) or is longer than
     ``max_seconds``.
 
@@ -196,6 +200,13 @@ def _decode_stream(
     if n_out == 0:
         raise InputError(f"Audio file {name} is too short to resample to {sample_rate} Hz.")
     out.resize(n_out, refcheck=False)  # in place: no second full-length copy
+    if peak > 1.0:  # a float file beyond full scale (speech x 1e20 overflows the features): normalise
+        _scale_in_place(out, 1.0 / peak)
+        if not np.all(np.isfinite(out)):
+            raise InputError(f"Audio file {name} has samples too large to process (peak {peak:.3g}); "
+                             "normalise it to [-1, 1].")
+        (log.warning if peak > 2.0 else log.info)(  # lossy codecs overshoot a little: not worth a warning
+            "%s: samples reach %.3g, beyond full scale; normalised to peak 1", name, peak)
     return Audio(
         samples=out,
         sample_rate=sample_rate,
@@ -203,6 +214,13 @@ def _decode_stream(
         source_channels=channels,
         path=name,
     )
+
+
+def _scale_in_place(x: np.ndarray, factor: float) -> None:
+    """``x *= factor`` computed in float64 block by block (no full-length float64 copy)."""
+    for start in range(0, len(x), _BLOCK_FRAMES):
+        block = x[start : start + _BLOCK_FRAMES]
+        block[:] = block.astype(np.float64) * factor
 
 
 class _DecodeError(Exception):
@@ -232,7 +250,10 @@ def _ffmpeg_to_wav(p: Path, max_seconds: float | None, folder: Path) -> Path:
     except (OSError, subprocess.TimeoutExpired) as err:
         raise _DecodeError(f"ffmpeg failed: {err}") from err
     if proc.returncode != 0 or not out.exists():
-        lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        text = proc.stderr.decode(errors="replace")
+        if "matches no streams" in text:  # ffmpeg's last line would be "Error opening output files"
+            raise _DecodeError("it has no audio stream")
+        lines = text.strip().splitlines()
         raise _DecodeError(lines[-1] if lines else f"ffmpeg exit code {proc.returncode}")
     return out
 

@@ -27,24 +27,43 @@ from typing import Any
 import imageio_ffmpeg
 import numpy as np
 
-from talkfast.errors import InputError, OutputError
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock, a running writer's temporaries are not told apart
+    fcntl = None  # type: ignore[assignment]
+
+from talkfast.errors import InputError, OutputError, TalkfastError
 from talkfast.io.audio import Audio, save_wav
 
-__all__ = ["VideoInfo", "VideoWriter", "check_output_path", "probe_video", "remove_stale_temporaries", "write_json_atomic"]
+__all__ = ["BlankVideoError", "VideoInfo", "VideoWriter", "check_output_path", "is_talkfast_output", "output_path",
+           "probe_video", "remove_stale_temporaries", "write_json_atomic"]
 
 StrPath = str | os.PathLike[str]
 
 _MIN_SIDE = 16
+#: A frame whose pixel values (all channels) span at most this many levels is "flat" (one colour).
+BLANK_LEVELS = 2
 
 
-def check_output_path(path: StrPath) -> Path:
-    """Validate an output video path and return it resolved.
+class BlankVideoError(TalkfastError):
+    """Every frame of a generated video is one flat colour (e.g. all black): the model produced
+    nothing (non-finite values, a broken checkpoint). Nothing is published."""
+
+    exit_code = 5
+
+
+def check_output_path(path: StrPath, *, overwrite: bool = True, inputs=()) -> Path:
+    """Validate an output video path and return it absolute (its folder resolved, the file name
+    itself not followed: a symbolic link at ``path`` is replaced, never its target).
 
     The path must end in ``.mp4`` and must not be a directory; its parent folder is created if
     missing and must be writable (checked by actually creating a temporary file there, since
-    ``os.access`` is meaningless for root). Raises :class:`OutputError` otherwise.
+    ``os.access`` is meaningless for root). Neither the video nor its ``.json`` sidecar may be one
+    of ``inputs`` (paths). ``overwrite`` False: an existing file at ``path`` or at its sidecar is
+    replaced only if talkfast wrote it (see :func:`is_talkfast_output`). Raises
+    :class:`OutputError` otherwise.
     """
-    p = Path(path).expanduser().resolve()
+    p = output_path(path)
     if p.is_dir():
         raise OutputError(f"Output path {p} is a directory; give a file name ending in .mp4.")
     if p.suffix.lower() != ".mp4":
@@ -52,6 +71,22 @@ def check_output_path(path: StrPath) -> Path:
     parent = p.parent
     if parent.exists() and not parent.is_dir():
         raise OutputError(f"Cannot write {p}: {parent} is a file, not a folder.")
+    sidecar = p.with_suffix(".json")
+    for given in inputs:
+        if isinstance(given, (str, os.PathLike)) and os.path.isfile(given):
+            for ours in (p, sidecar):
+                try:
+                    same = os.path.samefile(ours, given)
+                except OSError:  # not there (or a dangling link): not the input
+                    same = False
+                if same:
+                    raise OutputError(f"Output {ours} is also an input ({given}); choose another output path.")
+    if not overwrite:
+        for existing in (p, sidecar):
+            if os.path.lexists(existing) and not is_talkfast_output(p):
+                why = "a symbolic link" if existing.is_symlink() else f"no talkfast sidecar {sidecar.name} beside {p.name}"
+                raise OutputError(f"{existing} already exists and was not written by talkfast ({why}); refusing to "
+                                  "replace it: choose another output path or pass --overwrite.")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -64,6 +99,33 @@ def check_output_path(path: StrPath) -> Path:
     except OSError as err:
         raise OutputError(f"Cannot write {p}: folder {parent} is not writable ({err.strerror or err}).") from err
     return p
+
+
+def output_path(path: StrPath) -> Path:
+    """``path`` made absolute with its folder resolved but its own name not followed (a symbolic
+    link there is the output, not its target)."""
+    raw = Path(path).expanduser()
+    return raw.parent.resolve() / raw.name
+
+
+def is_talkfast_output(path: StrPath) -> bool:
+    """True if the video ``path`` and its ``.json`` sidecar are what ``generate`` publishes: the
+    sidecar is a regular file holding a JSON object with a ``"talkfast"`` version, and the video is
+    missing or a regular file (neither is a symbolic link). Only such files are replaced without
+    ``overwrite``."""
+    p = Path(path)
+    sidecar = p.with_suffix(".json")
+    if p.is_symlink() or (os.path.lexists(p) and not p.is_file()):
+        return False
+    if sidecar.is_symlink() or not sidecar.is_file():
+        return False
+    try:
+        if sidecar.stat().st_size > 1 << 24:
+            return False
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(meta, dict) and isinstance(meta.get("talkfast"), str)
 
 
 def write_json_atomic(path: StrPath, obj: Any) -> Path:
@@ -105,28 +167,66 @@ def remove_stale_temporaries(path: StrPath) -> list[Path]:
     survive only when the process is killed outright (SIGKILL, the OOM killer, a power cut). Only
     the names a writer for ``path`` creates are matched (``.<name>.<12 hex digits>.partial.mp4``,
     ``.video.mp4``, ``.audio.wav``, ``.partial.json`` and the sidecar's own temporary), never the
-    published video or sidecar. Call it only while no other writer for ``path`` is running (e.g. a
-    batch job about to regenerate an output). Returns the files deleted.
+    published video or sidecar. A writer that is still running holds a lock on its ``.video.mp4``
+    (``flock``, released by the kernel when its process dies however it dies): its files are left
+    alone. Returns the files deleted.
     """
-    p = Path(path).expanduser().resolve()
+    p = output_path(path)
     name = re.escape(p.name)
     pattern = re.compile(
-        rf"\.{name}\.[0-9a-f]{{12}}\.(?:partial\.mp4|video\.mp4|audio\.wav|partial\.json)"
-        rf"|\.\.{name}\.[0-9a-f]{{12}}\.partial\.json\..+\.tmp"
+        rf"\.{name}\.(?P<a>[0-9a-f]{{12}})\.(?:partial\.mp4|video\.mp4|audio\.wav|partial\.json)"
+        rf"|\.\.{name}\.(?P<b>[0-9a-f]{{12}})\.partial\.json\..+\.tmp"
     )
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(p.parent.iterdir())
     except OSError:  # no folder yet (nothing to clean) or unreadable (the writer will say so)
         return removed
+    busy: dict[str, bool] = {}
     for entry in entries:
-        if pattern.fullmatch(entry.name) and entry.is_file():
+        match = pattern.fullmatch(entry.name)
+        if match is None or not entry.is_file():
+            continue
+        token = match.group("a") or match.group("b")
+        if token not in busy:
+            busy[token] = _locked(p.parent / f".{p.name}.{token}.video.mp4")
+        if not busy[token]:
             try:
                 entry.unlink()
                 removed.append(entry)
             except FileNotFoundError:
                 pass
     return removed
+
+
+def _lock(path: Path) -> int | None:
+    """Create ``path`` and hold an exclusive ``flock`` on it (None where there is no ``fcntl``)."""
+    if fcntl is None:
+        return None
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _locked(path: Path) -> bool:
+    """Whether a running writer holds the lock of ``path``."""
+    if fcntl is None or not path.is_file():
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
 
 
 class VideoWriter:
@@ -143,7 +243,10 @@ class VideoWriter:
     last clip can be written whole. On leaving the block normally the file is finalised (and the
     ``sidecar`` dict, if any, is written to ``<path>.json``); if the block raises, or
     :meth:`abort` is called, all temporary files are removed and nothing new appears at ``path``
-    (a file already there from before is left untouched).
+    (a file already there from before is left untouched). ``reject_blank``: if every frame
+    written is one flat colour (within :data:`BLANK_LEVELS`), :meth:`close` publishes nothing and
+    raises :class:`BlankVideoError`. ``overwrite`` False: refuse to replace an existing file that
+    talkfast did not write (see :func:`check_output_path`).
     """
 
     def __init__(
@@ -157,6 +260,8 @@ class VideoWriter:
         *,
         crf: int = 18,
         preset: str = "medium",
+        reject_blank: bool = False,
+        overwrite: bool = True,
     ) -> None:
         if isinstance(fps, bool) or not isinstance(fps, int) or fps <= 0:
             raise ValueError(f"fps must be a positive int, got {fps!r}")
@@ -172,7 +277,7 @@ class VideoWriter:
         if not 0 <= crf <= 51:
             raise ValueError(f"crf must be in 0..51, got {crf}")
 
-        self.path = check_output_path(path)
+        self.path = check_output_path(path, overwrite=overwrite)
         self.fps = fps
         self.size = (width, height)
         self.audio = audio
@@ -182,6 +287,8 @@ class VideoWriter:
         self.frames_written = 0
         self._crf = crf
         self._preset = preset
+        self._reject_blank = reject_blank
+        self._varied = False  # some frame written so far is not one flat colour
 
         stem = f".{self.path.name}.{secrets.token_hex(6)}"
         folder = self.path.parent
@@ -191,6 +298,11 @@ class VideoWriter:
         self._json_tmp = folder / f"{stem}.partial.json"
         self._gen: Any = None
         self._state = "open"  # "open" -> "closed" | "aborted"
+        try:  # held until close/abort: remove_stale_temporaries leaves a running writer's files alone
+            self._lock_fd = _lock(self._video_tmp)
+        except OSError as err:
+            self._state = "aborted"
+            raise OutputError(f"Cannot write {self.path}: {err.strerror or err}.") from err
 
     # -- context manager -------------------------------------------------------------------------
 
@@ -246,6 +358,9 @@ class VideoWriter:
             arr = arr[: max(0, self.max_frames - self.frames_written)]
         if len(arr) == 0:
             return 0
+        if self._reject_blank and not self._varied:
+            flat = arr.reshape(len(arr), -1)
+            self._varied = bool(np.any(flat.max(axis=1).astype(np.int16) - flat.min(axis=1) > BLANK_LEVELS))
         if self._gen is None:
             self._start()
         try:
@@ -285,6 +400,10 @@ class VideoWriter:
         try:
             if self.frames_written == 0:
                 raise ValueError(f"no frames were written to {self.path}")
+            if self._reject_blank and not self._varied:
+                raise BlankVideoError(
+                    f"the generated video is blank (all {self.frames_written} frames are one flat colour), so "
+                    f"{self.path} was not written; the model produced no image (non-finite values or broken weights?)")
             gen, self._gen = self._gen, None
             gen.close()  # waits for ffmpeg to flush and exit
             if not self._video_tmp.is_file() or self._video_tmp.stat().st_size == 0:
@@ -304,6 +423,7 @@ class VideoWriter:
         finally:
             self._video_tmp.unlink(missing_ok=True)
             self._wav_tmp.unlink(missing_ok=True)
+            self._unlock()
         self._state = "closed"
         return self.path
 
@@ -345,6 +465,12 @@ class VideoWriter:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
+        self._unlock()
+
+    def _unlock(self) -> None:
+        fd, self._lock_fd = getattr(self, "_lock_fd", None), None
+        if fd is not None:
+            os.close(fd)
 
 
 @dataclass(frozen=True)

@@ -60,10 +60,16 @@ class ItemLayout:
     ``group[i]``: which reference group (CFG half) item ``i`` takes its bank entries from.
     ``use_ref[i]``: whether item ``i`` concatenates reference tokens to its self-attention K/V
     (Hallo: only the conditional half does).
+    ``call_groups``: the groups of the items of one whole call of the model being reproduced (one
+    step, both CFG halves: ``(0, 1)``; without CFG ``(1,)``), in batch order. It says where an
+    item's frame-rows sit in that call's (B*F)-row batch, which frame-tiled reference groups
+    (:meth:`frame_groups`) need when a call carries several steps or one CFG half only.
+    None: the distinct groups of ``group`` in order of appearance.
     """
 
     group: tuple[int, ...]
     use_ref: tuple[bool, ...]
+    call_groups: tuple[int, ...] | None = None
     _index: dict = field(default_factory=dict, repr=False, compare=False)
 
     def group_index(self, device: torch.device) -> torch.Tensor:
@@ -73,17 +79,64 @@ class ItemLayout:
             self._index[key] = torch.tensor(self.group, device=device)
         return self._index[key]
 
+    def frame_groups(self, frames: int, tiled: bool) -> tuple[tuple[int, ...], ...]:
+        """The per-frame reference-group map: for every item, the group each of its ``frames``
+        frames reads its reference tokens from.
+
+        Not ``tiled``: every frame reads its item's group. ``tiled``: the groups are tiled over
+        the frame-rows of one whole call (Hallo, MEMO: a (B, L, C) reference repeated F times
+        along the batch), so frame-row r of the B*F rows reads ``call_groups[r mod B]``; an item
+        takes the rows of the item of ``call_groups`` with its group, wherever it sits in this
+        call (several steps in one call, one CFG half on its own process)."""
+        return _frame_groups(self.group, self.call_groups, frames, tiled)
+
     @staticmethod
     @functools.lru_cache(maxsize=64)
     def cfg(num_samples: int, cfg: bool) -> "ItemLayout":
         """Layout of ``cat([uncond] * n + [cond] * n)`` (or ``[cond] * n`` without CFG). Cached,
         so its device index tensors are made once, not at every call."""
         if cfg:
-            return ItemLayout((0,) * num_samples + (1,) * num_samples, (False,) * num_samples + (True,) * num_samples)
-        return ItemLayout((1,) * num_samples, (True,) * num_samples)
+            return ItemLayout((0,) * num_samples + (1,) * num_samples, (False,) * num_samples + (True,) * num_samples,
+                              (0, 1))
+        return ItemLayout((1,) * num_samples, (True,) * num_samples, (1,))
 
     def __len__(self) -> int:
         return len(self.group)
+
+
+# No caches below: these run inside (possibly compiled) model calls, where torch.compile traces
+# them to constants; a few hundred Python operations per reader and call, only with the switch on.
+def _frame_groups(group: tuple[int, ...], call_groups: tuple[int, ...] | None, frames: int,
+                  tiled: bool) -> tuple[tuple[int, ...], ...]:
+    if not tiled:
+        return tuple((g,) * frames for g in group)
+    call = call_groups if call_groups is not None else tuple(dict.fromkeys(group))
+    b = len(call)
+    if len(set(call)) != b or not set(group) <= set(call):
+        raise ValueError(f"item groups {group} must each be once in the call's groups {call}")
+    return tuple(tuple(call[(call.index(g) * frames + j) % b] for j in range(frames)) for g in group)
+
+
+def _row_plan(index: tuple[int, ...]) -> tuple[tuple[tuple[int, int], ...], int]:
+    """(runs of equal entries of one period of ``index`` as (row, count), number of periods)."""
+    n = len(index)
+    period = next(p for p in range(1, n + 1) if n % p == 0 and all(index[i] == index[i % p] for i in range(p, n)))
+    runs: list[tuple[int, int]] = []
+    for g in index[:period]:
+        if runs and runs[-1][0] == g:
+            runs[-1] = (g, runs[-1][1] + 1)
+        else:
+            runs.append((g, 1))
+    return tuple(runs), n // period
+
+
+def gather_rows(x: torch.Tensor, index: tuple[int, ...]) -> torch.Tensor:
+    """``x[index]`` along dim 0 for a Python index: one period of it from slices and expands, then
+    repeated. No index tensor is made, so torch.compile sees only constants."""
+    runs, reps = _row_plan(tuple(index))
+    parts = [x[g : g + 1].expand(k, *x.shape[1:]) for g, k in runs]
+    one = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return one.repeat(reps, *([1] * (x.dim() - 1))) if reps > 1 else one.contiguous()
 
 
 @dataclass
@@ -94,6 +147,11 @@ class ReferenceState:
     (G, S, L, C): G reference groups (CFG halves), S images per group (the reference image first,
     then the motion frames). Readers use ``[:, 0]`` as extra keys/values and publish ``[:, 1:]``
     per batch item in ``motion[key]`` for the motion modules of the same layer.
+
+    Two switches of the model (``UNetConfig``), set when the network is built and kept by
+    :meth:`clear`: ``tile_frames`` (frame-tiled reference groups, see
+    :meth:`ItemLayout.frame_groups`) and ``bank_dtype`` (the dtype the readers' copies of the
+    banks are rounded to when the reference is written; None: the model dtype).
     """
 
     mode: str = "off"  # "off" | "write" | "read"
@@ -102,6 +160,8 @@ class ReferenceState:
     images: int = 1
     num_frames: int = 1
     layout: ItemLayout | None = None
+    tile_frames: bool = False
+    bank_dtype: torch.dtype | None = None
     banks: dict[str, torch.Tensor] = field(default_factory=dict)
     motion: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -174,19 +234,31 @@ class ReferenceReadProcessor(SDPAProcessor):
         if not self.enabled:
             return plain_attention(attn, hidden_states)
         n_all = hidden_states
+        fmap = layout.frame_groups(f, st.tile_frames) if st.tile_frames else None
         outs = []
         for start, stop, use_ref in _runs(layout.use_ref):
             n = n_all[start * f : stop * f]
             if not use_ref:
                 outs.append(plain_attention(attn, n))
                 continue
-            ref = bank[:, 0].index_select(0, groups[start:stop]).to(n.dtype)  # (b, L, C)
-            if self.token_index is not None:
-                ref = ref.index_select(1, self.token_index)
-            b, l, c = ref.shape
-            k_ref = attn.to_k(ref).unsqueeze(1).expand(b, f, l, -1).reshape(b * f, l, -1)
-            v_ref = attn.to_v(ref).unsqueeze(1).expand(b, f, l, -1).reshape(b * f, l, -1)
+            if fmap is not None:
+                k_ref, v_ref = self._tiled_kv(attn, bank, n.dtype, sum(fmap[start:stop], ()))
+            else:
+                ref = bank[:, 0].index_select(0, groups[start:stop]).to(n.dtype)  # (b, L, C)
+                if self.token_index is not None:
+                    ref = ref.index_select(1, self.token_index)
+                b, l, c = ref.shape
+                k_ref = attn.to_k(ref).unsqueeze(1).expand(b, f, l, -1).reshape(b * f, l, -1)
+                v_ref = attn.to_v(ref).unsqueeze(1).expand(b, f, l, -1).reshape(b * f, l, -1)
             k = torch.cat([attn.to_k(n), k_ref], dim=1)
             v = torch.cat([attn.to_v(n), v_ref], dim=1)
             outs.append(attend(attn, attn.to_q(n), k, v))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+
+    def _tiled_kv(self, attn, bank: torch.Tensor, dtype: torch.dtype, rows: tuple[int, ...]):
+        """Reference K/V for frame-rows reading the groups ``rows`` (one per row): every group's
+        reference projected once, then gathered per row."""
+        ref = bank[:, 0].to(dtype)  # (G, L, C)
+        if self.token_index is not None:
+            ref = ref.index_select(1, self.token_index)
+        return gather_rows(attn.to_k(ref), rows), gather_rows(attn.to_v(ref), rows)

@@ -37,6 +37,13 @@ class UNetConfig:
     # not run although their weights exist. Both are switches so other models can turn them off.
     prepend_motion_frames: bool = True
     run_plain_block_motion: bool = False
+    # Hallo's reference reader (hallo_family.md §4, hallo/models/mutual_self_attention.py at
+    # 8fd7c57): the reference features are tiled over the (B*F) frame-rows of a call, so frame-row
+    # r reads reference group r mod B (with CFG the conditional item's frames alternate between the
+    # reference written with the unconditional and the conditional image context); and the
+    # readers' copies of the reference/motion banks are rounded to fp16 whatever the model dtype.
+    tile_reference_groups: bool = True
+    fp16_reference_banks: bool = True
 
     def __post_init__(self) -> None:
         if len(self.down_attention) != len(self.block_out_channels):
@@ -85,6 +92,8 @@ HALLO = ModelConfig()
 TINY = ModelConfig(
     name="tiny",
     unet=UNetConfig(
+        tile_reference_groups=False,
+        fp16_reference_banks=False,
         block_out_channels=(16, 32, 32, 32),
         heads=2,
         norm_groups=4,
@@ -113,6 +122,8 @@ TINY = ModelConfig(
 SMALL = ModelConfig(
     name="small",
     unet=UNetConfig(
+        tile_reference_groups=False,  # trained without Hallo's reference-reader quirks
+        fp16_reference_banks=False,
         block_out_channels=(32, 64, 64, 64),
         heads=2,
         norm_groups=8,

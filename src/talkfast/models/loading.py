@@ -158,6 +158,21 @@ def save_embedded(net: TalkingHeadNet, vae: AutoencoderKL, folder: str | Path, c
     return folder
 
 
+def read_model_json(path: Path) -> dict:
+    """A talkfast model folder's model.json, checked: a JSON object naming a known ``preset``."""
+    from .config import PRESETS
+
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CheckpointError(f"{path} is not readable JSON ({err})") from err
+    if not isinstance(meta, dict) or meta.get("preset") not in PRESETS:
+        got = meta.get("preset") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{path} must be a JSON object whose \"preset\" is one of {', '.join(sorted(PRESETS))} "
+                              f"(got {got!r}); was this folder written by 'talkfast train export'?")
+    return meta
+
+
 def load_embedded(folder: str | Path = EMBEDDED_DIR) -> tuple[TalkingHeadNet, AutoencoderKL, dict]:
     """Load a folder written by :func:`save_embedded` (the embedded default model by default):
     the network, the VAE and the folder's model.json."""
@@ -170,8 +185,11 @@ def load_embedded(folder: str | Path = EMBEDDED_DIR) -> tuple[TalkingHeadNet, Au
             + ("The embedded model ships inside the talkfast package: reinstall it (scripts/install.sh). "
                if folder.resolve() == EMBEDDED_DIR.resolve() else "")
             + "Or pass --checkpoint DIR (a talkfast model folder or a Hallo checkpoint), or --random-weights.")
-    meta = json.loads((folder / "model.json").read_text())
+    meta = read_model_json(folder / "model.json")
     net = build_net(get_preset(meta["preset"]), device="meta")
     load_net_weights(net, read_state_dict(folder / "net.safetensors"), str(folder / "net.safetensors"))
-    vae = AutoencoderKL.from_pretrained(str(folder / "vae"), local_files_only=True)
+    try:
+        vae = AutoencoderKL.from_pretrained(str(folder / "vae"), local_files_only=True)
+    except Exception as err:  # a corrupt config.json or weights file
+        raise CheckpointError(f"cannot load the VAE from {folder / 'vae'}: {err}") from err
     return net.eval().requires_grad_(False), vae.eval().requires_grad_(False), meta

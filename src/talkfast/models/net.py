@@ -18,8 +18,9 @@ class TalkingHeadNet(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.ref_state = ReferenceState()
         u = cfg.unet
+        self.ref_state = ReferenceState(tile_frames=u.tile_reference_groups,
+                                        bank_dtype=torch.float16 if u.fp16_reference_banks else None)
         self.reference_unet = TalkingUNet(u, "reference", self.ref_state)
         self.denoising_unet = TalkingUNet(u, "denoise", self.ref_state)
         self.face_locator = FaceLocator(u.block_out_channels[0], cfg.face_locator_in, cfg.face_locator_channels)
@@ -69,11 +70,16 @@ class TalkingHeadNet(nn.Module):
                 self.reference_unet(latents, t, UNetCond(context=ctx))
         finally:
             st.mode = "read" if st.banks else "off"
+        if st.bank_dtype is not None:  # the readers' copies (Hallo: update(writer, dtype=torch.float16))
+            for key, bank in st.banks.items():
+                st.banks[key] = bank.to(st.bank_dtype)
 
     def clear_reference(self) -> None:
         self.ref_state.clear()
 
     def denoise(self, sample: torch.Tensor, timestep, cond: UNetCond, plan=None) -> torch.Tensor:
+        if cond.layout is not None:  # its index tensors are made here, outside a compiled UNet forward
+            cond.layout.group_index(sample.device)
         return self.denoising_unet(sample, timestep, cond, plan)
 
 

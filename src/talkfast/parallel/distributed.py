@@ -172,7 +172,7 @@ class StepSplitter:
         # what the owner's forward left in the reference state: the key step's item layout (read
         # by the accelerator's after_step as the layout its cache is indexed by)
         halves = (self.half,) if self.c == 2 else (0, 1) if self.guided else (1,)
-        self.net.ref_state.layout = half_layout(n, halves)
+        self.net.ref_state.layout = half_layout(n, halves, self.guided)
 
 
 @dataclass

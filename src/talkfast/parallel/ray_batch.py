@@ -1,7 +1,7 @@
 """``talkfast batch MANIFEST --ray ADDRESS|local``: the items of a manifest over Ray actors.
 
 Each actor loads the model once (CPU, or ``num_gpus`` GPUs) and runs one item at a time through
-the single-process batch code (:func:`talkfast.app.batch.run_batch` on a one-item list), so the
+the single-process batch code (:func:`talkfast.app.jobs.run_batch` on a one-item list), so the
 behaviour per item is that of ``talkfast batch``: an output that is already a finished video is
 skipped, a killed run's temporaries are removed first, the video is published by an atomic rename.
 
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from ..app.batch import BatchItem, ItemResult, _now, _report, _short, run_batch
+from ..app.jobs import BatchItem, ItemResult, _now, _report, _short, run_batch
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ one clip whatever the audio length.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -24,7 +25,7 @@ from .. import __version__
 from ..accelerators.base import Accelerator
 from ..io.audio import load_audio
 from ..io.image import load_image, to_uint8
-from ..io.video import VideoWriter, check_output_path
+from ..io.video import VideoWriter, check_output_path, remove_stale_temporaries
 from ..models.attention import ItemLayout
 from ..models.net import TalkingHeadNet
 from ..models.unet import StagePlan, UNetCond
@@ -37,17 +38,27 @@ log = logging.getLogger(__name__)
 
 # Sampling defaults per model preset: (steps, guidance).
 SAMPLING_DEFAULTS = {"hallo": (40, 3.5), "small": (15, 3.5), "tiny": (4, 2.0)}
+# Ranges of the sampling options (GenerateOptions.resolved; the batch manifest's columns too).
+MAX_STEPS = 1000  # the scheduler's training timesteps
+MAX_GUIDANCE = 30.0
+MOTION_WEIGHTS = (0.0, 10.0)  # --pose-weight, --face-weight, --lip-weight
+MAX_SIZE_FACTOR = 2  # --size at most this times the model's own image side
 
 
 @functools.lru_cache(maxsize=64)
-def half_layout(n: int, halves: tuple[int, ...]) -> ItemLayout:
-    """Item layout of ``n`` items of each listed CFG half (0 uncond: no reference tokens, 1 cond);
-    ``(0, 1)`` and ``(1,)`` are ``ItemLayout.cfg(n, True / False)``."""
+def half_layout(n: int, halves: tuple[int, ...], guided: bool = True) -> ItemLayout:
+    """Item layout of ``n`` items of each listed CFG half (0 uncond: no reference tokens, 1 cond)
+    of a call that is part of a CFG-guided step (``guided``) or not: a half run on its own still
+    reads the frame-tiled reference groups of the whole CFG call. ``(0, 1)`` and ``(1,)`` without
+    guidance are ``ItemLayout.cfg(n, True / False)``."""
     if tuple(halves) == (0, 1):
         return ItemLayout.cfg(n, True)
-    if tuple(halves) == (1,):
+    if tuple(halves) == (1,) and not guided:
         return ItemLayout.cfg(n, False)
-    return ItemLayout(tuple(h for h in halves for _ in range(n)), tuple(h == 1 for h in halves for _ in range(n)))
+    if not guided:
+        raise ValueError(f"without guidance a call has the conditional half only, not {halves}")
+    return ItemLayout(tuple(h for h in halves for _ in range(n)), tuple(h == 1 for h in halves for _ in range(n)),
+                      (0, 1))
 
 
 @dataclass
@@ -78,12 +89,20 @@ class GenerateOptions:
             out.motion_source = motion_source or ("pixels" if preset == "hallo" else "latents")
         if out.motion_source not in MOTION_SOURCES:
             raise ValueError(f"--motion-source must be one of {', '.join(MOTION_SOURCES)}, not {out.motion_source!r}")
-        if out.steps < 1:
-            raise ValueError("--steps must be at least 1")
-        if out.guidance < 1.0:
-            raise ValueError("--cfg must be at least 1.0 (1.0 disables guidance)")
+        # every number finite and in range (NaN fails every comparison, so test "inside", not "outside")
+        if not 1 <= out.steps <= MAX_STEPS:
+            raise ValueError(f"--steps must be between 1 and {MAX_STEPS}, got {out.steps}")
+        if not (isinstance(out.guidance, (int, float)) and 1.0 <= out.guidance <= MAX_GUIDANCE):
+            raise ValueError(f"--cfg must be a number from 1.0 (1.0 disables guidance) to {MAX_GUIDANCE:g}, "
+                             f"got {out.guidance!r}")
         if not 1 <= out.fps <= 120:
             raise ValueError("--fps must be between 1 and 120")
+        if isinstance(out.seed, bool) or not isinstance(out.seed, int) or not 0 <= out.seed < 2**63:
+            raise ValueError(f"--seed must be an integer from 0 to 2**63 - 1, got {out.seed!r}")
+        lo, hi = MOTION_WEIGHTS
+        for name, w in zip(("--pose-weight", "--face-weight", "--lip-weight"), out.motion_scale):
+            if not (isinstance(w, (int, float)) and lo <= w <= hi):
+                raise ValueError(f"{name} must be a number from {lo:g} to {hi:g}, got {w!r}")
         return out
 
 
@@ -94,6 +113,24 @@ class GenerationResult:
     clips: int
     seconds: dict = field(default_factory=dict)
     sidecar: dict = field(default_factory=dict)
+
+
+class _StageClock:
+    """``with clock("decode"): ...`` adds the block's wall seconds to ``timings["decode"]`` (on CUDA
+    after a synchronisation, once per stage and clip: never inside the step loop)."""
+
+    def __init__(self, timings: dict, device: torch.device):
+        self.timings, self.cuda = timings, torch.device(device).type == "cuda"
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
 
 
 class TalkingHeadPipeline:
@@ -116,11 +153,21 @@ class TalkingHeadPipeline:
         return (options or GenerateOptions()).resolved(self.cfg.name, self.motion_source)
 
     # ---------------------------------------------------------------- building blocks
-    def portrait(self, image, size: int | None = None, name: str = "portrait", regions=None) -> Portrait:
-        size = size or self.cfg.image_size
+    def check_size(self, size: int | None) -> int:
+        """The output side for ``size`` (None: the model's own), checked before any work: a positive
+        multiple of the model's downsampling factor and at most :data:`MAX_SIZE_FACTOR` times the
+        model's side (memory grows with the square of the side, attention with its fourth power)."""
+        if size is None:
+            return self.cfg.image_size
         f = self.cfg.vae_scale_factor * 2 ** (self.cfg.unet.num_levels - 1)
-        if size % f:
-            raise ValueError(f"--size must be a multiple of {f} for the {self.cfg.name} model, got {size}")
+        top = MAX_SIZE_FACTOR * self.cfg.image_size
+        if isinstance(size, bool) or not isinstance(size, int) or not f <= size <= top or size % f:
+            raise ValueError(f"--size must be a multiple of {f} from {f} to {top} for the {self.cfg.name} model "
+                             f"(it was trained at {self.cfg.image_size}), got {size!r}")
+        return size
+
+    def portrait(self, image, size: int | None = None, name: str = "portrait", regions=None) -> Portrait:
+        size = self.check_size(size)
         return prepare_portrait(image, size, size // self.cfg.vae_scale_factor, self.cfg.unet.num_levels,
                                 self.cfg.image_embed_dim, self.identity, name, regions)
 
@@ -172,7 +219,7 @@ class TalkingHeadPipeline:
                 audio=torch.cat([a.expand(n, -1, -1, -1) for _, a, _ in parts]),
                 masks=tuple([m.expand(k * n, -1) for m in kind] for kind in masks),
                 face_feature=torch.cat([f.expand(n, -1, -1, -1, -1) for _, _, f in parts]),
-                layout=half_layout(n, halves), motion_scale=motion_scale)
+                layout=half_layout(n, halves, cfg_on), motion_scale=motion_scale)
             x, tt = (latents, t) if k == 1 else (torch.cat([latents] * k), torch.cat([t] * k))
             return net.denoise(x.to(dt), tt, cond, plan)
 
@@ -202,6 +249,7 @@ class TalkingHeadPipeline:
         extra_sidecar: dict | None = None,
         regions=None,
         wrap_predictor: Callable[[Callable], Callable] | None = None,
+        overwrite: bool = False,
     ) -> GenerationResult:
         """Generate the video. ``source_image``/``driving_audio`` are paths (or a PIL image and an
         :class:`Audio`). ``output`` None keeps nothing on disk (frames go to ``on_clip`` only).
@@ -211,12 +259,18 @@ class TalkingHeadPipeline:
         generation, and asked for every step; its ``summary()`` goes into the sidecar. ``regions``:
         known face/lip boxes of a square portrait (the synthetic corpus), instead of detection.
         ``wrap_predictor(predict) -> predict``: applied to every clip's predictor (multi-process
-        splitting, :mod:`talkfast.parallel`)."""
+        splitting, :mod:`talkfast.parallel`). ``overwrite`` False: an existing file at ``output`` (or
+        its sidecar) that talkfast did not write is an error, not replaced
+        (:func:`~talkfast.io.video.check_output_path`)."""
         t0 = time.perf_counter()
         opts = self.resolve(options)
+        size = self.check_size(size)  # before any input is read
         image = load_image(source_image) if isinstance(source_image, (str, Path)) else source_image
         audio = load_audio(driving_audio) if isinstance(driving_audio, (str, Path)) else driving_audio
-        out_path = check_output_path(output) if output is not None else None
+        out_path = (check_output_path(output, overwrite=overwrite, inputs=(source_image, driving_audio))
+                    if output is not None else None)
+        if out_path is not None and remove_stale_temporaries(out_path):  # a killed run's (never a running one's)
+            log.warning("%s: removed the temporary files of an interrupted run", out_path)
         por = self.portrait(image, size, name=str(source_image) if isinstance(source_image, (str, Path)) else "portrait",
                             regions=regions)
         frames_total = audio.num_frames(opts.fps)
@@ -242,20 +296,29 @@ class TalkingHeadPipeline:
             accelerator.begin(self, por)
         writer = None
         if out_path is not None:
-            writer = VideoWriter(out_path, opts.fps, por.image.size, audio=audio, max_frames=frames_total, sidecar=sidecar)
+            writer = VideoWriter(out_path, opts.fps, por.image.size, audio=audio, max_frames=frames_total, sidecar=sidecar,
+                                 reject_blank=True, overwrite=overwrite)  # an all-black video is an error
         gen = torch.Generator("cpu").manual_seed(opts.seed)
-        source = por.pixels[None]
-        source_latent = self.encode(source)
+        stage = _StageClock(timings, self.device)
+        with stage("encode"):
+            source_latent = self.encode(por.pixels[None])
         motion = source_latent.repeat(M, 1, 1, 1)  # motion latents: the portrait's for the first clip
         h = w = por.image.size[0] // self.cfg.vae_scale_factor
-        pc = self.portrait_conditioning(por)
+        with stage("prepare"):
+            pc = self.portrait_conditioning(por)
+        # with the portrait as every clip's motion frames the reference features never change:
+        # the ReferenceNet runs once per generation instead of once per clip
+        fixed_reference = opts.motion_source == "reference"
         try:
             for c in range(clips):
                 tc = time.perf_counter()
-                ref = torch.cat([source_latent, motion])
-                self.net.write_reference(ref, pc["context"], hallo_tiling=opts.hallo_context_tiling)
-                feats = self.audio.clip(audio, c * F, F, fps=opts.fps).to(self.device, self.dtype)
-                tokens = self.net.audioproj(feats[None])
+                if c == 0 or not fixed_reference:
+                    with stage("reference"):
+                        ref = torch.cat([source_latent, motion])
+                        self.net.write_reference(ref, pc["context"], hallo_tiling=opts.hallo_context_tiling)
+                with stage("audio"):
+                    feats = self.audio.clip(audio, c * F, F, fps=opts.fps).to(self.device, self.dtype)
+                    tokens = self.net.audioproj(feats[None])
                 predict = self.make_predictor(pc, tokens, opts.guidance, opts.motion_scale)
                 if wrap_predictor is not None:
                     predict = wrap_predictor(predict)
@@ -267,19 +330,25 @@ class TalkingHeadPipeline:
                     if progress is not None:
                         progress(done, total_steps)
 
-                latents = denoise(predict, sched, noise, accelerator, on_step=step_done)
-                self.net.clear_reference()
-                frames = self.decode(latents)
+                with stage("denoise"):
+                    latents = denoise(predict, sched, noise, accelerator, on_step=step_done)
+                if not fixed_reference:
+                    self.net.clear_reference()
+                with stage("decode"):
+                    frames = self.decode(latents)
                 keep = frames[: frames_total - c * F]  # the last clip runs past the audio
-                if writer is not None:
-                    writer.write(to_uint8(keep))
-                if on_clip is not None:
-                    on_clip(keep)
+                with stage("write"):
+                    if writer is not None:
+                        writer.write(to_uint8(keep))
+                    if on_clip is not None:
+                        on_clip(keep)
                 if opts.motion_source == "latents":
                     motion = latents[0, :, -M:].permute(1, 0, 2, 3)
                 elif opts.motion_source == "pixels":
-                    motion = self.encode(frames[-M:].to(torch.float32) * 2 - 1)
+                    with stage("encode"):
+                        motion = self.encode(frames[-M:].to(torch.float32) * 2 - 1)
                 timings["clips"].append(time.perf_counter() - tc)
+            self.net.clear_reference()
             timings["total"] = time.perf_counter() - t0
             sidecar["seconds"] = timings
             if isinstance(accelerator, Accelerator):

@@ -3,6 +3,7 @@ folder, or random weights), plus device/dtype resolution."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -14,6 +15,8 @@ from . import MOTION_SOURCES
 from .conditioning import AudioConditioner
 from .generate import TalkingHeadPipeline
 
+log = logging.getLogger(__name__)
+
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
@@ -21,9 +24,16 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r} is not a device talkfast runs on: use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CheckpointError(f"--device {name}: CUDA is not available on this machine (try --device cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise CheckpointError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 
@@ -31,9 +41,13 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     try:
-        return DTYPES[name]
+        dt = DTYPES[name]
     except KeyError:
         raise ValueError(f"--dtype must be one of auto, {', '.join(sorted(DTYPES))}; got {name!r}") from None
+    if device.type == "cpu" and dt != torch.float32:
+        log.warning("--dtype %s on the CPU runs many times slower than fp32 (CPU kernels for half types are "
+                    "slow); use --dtype fp32 (or auto) unless you need %s numerics", name, name)
+    return dt
 
 
 def load_pipeline(checkpoint: str | Path | None = None, *, random_weights: bool = False, preset: str = "small",

@@ -4,6 +4,12 @@ The loop asks a :class:`StepPlanner` what to do next. The plain planner answers 
 every step. A caching accelerator answers "full step" at key steps and "a batch of steps" for the
 steps of a key step's group: the loop then predicts all of them in ONE model call (one timestep
 per batch item, latents chosen by the planner) and applies them with ordinary scheduler steps.
+
+Optional planner hooks (looked up with ``getattr``, so a plain planner needs none of them):
+``call(predict, action, latents, t, plan)`` runs the model call itself (guidance reuse),
+``pad_to(action)`` pads a reduced call's batch to a fixed size (one compiled graph for every
+group), ``adjust_output(action, j, output, own_input, start)`` rewrites a prediction before its
+scheduler step (x0-anchored combining), ``record(...)`` receives each call's time and FLOPs.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ class StepPlanner(Protocol):
 
     def chain(self, action: StepAction) -> bool: ...
 
-    def post_step(self, index: int, latents: torch.Tensor) -> torch.Tensor: ...
+    def pre_step(self, index: int, latents: torch.Tensor) -> torch.Tensor: ...
 
 
 class FullSteps:
@@ -67,7 +73,7 @@ class FullSteps:
     def chain(self, action: StepAction) -> bool:
         return True
 
-    def post_step(self, index: int, latents: torch.Tensor) -> torch.Tensor:
+    def pre_step(self, index: int, latents: torch.Tensor) -> torch.Tensor:
         return latents
 
 
@@ -96,22 +102,54 @@ def flop_counter():
     return FlopCounterMode(display=False, custom_mapping=attention_flop_mapping())
 
 
-def _measured(predict, inputs, t, plan, count_flops: bool, sync: bool):
-    """Run one model call, timing it (and counting FLOPs when asked). Device synchronisation
-    happens only when ``sync`` is set (benchmarks), never by default."""
-    if sync and inputs.is_cuda:
+class CudaTiming:
+    """The device time of one call from two CUDA events, read only when asked (after the loop),
+    so timing never synchronises the host inside the step loop."""
+
+    def __init__(self, device: torch.device):
+        self.start = torch.cuda.Event(enable_timing=True)
+        self.end = torch.cuda.Event(enable_timing=True)
+        self.start.record(torch.cuda.current_stream(device))
+
+    def stop(self, device: torch.device) -> "CudaTiming":
+        self.end.record(torch.cuda.current_stream(device))
+        return self
+
+    def seconds(self) -> float:
+        self.end.synchronize()
+        return self.start.elapsed_time(self.end) / 1000.0
+
+
+def _measured(call, inputs, t, plan, count_flops: bool, sync: bool):
+    """Run one model call, timing it (and counting FLOPs when asked). Returns (output, timing,
+    flops); timing is seconds, or on CUDA without ``sync`` a :class:`CudaTiming` whose events
+    are read after the loop (a host clock would only see kernel launches)."""
+    cuda = inputs.is_cuda
+    if sync and cuda:
         torch.cuda.synchronize(inputs.device)
+    events = CudaTiming(inputs.device) if cuda and not sync else None
     t0 = time.perf_counter()
     flops = None
     if count_flops:
         with flop_counter() as counter:
-            out = predict(inputs, t, plan)
+            out = call(inputs, t, plan)
         flops = counter.get_total_flops()
     else:
-        out = predict(inputs, t, plan)
-    if sync and inputs.is_cuda:
+        out = call(inputs, t, plan)
+    if events is not None:
+        return out, events.stop(inputs.device), flops
+    if sync and cuda:
         torch.cuda.synchronize(inputs.device)
     return out, time.perf_counter() - t0, flops
+
+
+def _padded(inputs: torch.Tensor, t: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Repeat the last item until the batch has ``size`` items (their outputs are dropped)."""
+    extra = size - inputs.shape[0]
+    if extra <= 0:
+        return inputs, t
+    return (torch.cat([inputs, inputs[-1:].expand(extra, *inputs.shape[1:])]),
+            torch.cat([t, t[-1:].expand(extra)]))
 
 
 def denoise(
@@ -126,13 +164,18 @@ def denoise(
     For a reduced action the planner supplies one input latent per step (``batch_latents``); the
     outputs are applied one after the other. With ``chain(action)`` True (the default of the
     accelerators) each scheduler step starts from the result of the previous one; otherwise each
-    starts from its own input latent.
+    starts from its own input latent. ``pre_step`` may change the latent a scheduler step starts
+    from (FasterDiffusion's noise injection); the final latent is never changed after its step.
     """
     planner = planner or FullSteps()
     planner.reset(scheduler)
     timesteps = scheduler.timesteps
     on_device = timesteps.to(latents.device)  # sliced per action: no host-device copy in the loop
     n = len(timesteps)
+    record = getattr(planner, "record", None)
+    custom_call = getattr(planner, "call", None)
+    pad_to = getattr(planner, "pad_to", None)
+    adjust = getattr(planner, "adjust_output", None)
     i = 0
     while i < n:
         action = planner.next_action(i)
@@ -141,20 +184,25 @@ def denoise(
             raise RuntimeError(f"planner returned steps {steps} at step {i}")
         inputs = latents if action.full else planner.batch_latents(action, latents)
         t = on_device[i : i + len(steps)]
+        x, tt = (inputs, t) if action.full or pad_to is None else _padded(inputs, t, pad_to(action))
         plan = planner.stage_plan(action)
-        record = getattr(planner, "record", None)
+        call = predict if custom_call is None else (lambda a, b, c, _act=action: custom_call(predict, _act, a, b, c))
         if record is None:
-            out = predict(inputs, t, plan)
+            out = call(x, tt, plan)
         else:
-            out, seconds, flops = _measured(predict, inputs, t, plan, getattr(planner, "count_flops", False),
+            out, seconds, flops = _measured(call, x, tt, plan, getattr(planner, "count_flops", False),
                                             getattr(planner, "sync_timing", False))
-            record(action, seconds, inputs.shape[0], flops)
+            record(action, seconds, x.shape[0], flops)
         chain = planner.chain(action)
         for k, j in enumerate(steps):
-            start = latents if (chain or len(steps) == 1) else inputs[k : k + 1]
-            planner.after_step(action, j, out[k : k + 1], start)
-            latents = scheduler.step(out[k : k + 1], timesteps[j], start, eta=0.0).prev_sample
-            latents = planner.post_step(j, latents)
+            own = inputs[k : k + 1]
+            start = latents if (chain or len(steps) == 1) else own
+            o = out[k : k + 1]
+            if adjust is not None:
+                o = adjust(action, j, o, own, start)
+            planner.after_step(action, j, o, start)
+            start = planner.pre_step(j, start)
+            latents = scheduler.step(o, timesteps[j], start, eta=0.0).prev_sample
             if on_step is not None:
                 on_step(j)
         i = steps[-1] + 1

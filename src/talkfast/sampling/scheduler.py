@@ -59,3 +59,18 @@ def noise_to(sched: DDIMScheduler, x0: torch.Tensor, eps: torch.Tensor, t: int) 
     """The deterministic (eta 0) point at timestep ``t`` on the path through (x0, eps)."""
     a = alpha_bar(sched, t)
     return a**0.5 * x0 + (1 - a) ** 0.5 * eps
+
+
+def output_for(sched: DDIMScheduler, x0: torch.Tensor, sample: torch.Tensor, t: int) -> torch.Tensor:
+    """The model output that, at ``sample`` and timestep ``t``, predicts ``x0`` (the inverse of
+    :func:`split_prediction` for a given x0; its eps follows from the sample)."""
+    a = alpha_bar(sched, t)
+    sa, sb = a**0.5, (1 - a) ** 0.5
+    kind = sched.config.prediction_type
+    if kind == "v_prediction":
+        return (sa * sample - x0) / sb
+    if kind == "epsilon":
+        return (sample - sa * x0) / sb
+    if kind == "sample":
+        return x0
+    raise ValueError(f"unsupported prediction type {kind!r}")

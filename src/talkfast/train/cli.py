@@ -67,8 +67,20 @@ def _device(name: str) -> torch.device:
     return resolve_device(name)
 
 
+def _load_into(module, state, path, preset) -> None:
+    from ..errors import CheckpointError
+
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} does not match the {preset!r} model (was it trained with another "
+                              f"--model?): {first}") from None
+
+
 def _models(preset: str, run: Path, device, need_vae: bool, decoder: bool = True):
     from ..models.loading import build_random
+    from .loop import load_checkpoint
 
     net, vae = build_random(preset)
     vae_ckpt = run / "vae_ckpt.pt"
@@ -77,13 +89,13 @@ def _models(preset: str, run: Path, device, need_vae: bool, decoder: bool = True
             from ..errors import CheckpointError
 
             raise CheckpointError(f"{vae_ckpt} not found: run 'talkfast train vae' with the same --out first")
-        state = torch.load(vae_ckpt, map_location="cpu", weights_only=False)
-        vae.load_state_dict(state["model"])
+        state = load_checkpoint(vae_ckpt)
+        _load_into(vae, state["model"], vae_ckpt, preset)
         if "scaling_factor" in state:
             vae.register_to_config(scaling_factor=float(state["scaling_factor"]))
         tuned = run / "vae_decoder_ckpt.pt"
         if decoder and tuned.exists():  # a fine-tuned decoder on the same encoder
-            vae.load_state_dict(torch.load(tuned, map_location="cpu", weights_only=False)["model"])
+            _load_into(vae, load_checkpoint(tuned)["model"], tuned, preset)
     return net.to(device), vae.to(device)
 
 
@@ -98,6 +110,7 @@ def run(args) -> int:
     from ..errors import InputError
     from .objective import encode_latents
 
+    _check_numbers(args)
     dev = _device(args.device)
     if dev.type == "cpu":
         torch.set_flush_denormal(True)  # tiny gradients as denormals slow CPU kernels many times over
@@ -118,8 +131,6 @@ def run(args) -> int:
     else:
         if args.clip_frames is not None and args.clip_frames < 1:
             raise InputError(f"--clip-frames must be at least 1, got {args.clip_frames}")
-        if args.motion_noise < 0:
-            raise InputError(f"--motion-noise must be >= 0, got {args.motion_noise}")
         net, vae = _models(args.model, out, dev, need_vae=True)
         clips = CorpusClips(args.data, cfg, clip_frames=args.clip_frames, encoder=lambda x: encode_latents(vae, x))
         res = train_net(net, vae, clips.example, tcfg, out)
@@ -127,16 +138,33 @@ def run(args) -> int:
     return 0
 
 
+def _check_numbers(args) -> None:
+    """Every number finite and in range before any work (a NaN learning rate trains nothing)."""
+    import math
+
+    from ..errors import InputError
+
+    checks = [("--steps", args.steps, 1, None), ("--batch", args.batch, 1, None), ("--lr", args.lr, 0.0, 1.0),
+              ("--lip-weight", getattr(args, "lip_weight", 0.0), 0.0, 100.0),
+              ("--motion-noise", getattr(args, "motion_noise", 0.0), 0.0, 1.0)]
+    if args.run_steps is not None:
+        checks.append(("--run-steps", args.run_steps, 1, None))
+    for name, value, lo, hi in checks:
+        if not (math.isfinite(value) and value >= lo and (hi is None or value <= hi)) or (name == "--lr" and value <= 0):
+            span = f"> {lo:g}" if name == "--lr" else f">= {lo:g}"
+            raise InputError(f"{name} must be {span}{'' if hi is None else f' and <= {hi:g}'}, got {value!r}")
+
+
 def _store_scaling_factor(vae, clips, ckpt, dev, frames: int = 64) -> float:
     """1 / std of the latents of random whole frames, kept with the VAE checkpoint: the diffusion
     model then sees latents of unit variance (as SD's 0.18215 does for its VAE)."""
-    from .loop import _save
+    from .loop import _save, load_checkpoint
     from .objective import encode_latents
 
     vae.register_to_config(scaling_factor=1.0)
     lat = encode_latents(vae.eval(), clips.frame_batch(torch.Generator().manual_seed(1234), frames).to(dev))
     factor = float(1.0 / lat.float().std().clamp_min(1e-6))
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = load_checkpoint(ckpt)
     state["scaling_factor"] = factor
     _save(ckpt, state)
     vae.register_to_config(scaling_factor=factor)
@@ -188,12 +216,17 @@ def model_card(card: dict, net, vae) -> str:
 
 
 def _export(args) -> int:
+    from ..errors import CheckpointError
     from ..models.loading import save_embedded
+    from .loop import load_checkpoint
 
     run_dir = Path(args.out)
     net, vae = _models(args.model, run_dir, "cpu", need_vae=True)
-    state = torch.load(run_dir / "net_ckpt.pt", map_location="cpu", weights_only=False)
-    net.load_state_dict(state["model"])
+    net_ckpt = run_dir / "net_ckpt.pt"
+    if not net_ckpt.exists():
+        raise CheckpointError(f"{net_ckpt} not found: run 'talkfast train net' with the same --out first")
+    state = load_checkpoint(net_ckpt)
+    _load_into(net, state["model"], net_ckpt, args.model)
     card = {"trained_steps": state["step"], "train_config": state.get("config"),
             "final_loss": sum(state["history"][-50:]) / max(1, len(state["history"][-50:])),
             "first_loss": sum(state["history"][:50]) / max(1, len(state["history"][:50])),

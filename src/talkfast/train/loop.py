@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +42,29 @@ def _lr(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, cfg.steps)))))
 
 
+def load_checkpoint(path: str | Path) -> dict:
+    """A run-folder checkpoint read with ``weights_only=True``: tensors, numbers, strings, lists
+    and dicts only (model, optimizer and RNG state are all of that form). A file that needs any
+    other object (a pickle that would call code) is refused with a :class:`CheckpointError`, so a
+    planted ``*_ckpt.pt`` cannot run anything."""
+    from ..errors import CheckpointError
+
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{path} not found") from err
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} is not a plain talkfast training checkpoint (it holds objects other "
+                              f"than tensors and numbers; refused, nothing in it was run): {first}") from err
+    except Exception as err:  # truncated, corrupt, not a torch file
+        raise CheckpointError(f"cannot read the training checkpoint {path}: {type(err).__name__}: {err}") from err
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path} is not a talkfast training checkpoint (no 'model' entry)")
+    return state
+
+
 def _save(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -56,7 +80,7 @@ def _fit(name: str, module: torch.nn.Module, params, loss_fn: Callable[[torch.Ge
     history: list[float] = []
     start, before = 0, 0.0  # steps and seconds of earlier invocations
     if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = load_checkpoint(ckpt)
         module.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["rng"])

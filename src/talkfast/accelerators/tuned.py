@@ -1,0 +1,171 @@
+"""Named quality budgets, and what ``--accel quality|balanced|fast|auto`` means for a model.
+
+``talkfast tune`` measures settings (step count x accelerator) on calibration samples and writes,
+per budget, the fastest one that meets it into the model folder's ``model.json``::
+
+    "tuned": {"balanced": {"steps": 6, "accel": {...AccelConfig.describe()...},
+                           "name": "ddim@6", "measured": {...}, "date": "2026-12-01T12:00:00+00:00"}, ...}
+
+A budget is a floor on the PSNR of the video against the model's default-step, unaccelerated
+output (:data:`BUDGETS`), with lip sync at least the baseline's minus :data:`LIPSYNC_TOLERANCE`.
+:func:`resolve` turns a name into a :class:`Choice`: the tuned setting (its step count too, unless
+the caller gives one), or, when the model folder has none, the documented preset of the same
+name (:data:`talkfast.accelerators.PRESETS`) with a warning. ``auto`` is ``balanced``. Any other
+name (``off``) is the preset itself. Used by ``generate``, ``batch`` and the demo.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import PRESETS, AccelConfig, get_preset
+
+BUDGETS: dict[str, float] = {"quality": 36.0, "balanced": 33.0, "fast": 30.0}  # dB vs the baseline output
+LIPSYNC_TOLERANCE = 0.02
+AUTO = "balanced"
+NAMES = ("auto", "off", *BUDGETS)
+
+
+def describe_setting(steps: int | None, accel: AccelConfig) -> str:
+    """A short human form: "6 steps, plain DDIM (no acceleration)" or "15 steps, lightningcp,
+    key step every 4th, combine each, +DFA, +ref removal"."""
+    head = f"{steps} step{'s' if steps != 1 else ''}, " if steps is not None else ""
+    if accel.method == "off":
+        return head + "plain DDIM (no acceleration)"
+    c = accel.caching
+    k = c.keys
+    keys = {"uniform": f"key step every {k.interval}", "dense": "dense-early key steps",
+            "power": f"power key schedule (every {k.interval} on average)"}.get(k.kind, f"key steps {list(k.steps)}")
+    parts = [accel.method, keys, f"combine {c.combine}"]
+    defaults = type(c)()
+    if c.branch != defaults.branch:
+        parts.append(f"branch {c.branch}")
+    if not c.estimation:
+        parts.append("no estimation")
+    for name, label in (("forecast", "forecast order"), ("adaptive", "adaptive threshold")):
+        if getattr(c, name, 0):
+            parts.append(f"{label} {getattr(c, name)}")
+    if getattr(c, "guidance_reuse", False):
+        parts.append("guidance reuse")
+    if accel.dfa is not None:
+        parts.append("+DFA" + (" (temporal)" if getattr(accel.dfa, "temporal", False) else ""))
+    if accel.drop_ref:
+        parts.append("+ref removal")
+    return head + ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What an ``--accel`` name resolved to. ``steps`` None: the model's default (or the caller's)."""
+
+    requested: str
+    accel: AccelConfig
+    steps: int | None
+    source: str  # "tuned" (the model folder's measured setting) or "preset"
+    budget: str | None = None  # the budget behind it (quality / balanced / fast), None for off
+    model: str | None = None  # the model folder the tuned setting came from
+    measured: dict | None = None
+    date: str | None = None
+    warning: str | None = None
+
+    def describe(self) -> dict:
+        """For the sidecar JSON."""
+        return {"requested": self.requested, "budget": self.budget, "source": self.source, "steps": self.steps,
+                "accel": self.accel.describe(), "setting": describe_setting(self.steps, self.accel),
+                "model": self.model, "measured": self.measured, "date": self.date}
+
+    def text(self) -> str:
+        """One line saying which setting runs and why."""
+        what = describe_setting(self.steps, self.accel)
+        name = self.requested if self.budget in (None, self.requested) else f"{self.requested} = {self.budget}"
+        if self.source == "tuned":
+            m = self.measured or {}
+            nums = []
+            if m.get("speedup") is not None:
+                nums.append(f"{m['speedup']:.2f}x")
+            if m.get("psnr_base") is not None:
+                nums.append(f"{m['psnr_base']:.1f} dB vs the {m.get('baseline_steps', '?')}-step baseline")
+            return (f"accel {name}: tuned for this model ({self.date or 'undated'}): {what}"
+                    + (f" [measured {', '.join(nums)}]" if nums else ""))
+        return f"accel {name}: preset: {what}"
+
+
+def read_tuned(folder: str | Path | None) -> dict:
+    """The ``tuned`` entry of ``folder/model.json`` ({} when there is no folder, file or entry)."""
+    if folder is None:
+        return {}
+    path = Path(folder) / "model.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    tuned = data.get("tuned") if isinstance(data, dict) else None
+    return tuned if isinstance(tuned, dict) else {}
+
+
+def model_folder(checkpoint: str | Path | None, random_weights: bool = False) -> Path | None:
+    """The talkfast model folder a run uses (the embedded model's without ``checkpoint``), or
+    None (random weights; a Hallo checkpoint, which has no model.json)."""
+    if random_weights:
+        return None
+    if checkpoint is None:
+        from ..models.loading import EMBEDDED_DIR
+
+        return EMBEDDED_DIR
+    folder = Path(checkpoint)
+    return folder if (folder / "model.json").is_file() else None
+
+
+def folder_of(pipe) -> Path | None:
+    """The talkfast model folder a loaded pipeline came from (its ``source``), or None."""
+    source = str(getattr(pipe, "source", "") or "")
+    if not source or source.startswith("random:"):
+        return None
+    folder = Path(source)
+    return folder if (folder / "model.json").is_file() else None
+
+
+def resolve(name: str, folder: str | Path | None, steps: int | None = None) -> Choice:
+    """``name``: auto, quality, balanced, fast (the model's tuned setting, else the preset with a
+    warning) or off. ``steps`` given: it wins over a tuned step count."""
+    name = (name or "auto").strip()
+    if name not in NAMES:
+        raise ValueError(f"unknown --accel {name!r}; choose from {', '.join(NAMES)}")
+    if name == "off":
+        return Choice("off", get_preset("off"), steps, "preset")
+    budget = AUTO if name == "auto" else name
+    entry = read_tuned(folder).get(budget)
+    if isinstance(entry, dict) and isinstance(entry.get("accel"), dict):
+        try:
+            accel = AccelConfig.from_dict(entry["accel"])
+            tuned_steps = int(entry["steps"]) if entry.get("steps") is not None else None
+        except (TypeError, ValueError) as err:
+            return _fallback(name, budget, folder, f"its tuned '{budget}' setting cannot be read ({err})", steps)
+        return Choice(name, accel, steps if steps is not None else tuned_steps, "tuned", budget, str(folder),
+                      entry.get("measured"), entry.get("date"))
+    why = "has no tuned settings" if folder is not None else None
+    return _fallback(name, budget, folder, why, steps)
+
+
+def _fallback(name: str, budget: str, folder, why: str | None, steps: int | None) -> Choice:
+    accel = PRESETS[budget]
+    where = (f"model folder {folder} {why}" if folder is not None
+             else "this model (random weights or a Hallo checkpoint) has no tuned settings")
+    warning = f"warning: {where}; --accel {name} uses the documented preset '{budget}' ({describe_setting(None, accel)})"
+    if folder is not None:
+        hint = "talkfast tune" + (f" --checkpoint {folder}" if not _is_embedded(folder) else "")
+        warning += f"; run '{hint}' to measure this model's own"
+    return Choice(name, accel, steps, "preset", budget, None if folder is None else str(folder), warning=warning)
+
+
+def _is_embedded(folder) -> bool:
+    from ..models.loading import EMBEDDED_DIR
+
+    try:
+        return Path(folder).resolve() == EMBEDDED_DIR.resolve()
+    except OSError:
+        return False

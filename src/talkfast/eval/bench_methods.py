@@ -1,0 +1,194 @@
+"""The method sets of ``talkfast bench``: named accelerator settings (:class:`BenchMethod`) and
+the standard lists of them (default, ablation, key-step sweep)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..accelerators import AccelConfig, CachingConfig, DFAConfig, KeySchedule, build_accelerator
+from ..accelerators.base import Accelerator
+
+DEFAULT_KEYS = KeySchedule("uniform", interval=4)
+DEFAULT_SWEEP = (2, 3, 4, 5, 6, 8)
+
+
+@dataclass(frozen=True)
+class BenchMethod:
+    """A named accelerator setting; ``accel`` None (or method "off") is plain DDIM, every step a
+    full step. ``steps``: this method's own number of denoising steps (None: the run's); plain
+    DDIM with its own ``steps`` is a fewer-step control or a longer reference, not the baseline."""
+
+    name: str
+    accel: AccelConfig | None = None
+    steps: int | None = None
+
+    def __post_init__(self):
+        if self.steps is not None and int(self.steps) < 1:
+            raise ValueError(f"{self.name}: steps must be >= 1, got {self.steps}")
+
+    @property
+    def is_plain(self) -> bool:
+        """Plain DDIM: every step a full step."""
+        return self.accel is None or self.accel.method == "off"
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.is_plain and self.steps is None
+
+    @property
+    def family(self) -> str:
+        """"plain DDIM" or the accelerator's method name (the frontier's owners)."""
+        return PLAIN if self.is_plain else self.accel.method
+
+    def steps_for(self, run_steps: int) -> int:
+        return int(self.steps) if self.steps is not None else int(run_steps)
+
+    def build(self) -> Accelerator:
+        """A fresh accelerator. Plain DDIM gets the plain :class:`Accelerator` (every step
+        full), so it records its calls (time, FLOPs) exactly like the methods do."""
+        return Accelerator() if self.is_plain else build_accelerator(self.accel)
+
+    def key_steps(self, steps: int) -> int:
+        """Full-network steps per clip of ``steps`` steps."""
+        if self.is_plain:
+            return steps
+        return len(self.accel.caching.keys.keys(steps))
+
+    def describe(self) -> dict:
+        return {"name": self.name, "accel": None if self.accel is None else self.accel.describe(), "steps": self.steps}
+
+
+PLAIN = "plain DDIM"
+
+
+def control_method(steps: int) -> BenchMethod:
+    """Plain DDIM at ``steps`` steps, no acceleration: the fewer-step control."""
+    return BenchMethod(f"ddim@{int(steps)}", None, int(steps))
+
+
+def reference_method(base_steps: int, factor: int = 2) -> BenchMethod:
+    """Plain DDIM at ``factor`` x the baseline's steps: the longer (more converged) reference."""
+    return BenchMethod(f"reference@{int(base_steps) * int(factor)}", None, int(base_steps) * int(factor))
+
+
+def control_steps(base_steps: int, speedups: Sequence[float], most: int = 6) -> list[int]:
+    """Step counts k < ``base_steps`` for plain-DDIM controls whose cost ratios ``base_steps / k``
+    span ``speedups`` (the accelerated rows' measured speedups: time and FLOPs): from the smallest
+    k with ``base/k`` at least the largest speedup to the largest k with ``base/k`` at most the
+    smallest one, at most ``most`` of them, spread evenly (both ends kept). Empty when there is
+    nothing to span (no speedups, or a one-step baseline)."""
+    vals = [float(v) for v in speedups if v is not None and v > 0 and v == v and v != float("inf")]
+    if not vals or base_steps < 2:
+        return []
+    lo, hi = min(vals), max(vals)
+    k_small = max(1, min(base_steps - 1, math.floor(base_steps / hi)))  # base/k >= hi
+    k_large = max(1, min(base_steps - 1, math.ceil(base_steps / max(lo, 1.0))))  # base/k <= lo (or the baseline's k-1)
+    ks = list(range(k_small, max(k_small, k_large) + 1))
+    if len(ks) > most > 1:
+        ks = sorted({ks[round(i * (len(ks) - 1) / (most - 1))] for i in range(most)})
+    return ks
+
+
+def tuned_methods(folder) -> list[BenchMethod]:
+    """The settings ``talkfast tune`` stored in a model folder (model.json ``tuned``), one row per
+    distinct setting, named after its budgets (``tuned:balanced``, ``tuned:balanced=fast``)."""
+    from ..accelerators.tuned import BUDGETS, read_tuned
+
+    groups: dict[str, tuple[list[str], int | None, AccelConfig]] = {}
+    for budget, entry in read_tuned(folder).items():
+        if budget not in BUDGETS or not isinstance(entry, dict):
+            continue
+        try:
+            accel = AccelConfig.from_dict(entry["accel"])
+            steps = int(entry["steps"]) if entry.get("steps") is not None else None
+        except (KeyError, TypeError, ValueError):
+            continue
+        sig = repr((steps, accel))
+        groups.setdefault(sig, ([], steps, accel))[0].append(budget)
+    out = []
+    for budgets, steps, accel in groups.values():
+        budgets = [b for b in BUDGETS if b in budgets]
+        out.append(BenchMethod("tuned:" + "=".join(budgets), None if accel.method == "off" else accel, steps))
+    return out
+
+
+def _lcp(keys: KeySchedule, **caching) -> AccelConfig:
+    return AccelConfig("lightningcp", CachingConfig(keys=keys, **caching))
+
+
+def default_methods(keys: KeySchedule = DEFAULT_KEYS, dfa: DFAConfig = DFAConfig()) -> list[BenchMethod]:
+    """The baseline, LightningCP and its variants, DeepCache and FasterDiffusion, all with the
+    same key steps."""
+    return [
+        BenchMethod("baseline"),
+        BenchMethod("lightningcp", _lcp(keys)),
+        BenchMethod("lightningcp+dfa", _lcp(keys).replace(dfa=dfa)),
+        BenchMethod("lightningcp+dfa+refdrop", _lcp(keys).replace(dfa=dfa, drop_ref=True)),
+        BenchMethod("lightningcp-noest", _lcp(keys, estimation=False)),
+        BenchMethod("deepcache", AccelConfig("deepcache", CachingConfig(keys=keys))),
+        BenchMethod("fasterdiffusion", AccelConfig("fasterdiffusion", CachingConfig(keys=keys))),
+    ]
+
+
+def ablation_methods(keys: KeySchedule = DEFAULT_KEYS, dfa: DFAConfig = DFAConfig()) -> list[BenchMethod]:
+    """The paper's ablation: LightningCP only, +DFA, +DFA+reference removal, each with and
+    without input-latent estimation (without: the reduced steps all get the key step's latent)."""
+    out = [BenchMethod("baseline")]
+    for est in (True, False):
+        tag = "" if est else "-noest"
+        out += [
+            BenchMethod("lightningcp" + tag, _lcp(keys, estimation=est)),
+            BenchMethod("lightningcp+dfa" + tag, _lcp(keys, estimation=est).replace(dfa=dfa)),
+            BenchMethod("lightningcp+dfa+refdrop" + tag, _lcp(keys, estimation=est).replace(dfa=dfa, drop_ref=True)),
+        ]
+    return out
+
+
+def sweep_methods(intervals: Sequence[int] = DEFAULT_SWEEP, template: AccelConfig | None = None,
+                  name: str | None = None) -> list[BenchMethod]:
+    """The baseline plus ``template`` (default: plain LightningCP) with a key step every
+    ``k``-th step for each ``k`` in ``intervals`` (named ``<name>@k``)."""
+    template = template or _lcp(DEFAULT_KEYS)
+    if name is None:
+        name = template.method + ("+dfa" if template.dfa is not None else "") + ("+refdrop" if template.drop_ref else "")
+    out = [BenchMethod("baseline")]
+    for k in intervals:
+        if int(k) < 1:
+            raise ValueError(f"key-step intervals must be >= 1, got {k}")
+        caching = dataclasses.replace(template.caching, keys=KeySchedule("uniform", interval=int(k)))
+        out.append(BenchMethod(f"{name}@{int(k)}", template.replace(caching=caching)))
+    return out
+
+
+def method_set(kind: str, keys: KeySchedule = DEFAULT_KEYS, intervals: Sequence[int] = DEFAULT_SWEEP) -> list[BenchMethod]:
+    """``kind``: "default", "ablation", "sweep", "all" (their union, each name once) or
+    "quick" (baseline + LightningCP)."""
+    if kind == "default":
+        return default_methods(keys)
+    if kind == "ablation":
+        return ablation_methods(keys)
+    if kind == "sweep":
+        return sweep_methods(intervals)
+    if kind == "quick":
+        return default_methods(keys)[:2]
+    if kind == "all":
+        seen, out = set(), []
+        for m in default_methods(keys) + ablation_methods(keys) + sweep_methods(intervals):
+            if m.name not in seen:
+                seen.add(m.name)
+                out.append(m)
+        return out
+    raise ValueError(f"unknown method set {kind!r}; choose default, ablation, sweep, all or quick")
+
+
+def _baseline_first(methods: Sequence[BenchMethod]) -> list[BenchMethod]:
+    methods = list(methods)
+    names = [m.name for m in methods]
+    if len(set(names)) != len(names):
+        raise ValueError(f"method names must be unique: {names}")
+    base = [m for m in methods if m.is_baseline]
+    rest = [m for m in methods if not m.is_baseline]
+    return [base[0] if base else BenchMethod("baseline")] + rest

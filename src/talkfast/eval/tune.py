@@ -1,0 +1,297 @@
+"""``talkfast tune``: measure settings on calibration samples, pick the fastest per quality budget.
+
+For one model and fixed samples the tuner measures the model's default-step, unaccelerated
+baseline, then every setting of a search space (:mod:`talkfast.eval.tune_space`): end-to-end
+and model seconds, PSNR/SSIM of the frames against the baseline's, lip sync and, when the
+samples have them, PSNR/SSIM/L1 against ground truth. Per named budget
+(:data:`talkfast.accelerators.tuned.BUDGETS`: PSNR vs the baseline at least the floor, lip sync
+at least the baseline's minus 0.02) the fastest setting that meets it wins (:func:`pick`); plain
+DDIM at fewer steps competes like any other setting. :func:`write_tuned` stores the winners in
+the model folder's ``model.json`` under ``tuned``, which ``--accel quality|balanced|fast|auto``
+then reads (:mod:`talkfast.accelerators.tuned`).
+
+Measurements go into a JSON cache (one entry per setting, keyed by a hash of the setting, the
+samples, the model and the device), written after every setting, so an interrupted search
+resumes where it stopped. The baseline runs again on every start (its frames are the quality
+reference) but keeps its cached timings, so speedups compare measurements of one session where
+they can.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from ..accelerators import AccelConfig
+from ..accelerators.tuned import BUDGETS, LIPSYNC_TOLERANCE, describe_setting
+from .bench import BenchCase, BenchMethod, Runner, flushed_denormals, frontier_flags
+from .tune_space import Setting
+
+CACHE_NAME = "tune_cache.json"
+CACHE_VERSION = 1
+FIELDS = ("seconds", "model_seconds", "psnr_base", "ssim_base", "psnr_gt", "ssim_gt", "l1_gt", "lipsync")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def model_signature(pipe) -> dict:
+    """What identifies the model: its folder and a hash of its weights file (when it has one)."""
+    source = str(getattr(pipe, "source", ""))
+    sig = {"model": pipe.cfg.name, "source": source}
+    weights = Path(source) / "net.safetensors" if source and not source.startswith("random:") else None
+    if weights is not None and weights.is_file():
+        h = hashlib.sha256()
+        with open(weights, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        sig["weights_sha256"] = h.hexdigest()
+    return sig
+
+
+def samples_signature(run: Runner) -> dict:
+    """What identifies the samples and the generation options they run with."""
+    cases = []
+    for c in run.cases:
+        _, audio = run.loaded[c.name]
+        cases.append([c.name, len(audio.samples), int(audio.sample_rate)])
+    o = run.opts
+    return {"cases": cases, "seed": o.seed, "guidance": o.guidance, "fps": o.fps, "size": run.size,
+            "motion_source": o.motion_source}
+
+
+class TuneCache:
+    """The measured settings, a JSON file rewritten (atomically) after every setting."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.entries: dict[str, dict] = {}
+        if self.path.exists():
+            try:
+                data = json.loads(self.path.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise ValueError(f"the tune cache {self.path} cannot be read ({err}); delete it to start over") from None
+            if data.get("version") == CACHE_VERSION:
+                self.entries = dict(data.get("entries", {}))
+
+    def get(self, key: str) -> dict | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, entry: dict) -> None:
+        self.entries[key] = entry
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"version": CACHE_VERSION, "entries": self.entries}, indent=1, allow_nan=False))
+        os.replace(tmp, self.path)
+
+
+def _entry(setting: Setting, mr) -> dict:
+    out = {"name": setting.name, "steps": setting.steps, "accel": setting.accel.describe(),
+           "full_steps": sum(c.full_steps for c in mr.cases), "stage_seconds": mr.stage_seconds,
+           "cases": len(mr.cases), "date": _now()}
+    for k in FIELDS:
+        v = getattr(mr, k)
+        out[k] = None if v is None or (isinstance(v, float) and v != v) else v
+    return out
+
+
+def measure_setting(run: Runner, setting: Setting, *, warm: bool = True, repeats: int = 1) -> dict:
+    """One setting on the runner's cases: an untimed first clip of the first case (warm-up, when
+    ``warm``), then one timed generation per case, compared with the baseline's frames."""
+    method = BenchMethod(setting.name, None if setting.plain else setting.accel, setting.steps)
+    if warm:
+        acc = method.build()
+        try:
+            run.generate(acc, run.cases[0], run.options(method), first_clip_only=True)
+        finally:
+            acc.detach()
+    return _entry(setting, run.measure(method, count_flops=False, warm=False, repeats=repeats))
+
+
+@dataclass
+class TuneResult:
+    baseline: dict
+    rows: list[dict]  # every measured setting, with speedup / model_speedup / frontier / meets
+    picks: dict[str, dict | None]  # budget -> the chosen row (None: nothing met it)
+    meta: dict = field(default_factory=dict)
+
+
+def _relate(baseline: dict, rows: list[dict]) -> None:
+    for r in [baseline, *rows]:
+        r["speedup"] = baseline["seconds"] / r["seconds"] if r.get("seconds") else None
+        r["model_speedup"] = baseline["model_seconds"] / r["model_seconds"] if r.get("model_seconds") else None
+    everything = [baseline, *rows]
+    for r, flag in zip(everything, frontier_flags([(r["speedup"], r.get("psnr_base")) for r in everything])):
+        r["frontier"] = flag
+
+
+def meets(row: dict, baseline: dict, floor: float, tolerance: float = LIPSYNC_TOLERANCE) -> bool:
+    """PSNR vs the baseline at least ``floor`` and lip sync at least the baseline's minus
+    ``tolerance`` (not checked when the samples have no lip-sync metric)."""
+    if row.get("psnr_base") is None or row["psnr_base"] < floor:
+        return False
+    if baseline.get("lipsync") is not None:
+        return row.get("lipsync") is not None and row["lipsync"] >= baseline["lipsync"] - tolerance
+    return True
+
+
+def pick(baseline: dict, rows: Sequence[dict], budgets: dict[str, float] = BUDGETS,
+         tolerance: float = LIPSYNC_TOLERANCE) -> dict[str, dict | None]:
+    """Per budget, the fastest (least end-to-end seconds; ties: higher PSNR) among the baseline
+    and ``rows`` that meets it."""
+    out = {}
+    for name, floor in budgets.items():
+        ok = [r for r in [baseline, *rows] if r.get("seconds") and meets(r, baseline, floor, tolerance)]
+        out[name] = min(ok, key=lambda r: (r["seconds"], -(r.get("psnr_base") or 0.0))) if ok else None
+    return out
+
+
+def run_tune(pipe, cases: Sequence[BenchCase], settings: Sequence[Setting], options=None, *,
+             cache_path: str | Path, size: int | None = None, progress: bool = True, warm: bool = True,
+             repeats: int = 1, log: Callable[[str], None] | None = None) -> TuneResult:
+    """Measure the baseline and ``settings`` (skipping those in the cache), then pick per budget."""
+    from tqdm import tqdm
+
+    log = log or (lambda _m: None)
+    flush = pipe.device.type == "cpu"
+    with flushed_denormals(flush):
+        run = Runner(pipe, cases, options, size=size, log=lambda _m: None)
+        S = run.opts.steps
+        context = [model_signature(pipe), samples_signature(run), str(pipe.device), str(pipe.dtype),
+                   torch.get_num_threads(), repeats]
+        cache = TuneCache(cache_path)
+        base_setting = Setting("baseline", S, AccelConfig())
+        base_key = base_setting.key(*context)
+        if warm:
+            run.warm_up()
+        log(f"baseline: {S} steps, plain DDIM, on {len(run.cases)} samples")
+        fresh = _entry(base_setting, run.measure(BenchMethod("baseline"), count_flops=False, warm=False, keep="base",
+                                                 repeats=repeats))
+        baseline = cache.get(base_key)
+        if baseline is None:
+            baseline = fresh
+            cache.put(base_key, baseline)
+        rows, measured, cached = [], 0, 0
+        bar = tqdm(total=len(settings), unit="setting", desc="tune", disable=not progress, dynamic_ncols=True)
+        try:
+            for s in settings:
+                key = s.key(*context)
+                entry = cache.get(key)
+                if entry is None:
+                    bar.set_postfix_str(s.name)
+                    entry = measure_setting(run, s, warm=warm, repeats=repeats)
+                    cache.put(key, entry)
+                    measured += 1
+                else:
+                    cached += 1
+                rows.append(dict(entry, key=key))
+                bar.update(1)
+        finally:
+            bar.close()
+    baseline = dict(baseline, key=base_key)
+    _relate(baseline, rows)
+    picks = pick(baseline, rows)
+    for name, floor in BUDGETS.items():
+        for r in [baseline, *rows]:
+            r.setdefault("meets", {})[name] = meets(r, baseline, floor)
+    meta = {"model": pipe.cfg.name, "weights": str(getattr(pipe, "source", "")), "device": str(pipe.device),
+            "dtype": str(pipe.dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+            "baseline_steps": S, "samples": [c.name for c in run.cases], "settings": len(settings),
+            "measured_now": measured, "from_cache": cached, "cache": str(cache.path), "date": _now(),
+            "fresh_baseline_seconds": fresh["seconds"], "lipsync_checked": baseline.get("lipsync") is not None}
+    return TuneResult(baseline, rows, picks, meta)
+
+
+def tuned_entries(result: TuneResult, space: str = "") -> dict[str, dict]:
+    """The ``tuned`` entry of model.json: per budget that has a pick, its setting and numbers."""
+    b, out = result.baseline, {}
+    for name, row in result.picks.items():
+        if row is None:
+            continue
+        out[name] = {
+            "name": row["name"], "steps": row["steps"], "accel": row["accel"], "date": result.meta.get("date") or _now(),
+            "budget": {"min_psnr_db": BUDGETS[name], "lipsync_tolerance": LIPSYNC_TOLERANCE},
+            "measured": {"speedup": row["speedup"], "model_speedup": row["model_speedup"], "seconds": row["seconds"],
+                         "baseline_seconds": b["seconds"], "psnr_base": row["psnr_base"], "ssim_base": row["ssim_base"],
+                         "lipsync": row.get("lipsync"), "baseline_lipsync": b.get("lipsync"),
+                         "psnr_gt": row.get("psnr_gt"), "baseline_psnr_gt": b.get("psnr_gt"),
+                         "baseline_steps": result.meta.get("baseline_steps"), "samples": len(result.meta.get("samples", [])),
+                         "device": result.meta.get("device"), "threads": result.meta.get("threads"), "space": space},
+        }
+    return out
+
+
+def write_tuned(folder: str | Path, entries: dict[str, dict]) -> Path:
+    """Replace the ``tuned`` entry of ``folder/model.json`` (the rest kept), atomically."""
+    path = Path(folder) / "model.json"
+    data = json.loads(path.read_text())
+    data["tuned"] = entries
+    tmp = path.with_name("model.json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False))
+    os.replace(tmp, path)
+    return path
+
+
+def _n(v, fmt: str, unit: str = "") -> str:
+    return "n/a" if v is None else format(v, fmt) + unit
+
+
+def pick_sentence(name: str, row: dict | None, baseline: dict) -> str:
+    if row is None:
+        return f"{name} (>= {BUDGETS[name]:g} dB): no setting meets it."
+    what = describe_setting(row["steps"], AccelConfig.from_dict(row["accel"]))
+    why = ""
+    if row is baseline or row.get("name") == "baseline":
+        why = " (nothing faster meets it: the baseline itself)"
+    elif row["accel"].get("method") == "off":
+        why = " (plain DDIM at fewer steps: no accelerated setting that meets this budget is faster)"
+    return (f"{name} (>= {BUDGETS[name]:g} dB): {row['name']} = {what}; {_n(row.get('speedup'), '.2f', 'x')} end-to-end, "
+            f"{_n(row['psnr_base'], '.2f', ' dB')}, lip sync {_n(row.get('lipsync'), '.3f')}{why}.")
+
+
+def to_markdown(result: TuneResult, command: str = "") -> str:
+    m, b = result.meta, result.baseline
+    lines = [f"# talkfast tune: {m['model']} ({m['weights']})", "",
+             f"{m['date']}, {m['device']} {m['dtype']}, {m['threads']} threads, torch {m['torch']}; baseline "
+             f"{m['baseline_steps']} steps ({_n(b['seconds'], '.2f', ' s')} for {len(m['samples'])} samples); "
+             f"{m['settings']} settings ({m['measured_now']} measured now, {m['from_cache']} from the cache)."]
+    if command:
+        lines += ["", f"Command: `{command}`"]
+    lines += ["", "Budgets: PSNR of the video vs the baseline's at least the floor, lip sync at least the baseline's "
+              f"minus {LIPSYNC_TOLERANCE}" + ("" if m.get("lipsync_checked") else " (not checked: no lip-sync metric "
+                                                 "for these samples)") + "; the fastest setting that meets it wins.", ""]
+    lines += [f"- {pick_sentence(name, row, b)}" for name, row in result.picks.items()]
+    cols = ("setting", "steps", "total s", "speedup", "model speedup", "PSNR base dB", "SSIM base", "lip-sync",
+            "PSNR GT dB", "frontier", *BUDGETS)
+    lines += ["", "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for r in sorted([b, *result.rows], key=lambda r: r["seconds"] or float("inf")):
+        lines.append("| " + " | ".join([
+            r["name"], str(r["steps"]), _n(r["seconds"], ".2f"), _n(r["speedup"], ".2f", "x"),
+            _n(r["model_speedup"], ".2f", "x"), _n(r["psnr_base"], ".2f"), _n(r["ssim_base"], ".4f"),
+            _n(r.get("lipsync"), ".3f"), _n(r.get("psnr_gt"), ".2f"),
+            "n/a" if r.get("frontier") is None else ("yes" if r["frontier"] else "no"),
+            *("yes" if r["meets"][k] else "no" for k in BUDGETS)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(result: TuneResult, out_dir: str | Path, command: str = "") -> dict[str, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "tune.md"
+    md.write_text(to_markdown(result, command))
+    js = out / "tune.json"
+    js.write_text(json.dumps({"meta": result.meta, "command": command, "budgets": BUDGETS,
+                              "lipsync_tolerance": LIPSYNC_TOLERANCE, "baseline": result.baseline,
+                              "picks": {k: (None if v is None else v["name"]) for k, v in result.picks.items()},
+                              "rows": result.rows}, indent=2, allow_nan=False))
+    return {"markdown": md, "json": js}

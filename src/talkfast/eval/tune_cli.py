@@ -1,0 +1,155 @@
+"""``talkfast tune``: find, per quality budget, the fastest setting for a model and write it into
+the model folder (see :mod:`talkfast.eval.tune`).
+
+    talkfast tune [--checkpoint DIR | --random-weights] [--corpus DIR] [--split test] [--limit 8]
+                  [--sample IMAGE AUDIO]... [--seconds S] [--space small|full] [--max-settings N]
+                  [--steps N] [--cfg G] [--seed N] [--device D] [--dtype T] [--out DIR] [--no-write] [-q]
+
+Samples: the held-out split of the model's training corpus (built once into ``--corpus-cache``,
+as ``talkfast quality`` does) or ``--corpus DIR``; or your own ``--sample IMAGE AUDIO`` pairs
+(no ground truth or lip-sync metric then). ``--random-weights`` measures speed only (the PSNR
+numbers then measure numerical deviation) and writes nothing into any model folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "tune", help="measure settings on calibration samples; store the fastest per quality budget in the model folder",
+        description="Measure the model's default-step baseline and a search space of step counts x accelerator "
+                    "settings; per budget (quality >= 36 dB, balanced >= 33 dB, fast >= 30 dB vs the baseline, lip "
+                    "sync >= baseline - 0.02) write the fastest setting that meets it into model.json ('tuned'), "
+                    "which --accel quality|balanced|fast|auto then uses. Resumable: measured settings are cached in --out.")
+    p.add_argument("--checkpoint", default=None, help="a talkfast model folder (default: the embedded model)")
+    p.add_argument("--random-weights", action="store_true", help="the small preset with random weights: speed only, writes nothing")
+    p.add_argument("--corpus", default=None, help="corpus folder (default: the model's training corpus, built once)")
+    p.add_argument("--corpus-cache", default=None, help="where a default corpus is built (default: ~/.cache/talkfast)")
+    p.add_argument("--split", default="test", choices=["test", "train"])
+    p.add_argument("--limit", type=int, default=8, help="corpus samples, spread over identities (default 8)")
+    p.add_argument("--sample", nargs=2, action="append", metavar=("IMAGE", "AUDIO"), default=None,
+                   help="your own calibration sample (repeatable) instead of the corpus")
+    p.add_argument("--seconds", type=float, default=None, help="use only the first S seconds of every sample's speech")
+    p.add_argument("--space", choices=["small", "full"], default="small",
+                   help="small: <= 40 settings (CPU-feasible); full: a larger grid (default: small)")
+    p.add_argument("--max-settings", type=int, default=None, help="measure only the first N settings of the space")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per setting (the median is kept; default 1)")
+    p.add_argument("--steps", type=int, default=None, help="the baseline's steps (default: the model's)")
+    p.add_argument("--cfg", type=float, default=None)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--out", default="tune_out", help="folder for tune.md, tune.json and the resumable cache")
+    p.add_argument("--no-write", action="store_true", help="report only; leave model.json as it is")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or progress lines")
+    p.set_defaults(handler=run)
+    return p
+
+
+def run(args) -> int:
+    from .cli import _reported
+
+    return _reported(_run, args)
+
+
+def _cases(args, pipe, log):
+    from . import bench
+
+    if args.sample:
+        cases = []
+        for i, (image, audio) in enumerate(args.sample):
+            for what, path in (("image", image), ("audio", audio)):
+                if not Path(path).is_file():
+                    raise InputError(f"--sample: the {what} {path} is not a file")
+            cases.append(bench.BenchCase(f"{i}:{Path(image).stem}+{Path(audio).stem}", image, audio))
+        what = f"{len(cases)} given samples"
+    else:
+        import json
+
+        from ..models.loading import EMBEDDED_DIR
+        from .cli import default_corpus
+
+        corpus = args.corpus
+        if corpus is None:
+            card_path = Path(args.checkpoint or EMBEDDED_DIR) / "model.json"
+            card = json.loads(card_path.read_text()) if card_path.exists() and not args.random_weights else {}
+            corpus = default_corpus(card, args.corpus_cache, log)
+        cases = bench.corpus_cases(corpus, args.split, args.limit)
+        what = f"{len(cases)} {args.split} samples of {corpus}"
+    if args.seconds is not None:
+        from ..io.audio import load_audio
+
+        for c in cases:
+            c.audio = bench.trim_audio(load_audio(c.audio) if isinstance(c.audio, (str, Path)) else c.audio, args.seconds)
+    return cases, what
+
+
+def _command(args) -> str:
+    words = ["talkfast", "tune"]
+    for flag, value in (("--checkpoint", args.checkpoint), ("--corpus", args.corpus), ("--steps", args.steps),
+                        ("--cfg", args.cfg), ("--seconds", args.seconds), ("--max-settings", args.max_settings),
+                        ("--repeats", args.repeats if args.repeats != 1 else None)):
+        if value is not None:
+            words += [flag, str(value)]
+    for image, audio in args.sample or []:
+        words += ["--sample", image, audio]
+    if not args.sample:
+        words += ["--limit", str(args.limit)] + (["--split", args.split] if args.split != "test" else [])
+    words += ["--space", args.space, "--out", args.out] + ["--random-weights"] * args.random_weights
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _run(args) -> int:
+    from ..accelerators.tuned import model_folder
+    from ..pipeline.generate import GenerateOptions
+    from ..pipeline.loader import load_pipeline
+    from . import tune
+    from .tune_space import search_space
+
+    if args.limit is not None and args.limit < 1:
+        raise ValueError("--limit must be at least 1")
+    if args.repeats < 1:
+        raise ValueError("--repeats must be at least 1")
+    if args.max_settings is not None and args.max_settings < 0:
+        raise ValueError("--max-settings must be >= 0")
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    folder = model_folder(args.checkpoint, args.random_weights)
+    if args.checkpoint is not None and folder is None:
+        raise InputError(f"--checkpoint {args.checkpoint}: tune writes into a talkfast model folder (with model.json); "
+                         "this is not one")
+    pipe = load_pipeline(args.checkpoint, random_weights=args.random_weights, preset="small",
+                         device=args.device, dtype=args.dtype, seed=args.seed)
+    opts = pipe.resolve(GenerateOptions(steps=args.steps, guidance=args.cfg, seed=args.seed))
+    settings = search_space(args.space, opts.steps)
+    if args.max_settings is not None:
+        settings = settings[: args.max_settings]
+    cases, what = _cases(args, pipe, log)
+    log(f"tune: model {pipe.cfg.name} ({pipe.source}) on {pipe.device}, baseline {opts.steps} steps, "
+        f"{len(settings)} settings ({args.space} space), {what}")
+    result = tune.run_tune(pipe, cases, settings, opts, cache_path=Path(args.out) / tune.CACHE_NAME,
+                           progress=not args.quiet, repeats=args.repeats, log=log)
+    command = _command(args)
+    entries = tune.tuned_entries(result, args.space)
+    if args.random_weights:
+        result.meta["written"] = None
+        log("random weights: speed only; nothing written into a model folder")
+    elif args.no_write:
+        result.meta["written"] = None
+    else:
+        result.meta["written"] = str(tune.write_tuned(folder, entries))
+        log(f"wrote the tuned settings ({', '.join(entries)}) into {result.meta['written']}")
+    paths = tune.write_report(result, args.out, command)
+    log("wrote " + ", ".join(str(p) for p in paths.values()))
+    print(paths["markdown"].read_text(), flush=True)
+    return 0

@@ -1,0 +1,163 @@
+"""The search space of ``talkfast tune``: settings (step count x accelerator) to measure.
+
+Two spaces around the model's default step count S:
+
+- ``small`` (the default, at most 40 settings, feasible on a CPU): plain DDIM at fewer steps
+  (the control every accelerator must beat), and LightningCP at S and about 0.6 S steps with key
+  steps every 2nd/3rd/4th, combined ``chain``/``each``, plus one step each of the other axes
+  (x0 combine, forecast, guidance reuse, DFA + reference removal, branch 1, adaptive key steps,
+  a short schedule with a key every 2nd step), DeepCache (uniform and its power schedule) and
+  FasterDiffusion.
+- ``full``: the product of more step counts, intervals, combine modes, forecast and guidance
+  reuse, with the other axes on the ``each`` combine, and every plain step count below S.
+
+A setting whose options this talkfast does not have (or rejects) is left out, so the space
+follows the accelerator options that exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+from ..accelerators import AccelConfig, CachingConfig, DFAConfig, KeySchedule
+
+SPACES = ("small", "full")
+SMALL_MAX = 40
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One candidate: a name, its step count and its accelerator (method "off": plain DDIM)."""
+
+    name: str
+    steps: int
+    accel: AccelConfig
+
+    @property
+    def plain(self) -> bool:
+        return self.accel.method == "off"
+
+    def canonical(self) -> dict:
+        """The setting without the options left at their defaults (stable when options are added)."""
+        return {"steps": int(self.steps), "accel": _strip_defaults(self.accel.describe(), AccelConfig().describe())}
+
+    def key(self, *context) -> str:
+        """A hash of the setting and ``context`` (samples, model, device): the cache key."""
+        blob = json.dumps([self.canonical(), *context], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _strip_defaults(value: dict, default: dict) -> dict:
+    out = {}
+    for k, v in value.items():
+        d = default.get(k, object())
+        if isinstance(v, dict) and isinstance(d, dict):
+            sub = _strip_defaults(v, d)
+            if sub:
+                out[k] = sub
+        elif v != d:
+            out[k] = v
+    return out
+
+
+def _accel(method: str, kind: str = "uniform", interval: int = 3, *, dfa: bool = False, drop_ref: bool = False,
+           **caching) -> AccelConfig | None:
+    """The config, or None when this talkfast lacks (or rejects) one of the options."""
+    try:
+        keys = KeySchedule(kind, interval=interval)
+        fields = {f.name for f in dataclasses.fields(CachingConfig)}
+        if not set(caching) <= fields:
+            return None
+        return AccelConfig(method, CachingConfig(keys=keys, **caching), dfa=DFAConfig() if dfa else None, drop_ref=drop_ref)
+    except (TypeError, ValueError):
+        return None
+
+
+def _name(steps: int, accel: AccelConfig) -> str:
+    if accel.method == "off":
+        return f"ddim@{steps}"
+    c, d = accel.caching, CachingConfig()
+    keys = c.keys
+    if getattr(c, "adaptive", 0):
+        tag = f"{accel.method}@adaptive{c.adaptive:g}"
+    else:
+        tag = f"{accel.method}@{keys.interval}" + ("p" if keys.kind == "power" else "")
+    extra = [c.combine] if c.combine != d.combine else []
+    for field, short in (("forecast", "fc"), ("branch", "b")):
+        if getattr(c, field, None) != getattr(d, field, None):
+            extra.append(f"{short}{getattr(c, field)}")
+    if getattr(c, "guidance_reuse", False):
+        extra.append("gr")
+    if accel.dfa is not None:
+        extra.append("dfa")
+    if accel.drop_ref:
+        extra.append("refdrop")
+    return f"{tag}+{'+'.join(extra)}/{steps}" if extra else f"{tag}/{steps}"
+
+
+def _steps_at(base: int, fractions) -> list[int]:
+    return sorted({max(1, min(base, round(base * f))) for f in fractions}, reverse=True)
+
+
+def search_space(kind: str, base_steps: int) -> list[Setting]:
+    """The settings of the ``small`` or ``full`` space for a model whose default is ``base_steps``
+    steps; the baseline itself (plain DDIM at ``base_steps``) is not among them (the tuner always
+    measures it first). Names are unique; order: plain first (most steps first), then the rest."""
+    if kind not in SPACES:
+        raise ValueError(f"--space must be one of {', '.join(SPACES)}, not {kind!r}")
+    if base_steps < 1:
+        raise ValueError("the baseline needs at least one step")
+    S = int(base_steps)
+    out: list[tuple[int, AccelConfig | None]] = []
+    if kind == "small":
+        plain = [k for k in _steps_at(S, (0.75, 0.6, 0.5, 0.4, 0.33, 0.25)) if 2 <= k < S]
+        out += [(k, AccelConfig()) for k in plain]
+        for steps in _steps_at(S, (1.0, 0.6)):
+            for interval in (2, 3, 4):
+                for combine in ("chain", "each"):
+                    out.append((steps, _accel("lightningcp", interval=interval, combine=combine)))
+            out += [
+                (steps, _accel("lightningcp", interval=3, combine="x0")),
+                (steps, _accel("lightningcp", interval=3, combine="each", forecast=1)),
+                (steps, _accel("lightningcp", interval=3, combine="each", guidance_reuse=True)),
+                (steps, _accel("lightningcp", interval=3, combine="each", dfa=True, drop_ref=True)),
+                (steps, _accel("deepcache", interval=3)),
+                (steps, _accel("deepcache", "power", interval=3)),
+                (steps, _accel("fasterdiffusion", interval=3)),
+            ]
+        out += [(S, _accel("lightningcp", interval=3, combine="each", branch=1)),
+                (S, _accel("lightningcp", combine="each", adaptive=0.1)),
+                (_steps_at(S, (0.45,))[0], _accel("lightningcp", interval=2, combine="each"))]
+    else:
+        out += [(k, AccelConfig()) for k in range(S - 1, 1, -1)]
+        for steps in _steps_at(S, (1.0, 0.75, 0.6, 0.45)):
+            for interval in (2, 3, 4, 6):
+                for combine in ("chain", "each", "x0"):
+                    for forecast in (0, 1):
+                        for reuse in (False, True):
+                            out.append((steps, _accel("lightningcp", interval=interval, combine=combine,
+                                                      forecast=forecast, guidance_reuse=reuse)))
+                out += [(steps, _accel("lightningcp", interval=interval, combine="each", branch=1)),
+                        (steps, _accel("lightningcp", interval=interval, combine="each", dfa=True)),
+                        (steps, _accel("lightningcp", interval=interval, combine="each", dfa=True, drop_ref=True)),
+                        (steps, _accel("lightningcp", "power", interval=interval, combine="each"))]
+            for interval in (2, 3, 4):
+                out += [(steps, _accel("deepcache", interval=interval)),
+                        (steps, _accel("deepcache", "power", interval=interval)),
+                        (steps, _accel("fasterdiffusion", interval=interval))]
+            for threshold in (0.05, 0.1, 0.2):
+                out.append((steps, _accel("lightningcp", combine="each", adaptive=threshold)))
+    seen, settings = set(), []
+    for steps, accel in out:
+        if accel is None or steps < 1 or (accel.method == "off" and steps >= S):
+            continue
+        s = Setting(_name(steps, accel), int(steps), accel)
+        if s.name not in seen:
+            seen.add(s.name)
+            settings.append(s)
+    if kind == "small":
+        settings = settings[:SMALL_MAX]
+    return settings

@@ -1,0 +1,195 @@
+"""``talkfast tune`` and what ``--accel auto|quality|balanced|fast`` resolves to: budgets pick the
+fastest setting that meets them (hand-made measurements), the search space, a tiny tune that
+writes model.json and resumes from its cache, the preset fallback with its warning, and
+``generate`` using the tuned setting by default."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from talkfast.accelerators import PRESETS, AccelConfig, CachingConfig, KeySchedule
+from talkfast.accelerators import tuned as tuned_mod
+from talkfast.app.cli import main
+from talkfast.eval import tune
+from talkfast.eval.tune_space import SMALL_MAX, Setting, search_space
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+PORTRAIT = Path(__file__).resolve().parent.parent / "src" / "talkfast" / "assets" / "examples" / "portrait.png"
+
+
+def row(name, seconds, psnr, lipsync, method="lightningcp", steps=15):
+    accel = AccelConfig() if method == "off" else AccelConfig(method)
+    return {"name": name, "steps": steps, "accel": accel.describe(), "seconds": seconds, "psnr_base": psnr,
+            "lipsync": lipsync}
+
+
+def test_budgets_pick_the_fastest_setting_that_meets_them():
+    base = row("baseline", 10.0, 100.0, 0.80, "off")
+    rows = [row("lcp-a", 3.0, 34.0, 0.79), row("ddim@5", 4.0, 36.5, 0.80, "off", 5),
+            row("lcp-c", 2.0, 31.0, 0.70),  # fast and good enough in PSNR, but lip sync drops by 0.10
+            row("lcp-d", 2.5, 30.5, 0.785), row("lcp-e", 3.0, 35.0, 0.80)]  # as fast as lcp-a, better: wins the tie
+    picks = tune.pick(base, rows)
+    assert {k: v["name"] for k, v in picks.items()} == {"quality": "ddim@5", "balanced": "lcp-e", "fast": "lcp-d"}
+    # without a lip-sync metric only PSNR counts: lcp-c becomes the fastest >= 30 dB
+    nolip = [dict(r, lipsync=None) for r in rows]
+    assert tune.pick(dict(base, lipsync=None), nolip)["fast"]["name"] == "lcp-c"
+    # nothing faster meets the top budget: the baseline itself
+    assert tune.pick(base, [row("x", 1.0, 35.9, 0.8)])["quality"] is base
+    text = tune.pick_sentence("quality", picks["quality"], base)
+    assert "plain DDIM at fewer steps" in text and "ddim@5" in text
+
+
+def test_search_space():
+    small = search_space("small", 15)
+    names = [s.name for s in small]
+    assert 10 <= len(small) <= SMALL_MAX and len(set(names)) == len(names)
+    plain = [s for s in small if s.plain]
+    assert plain and all(2 <= s.steps < 15 for s in plain)  # fewer-step controls, never the baseline itself
+    assert {s.accel.method for s in small} >= {"off", "lightningcp", "deepcache", "fasterdiffusion"}
+    assert len({s.steps for s in small if not s.plain}) >= 2  # caching on a shorter schedule too
+    assert len(search_space("full", 15)) > len(small)
+    with pytest.raises(ValueError, match="--space"):
+        search_space("huge", 15)
+    # the cache key ignores options left at their defaults, and differs for a different setting
+    a = Setting("a", 15, AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=3))))
+    b = Setting("b", 15, AccelConfig("lightningcp"))
+    assert a.key("ctx") == b.key("ctx") and a.key("ctx") != a.key("other") and a.key("ctx") != Setting("c", 9, a.accel).key("ctx")
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    from talkfast.models.config import get_preset
+    from talkfast.models.loading import build_random, save_embedded
+
+    net, vae = build_random(get_preset("tiny"), 0)
+    return save_embedded(net, vae, tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def folder(tiny_folder, tmp_path) -> Path:
+    return Path(shutil.copytree(tiny_folder, tmp_path / "model"))
+
+
+@pytest.fixture(scope="module")
+def wav(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("audio") / "speech.wav"
+    t = np.arange(int(0.16 * 16000)) / 16000  # one 4-frame clip of the tiny model at 25 fps
+    sf.write(str(path), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+    return path
+
+
+def test_tune_writes_model_json_and_resumes(folder, wav, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    argv = ["tune", "--checkpoint", str(folder), "--sample", str(PORTRAIT), str(wav), "--out", str(out), "-q"]
+    assert main(argv + ["--max-settings", "3"]) == 0, capsys.readouterr().err
+    card = json.loads((folder / "model.json").read_text())
+    assert card["preset"] == "tiny"  # the rest of the card is kept
+    report = json.loads((out / "tune.json").read_text())
+    assert report["meta"]["measured_now"] == 3 and report["meta"]["from_cache"] == 0
+    assert set(card["tuned"]) == {"quality", "balanced", "fast"}
+    rows = {r["name"]: r for r in [report["baseline"], *report["rows"]]}
+    for budget, entry in card["tuned"].items():
+        chosen = rows[entry["name"]]
+        assert report["picks"][budget] == entry["name"] and entry["steps"] == chosen["steps"]
+        assert AccelConfig.from_dict(entry["accel"]) == AccelConfig.from_dict(chosen["accel"])
+        assert entry["measured"]["psnr_base"] >= tuned_mod.BUDGETS[budget]
+        # no faster measured setting meets the budget
+        faster = [r for r in rows.values() if r["seconds"] < chosen["seconds"]]
+        assert not any(r["meets"][budget] for r in faster)
+    assert (out / "tune.md").read_text().startswith("# talkfast tune: tiny")
+
+    calls = []
+    real = tune.measure_setting
+    monkeypatch.setattr(tune, "measure_setting", lambda *a, **k: calls.append(a[1].name) or real(*a, **k))
+    assert main(argv + ["--max-settings", "4"]) == 0
+    report = json.loads((out / "tune.json").read_text())
+    assert report["meta"]["measured_now"] == 1 and report["meta"]["from_cache"] == 3 and len(calls) == 1
+    assert calls == [search_space("small", 4)[3].name]
+
+
+def test_resolve_falls_back_to_the_presets_with_a_warning(folder):
+    for name, budget in (("auto", "balanced"), ("fast", "fast")):
+        choice = tuned_mod.resolve(name, folder)
+        assert choice.source == "preset" and choice.accel == PRESETS[budget] and choice.steps is None
+        assert "no tuned settings" in choice.warning and f"talkfast tune --checkpoint {folder}" in choice.warning
+    nomodel = tuned_mod.resolve("auto", None)
+    assert nomodel.accel == PRESETS["balanced"] and "random weights" in nomodel.warning
+    off = tuned_mod.resolve("off", folder, 7)
+    assert off.accel == PRESETS["off"] and off.warning is None and off.steps == 7
+    with pytest.raises(ValueError, match="unknown --accel"):
+        tuned_mod.resolve("turbo", folder)
+
+
+def _write_tuned(folder: Path, steps: int, accel: AccelConfig) -> None:
+    card = json.loads((folder / "model.json").read_text())
+    card["tuned"] = {"balanced": {"name": "x", "steps": steps, "accel": accel.describe(), "date": "2026-01-01",
+                                  "measured": {"speedup": 3.0, "psnr_base": 34.0, "baseline_steps": 4}}}
+    (folder / "model.json").write_text(json.dumps(card))
+
+
+def test_resolve_reads_the_tuned_setting(folder):
+    lcp = AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=2), combine="each"))
+    _write_tuned(folder, 2, lcp)
+    auto = tuned_mod.resolve("auto", folder)
+    assert auto.source == "tuned" and auto.budget == "balanced" and auto.accel == lcp and auto.steps == 2
+    assert auto.warning is None and "tuned for this model" in auto.text() and "3.00x" in auto.text()
+    assert tuned_mod.resolve("balanced", folder, 3).steps == 3  # an explicit --steps wins
+    assert tuned_mod.resolve("quality", folder).source == "preset"  # no tuned 'quality': the preset
+
+
+def test_bench_rows_of_the_tuned_settings(folder):
+    from talkfast.eval import bench
+
+    assert bench.tuned_methods(folder) == []
+    lcp = AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=2)))
+    card = json.loads((folder / "model.json").read_text())
+    card["tuned"] = {b: {"steps": s, "accel": a.describe()} for b, s, a in
+                     (("quality", 4, lcp), ("balanced", 3, AccelConfig()), ("fast", 3, AccelConfig()))}
+    (folder / "model.json").write_text(json.dumps(card))
+    rows = bench.tuned_methods(folder)
+    assert [(m.name, m.steps, m.is_plain) for m in rows] == [("tuned:quality", 4, False), ("tuned:balanced=fast", 3, True)]
+    assert rows[0].accel == lcp
+
+
+def test_generate_uses_the_tuned_setting_by_default(folder, wav, tmp_path, capsys):
+    lcp = AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=2)))
+    _write_tuned(folder, 2, lcp)
+    out = tmp_path / "talk.mp4"
+    assert main(["generate", "--checkpoint", str(folder), "-s", str(PORTRAIT), "-a", str(wav), "-o", str(out), "-q"]) == 0
+    captured = capsys.readouterr()
+    assert "accel auto = balanced: tuned for this model" in captured.out and "warning" not in captured.err
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["accel_choice"]["source"] == "tuned" and side["options"]["steps"] == 2
+    assert AccelConfig.from_dict(side["accelerator"]["config"]) == lcp
+    # the same folder without tuned settings: the balanced preset, with the warning
+    card = json.loads((folder / "model.json").read_text())
+    del card["tuned"]
+    (folder / "model.json").write_text(json.dumps(card))
+    out2 = tmp_path / "talk2.mp4"
+    assert main(["generate", "--checkpoint", str(folder), "-s", str(PORTRAIT), "-a", str(wav), "-o", str(out2), "-q"]) == 0
+    captured = capsys.readouterr()
+    assert "no tuned settings" in captured.err and "accel auto = balanced: preset" in captured.out
+    side = json.loads(out2.with_suffix(".json").read_text())
+    assert side["accel_choice"]["source"] == "preset" and AccelConfig.from_dict(side["accelerator"]["config"]) == PRESETS["balanced"]
+
+
+def test_demo_defaults_to_the_tuned_setting(folder, wav, tmp_path):
+    from talkfast.app.demo import DemoEngine
+    from talkfast.pipeline.loader import load_pipeline
+
+    lcp = AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=2)))
+    _write_tuned(folder, 2, lcp)
+    engine = DemoEngine(load_pipeline(str(folder), device="cpu", dtype="fp32"), out_dir=tmp_path / "demo")
+    res = engine.generate(str(PORTRAIT), str(wav), steps=engine.default_steps())  # the form's defaults
+    choice = res.sidecar["accel_choice"]
+    assert choice["requested"] == "auto" and choice["source"] == "tuned" and res.sidecar["options"]["steps"] == 2
+    assert AccelConfig.from_dict(res.sidecar["accelerator"]["config"]) == lcp and "tuned for this model" in res.markdown
+    moved = engine.generate(str(PORTRAIT), str(wav), "auto", steps=3)  # the slider moved: its steps win
+    assert moved.sidecar["options"]["steps"] == 3 and moved.sidecar["accel_choice"]["source"] == "tuned"
