@@ -149,6 +149,10 @@ def test_frontier_on_hand_made_rows():
     rows[1].speedup = 0.9  # lcp@2 slower than the baseline: only plain DDIM rows remain on the fast part
     bench.mark_frontier(rows)
     assert bench.frontier_sentence(rows).startswith("Frontier: plain DDIM owns it")
+    rows[3].speedup, rows[3].psnr_base = 2.8, 29.0  # ddim@4 now slower and worse than lcp@4: one row each
+    bench.mark_frontier(rows)
+    assert [r.frontier for r in rows] == [True, False, True, False, True, False]
+    assert bench.frontier_sentence(rows).startswith("Frontier: shared, no family owns it (of the 2")
 
 
 def test_control_steps_span_the_measured_speedups():

@@ -144,7 +144,7 @@ def call_inputs(cfg, seed=3):
     x = torch.randn(1, cfg.latent_channels, f, lat, lat, generator=g)
     halves = [dict(context=torch.randn(1, cfg.image_tokens, cfg.unet.cross_attention_dim, generator=g),
                    audio=torch.randn(1, f, cfg.audio_tokens, cfg.unet.audio_attention_dim, generator=g),
-                   masks=tuple([torch.rand(1, s * s, generator=g) for s in levels] for _ in range(3)),  # full, face, lip
+                   masks=tuple([torch.rand(1, s * s, generator=g) for s in levels] for _ in range(3)),
                    face_feature=torch.randn(1, cfg.unet.block_out_channels[0], 1, lat, lat, generator=g))
               for _ in range(2)]
     return x, halves
@@ -158,8 +158,8 @@ def cast(half: dict, dtype) -> dict:
 def cond_of(halves, items, layout):
     """UNetCond for ``items`` (a list of CFG halves, one per batch item)."""
     cat = lambda k: torch.cat([halves[h][k] for h in items])  # noqa: E731
-    masks = tuple([torch.cat([halves[h]["masks"][kind][lvl] for h in items]) for lvl in range(len(halves[0]["masks"][0]))]
-                  for kind in range(3))
+    levels = range(len(halves[0]["masks"][0]))
+    masks = tuple([torch.cat([halves[h]["masks"][kind][lvl] for h in items]) for lvl in levels] for kind in range(3))
     return UNetCond(context=cat("context"), audio=cat("audio"), masks=masks, face_feature=cat("face_feature"),
                     layout=layout)
 
@@ -187,7 +187,8 @@ def test_split_halves_and_batched_steps_read_the_groups_of_the_cfg_call():
     torch.testing.assert_close(cond, full[1:], rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(uncond, full[:1], rtol=1e-10, atol=1e-10)
     x2, t2 = torch.randn_like(x), torch.tensor([300])
-    two = net.denoise(torch.cat([x, x2, x, x2]), torch.cat([t, t2, t, t2]), cond_of(halves, [0, 0, 1, 1], half_layout(2, (0, 1))))
+    two = net.denoise(torch.cat([x, x2, x, x2]), torch.cat([t, t2, t, t2]),
+                      cond_of(halves, [0, 0, 1, 1], half_layout(2, (0, 1))))
     torch.testing.assert_close(two[0::2], full, rtol=1e-10, atol=1e-10)
     # a run without guidance reads the conditional group in every frame: a different result
     alone = net.denoise(x, t, cond_of(halves, [1], half_layout(1, (1,), False)))
@@ -227,7 +228,8 @@ def test_fp16_banks_in_half_precision_models(dtype):
     assert all(b.dtype == torch.float16 for b in net.ref_state.banks.values())
     x, halves = call_inputs(net.cfg)
     halves = [cast(h, dtype) for h in halves]
-    out = net.denoise(torch.cat([x, x]).to(dtype), torch.tensor([600, 600]), cond_of(halves, [0, 1], half_layout(1, (0, 1))))
+    layout = half_layout(1, (0, 1))
+    out = net.denoise(torch.cat([x, x]).to(dtype), torch.tensor([600, 600]), cond_of(halves, [0, 1], layout))
     assert out.dtype == dtype and torch.isfinite(out).all()
 
 

@@ -478,3 +478,19 @@ def test_train_numbers_are_checked_before_any_work(capsys, tmp_path, extra):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and extra[0] in err, err
     assert not (tmp_path / "run").exists()
+
+
+CPU_OOM = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 7340032000 bytes"
+
+
+@pytest.mark.parametrize("exc", [MemoryError(), RuntimeError(CPU_OOM)])
+def test_running_out_of_memory_is_an_error_not_a_traceback(capsys, tmp_path, monkeypatch, speech_wav, exc):
+    from talkfast.pipeline.generate import TalkingHeadPipeline
+
+    def exhausted(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(TalkingHeadPipeline, "generate", exhausted)
+    assert _generate(tmp_path / "o.mp4", speech_wav) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory") and "--size" in err and "Traceback" not in err

@@ -122,3 +122,12 @@ def test_circle_finder_sees_deferred_and_relative_imports(tmp_path: Path) -> Non
     assert graph["pkg.leaf"] == {"pkg.app.jobs"}
     assert graph["pkg.app.jobs"] == set()
     assert import_circles(graph) == [["pkg.app.batch", "pkg.par.ray"]]
+
+
+MAX_LINES = 600  # a file longer than this holds more than one idea: split it
+
+
+def test_no_source_file_is_several_rooms() -> None:
+    long = {str(f.relative_to(SRC.parent)): n for f in sorted(SRC.rglob("*.py"))
+            if (n := len(f.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    assert not long, f"source files over {MAX_LINES} lines: {long}"

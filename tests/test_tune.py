@@ -193,3 +193,36 @@ def test_demo_defaults_to_the_tuned_setting(folder, wav, tmp_path):
     assert AccelConfig.from_dict(res.sidecar["accelerator"]["config"]) == lcp and "tuned for this model" in res.markdown
     moved = engine.generate(str(PORTRAIT), str(wav), "auto", steps=3)  # the slider moved: its steps win
     assert moved.sidecar["options"]["steps"] == 3 and moved.sidecar["accel_choice"]["source"] == "tuned"
+
+
+def test_batch_uses_the_tuned_setting_unless_an_item_names_another(folder, wav, tmp_path, capsys):
+    lcp = AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=2)))
+    _write_tuned(folder, 2, lcp)
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    rows = [{"image": str(PORTRAIT), "audio": str(wav), "output": "a.mp4"},
+            {"image": str(PORTRAIT), "audio": str(wav), "output": "b.mp4", "accel": "off"}]
+    (jobs / "jobs.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert main(["batch", str(jobs / "jobs.jsonl"), "--checkpoint", str(folder), "-q"]) == 0, capsys.readouterr().err
+    a, b = (json.loads((jobs / f"{n}.json").read_text()) for n in "ab")
+    assert a["accel_choice"]["source"] == "tuned" and a["options"]["steps"] == 2
+    assert AccelConfig.from_dict(a["accelerator"]["config"]) == lcp
+    assert b["accel_choice"]["requested"] == "off" and b["options"]["steps"] == 4 and "accelerator" not in b
+
+
+def test_bench_on_a_tuned_folder_has_the_budget_rows(folder, tmp_path, capsys):
+    lcp = AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=2)))
+    card = json.loads((folder / "model.json").read_text())
+    card["tuned"] = {"quality": {"steps": 4, "accel": AccelConfig().describe()},  # the baseline itself: no row
+                     "balanced": {"steps": 4, "accel": lcp.describe()}, "fast": {"steps": 2, "accel": AccelConfig().describe()}}
+    (folder / "model.json").write_text(json.dumps(card))
+    out = tmp_path / "bench"
+    assert main(["bench", "--quick", "--checkpoint", str(folder), "--seconds", "0.16", "--out", str(out), "-q"]) == 0
+    data = json.loads((out / "bench.json").read_text())
+    rows = {m["name"]: m for m in data["methods"]}
+    assert data["target"] == "checkpoint" and data["meta"]["steps"] == 4 and "tuned:quality" not in rows
+    assert rows["tuned:balanced"]["role"] == "tuned" and rows["tuned:balanced"]["family"] == "lightningcp"
+    fast = rows["tuned:fast"]
+    assert fast["role"] == "tuned" and fast["steps"] == 2 and fast["accel"] is None and fast["frontier"] in (True, False)
+    assert "ddim@2" not in rows  # the tuned row is that control already
+    capsys.readouterr()

@@ -60,13 +60,19 @@ class AccelConfig:
         return build(AccelConfig, d, {"caching": caching, "dfa": dfa})
 
 
+def _preset(interval: int, dfa: DFAConfig | None = None, drop_ref: bool = False, **caching) -> AccelConfig:
+    keys = KeySchedule("uniform", interval=interval, final=True)
+    return AccelConfig("lightningcp", CachingConfig(keys=keys, forecast=1, **caching), dfa=dfa, drop_ref=drop_ref)
+
+
+# The fallback of --accel quality|balanced|fast for a model that 'talkfast tune' has not measured:
+# LightningCP at the model's own step count, the last step a key step, reduced steps forecasting
+# the cached feature (on the embedded model both beat plain reuse by several dB: docs/BENCHMARKS.md).
 PRESETS: dict[str, AccelConfig] = {
     "off": AccelConfig(),
-    "quality": AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=2))),
-    "balanced": AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=4)),
-                            dfa=DFAConfig(), drop_ref=True),
-    "fast": AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=6)),
-                        dfa=DFAConfig(temporal=True), drop_ref=True),
+    "quality": _preset(3),
+    "balanced": _preset(4, dfa=DFAConfig(), drop_ref=True),
+    "fast": _preset(6, dfa=DFAConfig(temporal=True), drop_ref=True, guidance_reuse=True),
 }
 
 

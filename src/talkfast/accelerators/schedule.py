@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 # FasterDiffusion's non-uniform key steps for 50 DDIM steps (dense early).
@@ -34,13 +35,15 @@ class KeySchedule:
     {0,1,2,3,5,10,15,25,35} of 50, scaled to the step count), "power" (DeepCache's non-uniform
     schedule with as many key steps as ``interval`` gives, dense around ``center`` x the step
     count, exponent ``power``: DeepCache's center 15 / power 1.4 of 50 steps scaled) or
-    "explicit" (``steps``)."""
+    "explicit" (``steps``). ``final``: the last step is a key step too (its prediction sets the
+    output, so a full last step is worth more than any other)."""
 
     kind: str = "uniform"
     interval: int = 2
     steps: tuple[int, ...] = ()
     center: float = 0.3
     power: float = 1.4
+    final: bool = False
 
     def keys(self, num_steps: int) -> tuple[int, ...]:
         if num_steps < 1:
@@ -65,6 +68,8 @@ class KeySchedule:
         else:
             raise ValueError(f"unknown key-step schedule {self.kind!r}")
         keys.add(0)  # the first step always runs the full network
+        if self.final:
+            keys.add(num_steps - 1)
         return tuple(sorted(keys))
 
     def groups(self, num_steps: int) -> list[tuple[int, tuple[int, ...]]]:
@@ -76,8 +81,11 @@ class KeySchedule:
     @staticmethod
     def parse(text: str) -> "KeySchedule":
         """"3" -> every 3rd step; "dense"; "power:4" (as many key steps as every 4th, DeepCache's
-        power schedule; "power:4:0.3:1.4" sets center and power); "0,1,2,5,9" -> explicit list."""
+        power schedule; "power:4:0.3:1.4" sets center and power); "0,1,2,5,9" -> explicit list;
+        a trailing "+last" makes the last step a key step too ("3+last")."""
         text = text.strip()
+        if text.endswith("+last"):
+            return dataclasses.replace(KeySchedule.parse(text[: -len("+last")]), final=True)
         if text == "dense":
             return KeySchedule("dense")
         if text.startswith("power"):

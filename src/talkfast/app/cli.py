@@ -52,11 +52,22 @@ def _add_generate(sub) -> None:
                         "model for that quality budget (steps too, unless --steps), else the documented preset with a "
                         "warning; off: no acceleration (default: auto)")
     a.add_argument("--accel-method", default=None, help="lightningcp, deepcache, fasterdiffusion (overrides the preset's)")
-    a.add_argument("--key-steps", default=None, help="key steps: N (every N-th), 'dense', or a list '0,1,2,5,9'")
+    a.add_argument("--key-steps", default=None,
+                   help="key steps: N (every N-th), 'dense', 'power:N' (DeepCache's non-uniform schedule), or a list "
+                        "'0,1,2,5,9'; '+last' makes the last step a key step too ('3+last')")
     a.add_argument("--cache-branch", type=int, default=None, help="cache point, 0 = shallowest (input of the last up layer)")
     a.add_argument("--chunk", type=int, default=None, help="most steps per batched shallow call (0: whole group)")
     a.add_argument("--no-estimation", action="store_true", help="ablation: non-key steps get the key step's latent")
-    a.add_argument("--combine", choices=["chain", "each"], default=None, help="how the group's predictions are applied")
+    a.add_argument("--combine", choices=["chain", "each", "x0"], default=None,
+                   help="how the group's predictions are applied: chained from the true latent, each from its own "
+                        "estimate, or each prediction's x0 applied to the true latent")
+    a.add_argument("--forecast", type=int, choices=[0, 1, 2], default=None,
+                   help="reduced steps extrapolate the cached feature from the last 2 (1) or 3 (2) key steps; 0 reuses it")
+    a.add_argument("--guidance-reuse", action=argparse.BooleanOptionalAction, default=None,
+                   help="reduced steps run the conditional half only and reuse the key step's guidance term")
+    a.add_argument("--adaptive", type=float, default=None,
+                   help="choose key steps online: a key step when the reduced output has changed by this much "
+                        "(relative, accumulated) since the last one (0: off)")
     a.add_argument("--dfa", action=argparse.BooleanOptionalAction, default=None, help="decoupled foreground attention")
     a.add_argument("--dfa-temporal", action="store_true", help="DFA also restricts temporal attention")
     a.add_argument("--drop-ref-layers", default=None,
@@ -83,8 +94,8 @@ def accel_config(args):
         try:
             changes["keys"] = KeySchedule.parse(args.key_steps)
         except ValueError:
-            raise ValueError(f"--key-steps must be N (every N-th step), 'dense' or a list of step numbers like "
-                             f"0,1,2,5; got {args.key_steps!r}") from None
+            raise ValueError(f"--key-steps must be N (every N-th step), 'dense', 'power:N' or a list of step "
+                             f"numbers like 0,1,2,5 (optionally with '+last'); got {args.key_steps!r}") from None
     if args.cache_branch is not None:
         changes["branch"] = args.cache_branch
     if args.chunk is not None:
@@ -93,6 +104,9 @@ def accel_config(args):
         changes["estimation"] = False
     if args.combine is not None:
         changes["combine"] = args.combine
+    for name in ("forecast", "guidance_reuse", "adaptive"):
+        if getattr(args, name, None) is not None:
+            changes[name] = getattr(args, name)
     method = args.accel_method or (cfg.method if cfg.method != "off" or not changes else "lightningcp")
     dfa = cfg.dfa
     if args.dfa is not None:
@@ -229,12 +243,25 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # option values rejected by the pipeline
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as err:
+        if not _out_of_memory(err):
+            raise
+        detail = str(err).strip().splitlines()[-1][:200] if str(err).strip() else "MemoryError"
+        print(f"error: out of memory ({detail}); use a smaller --size, or a device with more memory", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as err:
         print("interrupted; no output written", file=sys.stderr)
         return 128 + signal.SIGTERM if isinstance(err, Terminated) else 130
     finally:
         if previous is not _NOT_INSTALLED:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """A failed allocation: Python's MemoryError, torch's CPU allocator or CUDA's OutOfMemoryError."""
+    text = str(err)
+    return (isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in text or "out of memory" in text.lower())
 
 
 class Terminated(KeyboardInterrupt):

@@ -84,8 +84,8 @@ def run_batch(items: list[BatchItem], pipe, defaults: dict[str, Any], *, report_
 
     def save_report(finished: bool, force: bool = False) -> None:
         """Written (and fsynced) whole, so at most every REPORT_EVERY_S seconds while items run
-        (after every item, 1000 fast failures took 47 s: quadratic), and always at the start, on
-        an interrupt and at the end."""
+        (after every item the job's time grows with the square of its items), and always at the
+        start, on an interrupt and at the end."""
         if report_path is None or not (finished or force or time.monotonic() - last_write[0] >= REPORT_EVERY_S):
             return
         last_write[0] = time.monotonic()

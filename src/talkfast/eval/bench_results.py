@@ -171,10 +171,10 @@ def frontier_sentence(methods) -> str | None:
     if len(ranked) == 1:
         return f"Frontier: {ranked[0][0]} owns it: every frontier row faster than the baseline is {ranked[0][0]} ({names})."
     if ranked[0][1] == ranked[1][1]:
-        return ("Frontier: shared, no family owns it: " + ", ".join(f"{f} {n}" for f, n in ranked)
-                + f" of the {len(fast)} frontier rows faster than the baseline ({names}).")
+        return (f"Frontier: shared, no family owns it (of the {len(fast)} frontier rows faster than the baseline: "
+                + ", ".join(f"{f} {n}" for f, n in ranked) + f"; rows: {names}).")
     return (f"Frontier: {ranked[0][0]} owns most of it ({ranked[0][1]} of the {len(fast)} frontier rows faster than "
-            f"the baseline; also " + ", ".join(f"{f} {n}" for f, n in ranked[1:]) + f"; rows: {names}).")
+            f"the baseline; " + ", ".join(f"{f} {n}" for f, n in ranked[1:]) + f"; rows: {names}).")
 
 
 def write_json(result: BenchResult, path: str | Path) -> Path:

@@ -1,6 +1,7 @@
 """``talkfast bench``: the accelerators against the baseline, in one process.
 
-    talkfast bench [--target embedded|hallo|tiny] [--random-weights] [--methods default|ablation|sweep|all]
+    talkfast bench [--target embedded|hallo|tiny] [--random-weights | --checkpoint DIR] [--no-tuned]
+                   [--methods default|ablation|sweep|all]
                    [--key-steps N|dense|0,1,5] [--sweep 2,3,4,6] [--steps N] [--cfg G] [--seconds S]
                    [--frames F] [--size PX] [--seed N] [--device auto|cpu|cuda] [--dtype auto|fp32|fp16|bf16]
                    [--corpus DIR [--split test|train] [--limit N]] [--controls auto|none|3,5] [--reference 2]
@@ -18,6 +19,10 @@ Targets:
 - ``hallo``: speed only; the ``hallo`` preset with random weights as a bare denoising loop
   (512x512, 16 frames, 40 steps by default); quality columns are n/a. Meant for a GPU
   (``benchmarks/gpu_bench.py`` is the one-command form).
+
+``--checkpoint DIR`` benchmarks a talkfast model folder instead. When the model folder holds
+tuned settings (``talkfast tune``), each budget's setting is a row too (``tuned:balanced``, ...;
+``--no-tuned`` leaves them out).
 
 Every pipeline comparison also runs plain DDIM at fewer steps (the controls; ``--controls``) and
 at twice the steps (the longer reference; ``--reference``), and marks the rows on the
@@ -54,6 +59,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "hallo: the hallo preset with random weights, speed only (default: embedded)")
     p.add_argument("--random-weights", action="store_true",
                    help="embedded target: the small preset with random weights")
+    p.add_argument("--checkpoint", default=None,
+                   help="a talkfast model folder instead of the target's model (its tuned settings become rows)")
     p.add_argument("--methods", choices=["default", "ablation", "sweep", "all"], default="default",
                    help="default: baseline, LightningCP (+DFA, +DFA+refdrop, no estimation), DeepCache, "
                         "FasterDiffusion; ablation: LightningCP / +DFA / +DFA+refdrop with and without "
@@ -161,8 +168,8 @@ def _run(args) -> int:
     log = _progress_log(args.quiet)
     target, kind, key_text, steps, seconds = args.target, args.methods, args.key_steps, args.steps, args.seconds
     if args.quick:
-        target, kind, key_text = "tiny", "quick", QUICK_KEYS
-        steps = steps or QUICK_STEPS
+        target, kind, key_text = ("tiny" if args.checkpoint is None else target), "quick", QUICK_KEYS
+        steps = steps or (QUICK_STEPS if args.checkpoint is None else None)
     if args.repeats < 1:
         raise ValueError("--repeats must be at least 1")
     if args.reference < 0:
@@ -186,7 +193,10 @@ def _run(args) -> int:
     else:
         from ..pipeline.generate import GenerateOptions
 
-        if target == "tiny":
+        if args.checkpoint is not None:
+            pipe = load_pipeline(args.checkpoint, device=args.device, dtype=args.dtype, seed=args.seed)
+            target = "checkpoint"
+        elif target == "tiny":
             pipe = load_pipeline(random_weights=True, preset="tiny", device=args.device, dtype=args.dtype, seed=args.seed)
         elif args.random_weights:
             pipe = load_pipeline(random_weights=True, preset="small", device=args.device, dtype=args.dtype, seed=args.seed)
@@ -196,7 +206,9 @@ def _run(args) -> int:
         if not args.no_tuned:
             from ..accelerators.tuned import folder_of
 
-            methods = methods + bench.tuned_methods(folder_of(pipe))  # the budgets' rows: on the frontier?
+            base_steps = pipe.resolve(opts).steps  # a budget whose pick is the baseline itself adds no row
+            methods = methods + [m for m in bench.tuned_methods(folder_of(pipe))
+                                 if not (m.is_plain and m.steps in (None, base_steps))]
         if args.corpus is not None:
             cases = bench.corpus_cases(args.corpus, args.split, args.limit)
             if seconds is not None:
@@ -299,8 +311,11 @@ def _run_quality(args) -> int:
         torch.set_flush_denormal(True)
     result, sheets = quality.run_quality(pipe, corpus, args.split, args.limit, opts,
                                          shuffled_audio=not args.no_shuffled_audio, log=log)
-    words = ["talkfast", "quality", "--out", args.out, "--limit", str(args.limit)]
-    for flag, value in (("--checkpoint", args.checkpoint), ("--corpus", args.corpus), ("--steps", args.steps),
+    from ..paths import display_path  # the report prints no absolute machine paths
+
+    words = ["talkfast", "quality", "--out", display_path(args.out), "--limit", str(args.limit)]
+    for flag, value in (("--checkpoint", args.checkpoint and display_path(args.checkpoint)),
+                        ("--corpus", args.corpus and display_path(args.corpus)), ("--steps", args.steps),
                         ("--cfg", args.cfg), ("--motion-source", args.motion_source)):
         if value is not None:
             words += [flag, str(value)]

@@ -180,7 +180,7 @@ def run_tune(pipe, cases: Sequence[BenchCase], settings: Sequence[Setting], opti
         if baseline is None:
             baseline = fresh
             cache.put(base_key, baseline)
-        rows, measured, cached = [], 0, 0
+        rows, measured, cached, failed = [], 0, 0, []
         bar = tqdm(total=len(settings), unit="setting", desc="tune", disable=not progress, dynamic_ncols=True)
         try:
             for s in settings:
@@ -188,7 +188,13 @@ def run_tune(pipe, cases: Sequence[BenchCase], settings: Sequence[Setting], opti
                 entry = cache.get(key)
                 if entry is None:
                     bar.set_postfix_str(s.name)
-                    entry = measure_setting(run, s, warm=warm, repeats=repeats)
+                    try:
+                        entry = measure_setting(run, s, warm=warm, repeats=repeats)
+                    except (ValueError, RuntimeError) as err:  # a setting this model cannot run: say so, go on
+                        failed.append(f"{s.name}: {err}")
+                        log(f"{s.name}: failed ({err}); left out")
+                        bar.update(1)
+                        continue
                     cache.put(key, entry)
                     measured += 1
                 else:
@@ -207,7 +213,7 @@ def run_tune(pipe, cases: Sequence[BenchCase], settings: Sequence[Setting], opti
             "dtype": str(pipe.dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
             "baseline_steps": S, "samples": [c.name for c in run.cases], "settings": len(settings),
-            "measured_now": measured, "from_cache": cached, "cache": str(cache.path), "date": _now(),
+            "measured_now": measured, "from_cache": cached, "failed": failed, "cache": str(cache.path), "date": _now(),
             "fresh_baseline_seconds": fresh["seconds"], "lipsync_checked": baseline.get("lipsync") is not None}
     return TuneResult(baseline, rows, picks, meta)
 
@@ -267,6 +273,8 @@ def to_markdown(result: TuneResult, command: str = "") -> str:
              f"{m['settings']} settings ({m['measured_now']} measured now, {m['from_cache']} from the cache)."]
     if command:
         lines += ["", f"Command: `{command}`"]
+    if m.get("failed"):
+        lines += ["", "Left out (failed to run): " + "; ".join(m["failed"]) + "."]
     lines += ["", "Budgets: PSNR of the video vs the baseline's at least the floor, lip sync at least the baseline's "
               f"minus {LIPSYNC_TOLERANCE}" + ("" if m.get("lipsync_checked") else " (not checked: no lip-sync metric "
                                                  "for these samples)") + "; the fastest setting that meets it wins.", ""]

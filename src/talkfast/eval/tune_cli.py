@@ -59,7 +59,7 @@ def run(args) -> int:
     return _reported(_run, args)
 
 
-def _cases(args, pipe, log):
+def _cases(args, log):
     from . import bench
 
     if args.sample:
@@ -128,13 +128,13 @@ def _run(args) -> int:
     if args.checkpoint is not None and folder is None:
         raise InputError(f"--checkpoint {args.checkpoint}: tune writes into a talkfast model folder (with model.json); "
                          "this is not one")
+    cases, what = _cases(args, log)  # every input problem before the model load
     pipe = load_pipeline(args.checkpoint, random_weights=args.random_weights, preset="small",
                          device=args.device, dtype=args.dtype, seed=args.seed)
     opts = pipe.resolve(GenerateOptions(steps=args.steps, guidance=args.cfg, seed=args.seed))
     settings = search_space(args.space, opts.steps)
     if args.max_settings is not None:
         settings = settings[: args.max_settings]
-    cases, what = _cases(args, pipe, log)
     log(f"tune: model {pipe.cfg.name} ({pipe.source}) on {pipe.device}, baseline {opts.steps} steps, "
         f"{len(settings)} settings ({args.space} space), {what}")
     result = tune.run_tune(pipe, cases, settings, opts, cache_path=Path(args.out) / tune.CACHE_NAME,

@@ -2,12 +2,14 @@
 
 Two spaces around the model's default step count S:
 
-- ``small`` (the default, at most 40 settings, feasible on a CPU): plain DDIM at fewer steps
-  (the control every accelerator must beat), and LightningCP at S and about 0.6 S steps with key
-  steps every 2nd/3rd/4th, combined ``chain``/``each``, plus one step each of the other axes
-  (x0 combine, forecast, guidance reuse, DFA + reference removal, branch 1, adaptive key steps,
-  a short schedule with a key every 2nd step), DeepCache (uniform and its power schedule) and
-  FasterDiffusion.
+- ``small`` (the default, at most 40 settings, feasible on a CPU), built from what was measured
+  on the embedded model (docs/BENCHMARKS.md): plain DDIM at fewer steps (the control every
+  accelerator must beat); short LightningCP schedules whose last step is a key step and whose
+  reduced steps forecast the cached feature (2-4 key steps between about 0.2 S and 0.67 S
+  steps), with guidance reuse, x0 combining and a quadratic forecast on some of them; and at S
+  steps the paper's settings for reference: LightningCP chain/each/x0, forecast, DFA + reference
+  removal, DeepCache (uniform and its power schedule), FasterDiffusion, adaptive key steps and
+  a deeper cache branch.
 - ``full``: the product of more step counts, intervals, combine modes, forecast and guidance
   reuse, with the other axes on the ``each`` combine, and every plain step count below S.
 
@@ -64,10 +66,10 @@ def _strip_defaults(value: dict, default: dict) -> dict:
 
 
 def _accel(method: str, kind: str = "uniform", interval: int = 3, *, dfa: bool = False, drop_ref: bool = False,
-           **caching) -> AccelConfig | None:
+           final: bool = False, **caching) -> AccelConfig | None:
     """The config, or None when this talkfast lacks (or rejects) one of the options."""
     try:
-        keys = KeySchedule(kind, interval=interval)
+        keys = KeySchedule(kind, interval=interval, final=final)
         fields = {f.name for f in dataclasses.fields(CachingConfig)}
         if not set(caching) <= fields:
             return None
@@ -84,7 +86,7 @@ def _name(steps: int, accel: AccelConfig) -> str:
     if getattr(c, "adaptive", 0):
         tag = f"{accel.method}@adaptive{c.adaptive:g}"
     else:
-        tag = f"{accel.method}@{keys.interval}" + ("p" if keys.kind == "power" else "")
+        tag = f"{accel.method}@{keys.interval}" + ("p" if keys.kind == "power" else "") + ("L" if keys.final else "")
     extra = [c.combine] if c.combine != d.combine else []
     for field, short in (("forecast", "fc"), ("branch", "b")):
         if getattr(c, field, None) != getattr(d, field, None):
@@ -113,24 +115,31 @@ def search_space(kind: str, base_steps: int) -> list[Setting]:
     S = int(base_steps)
     out: list[tuple[int, AccelConfig | None]] = []
     if kind == "small":
-        plain = [k for k in _steps_at(S, (0.75, 0.6, 0.5, 0.4, 0.33, 0.25)) if 2 <= k < S]
+        plain = sorted({k for k in _steps_at(S, (0.67, 0.53, 0.4, 0.33, 0.27, 0.2, 0.13)) if 2 <= k < S}, reverse=True)
         out += [(k, AccelConfig()) for k in plain]
-        for steps in _steps_at(S, (1.0, 0.6)):
+        # short schedules, last step a key step, forecast feature: 2-4 key steps each
+        short = sorted({k for k in _steps_at(S, (0.2, 0.27, 0.33, 0.4, 0.47, 0.53, 0.6, 0.67)) if k >= 3})
+        for steps in short:
             for interval in (2, 3, 4):
-                for combine in ("chain", "each"):
-                    out.append((steps, _accel("lightningcp", interval=interval, combine=combine)))
-            out += [
-                (steps, _accel("lightningcp", interval=3, combine="x0")),
-                (steps, _accel("lightningcp", interval=3, combine="each", forecast=1)),
-                (steps, _accel("lightningcp", interval=3, combine="each", guidance_reuse=True)),
-                (steps, _accel("lightningcp", interval=3, combine="each", dfa=True, drop_ref=True)),
-                (steps, _accel("deepcache", interval=3)),
-                (steps, _accel("deepcache", "power", interval=3)),
-                (steps, _accel("fasterdiffusion", interval=3)),
-            ]
-        out += [(S, _accel("lightningcp", interval=3, combine="each", branch=1)),
-                (S, _accel("lightningcp", combine="each", adaptive=0.1)),
-                (_steps_at(S, (0.45,))[0], _accel("lightningcp", interval=2, combine="each"))]
+                n_keys = len(KeySchedule("uniform", interval=interval, final=True).keys(steps))
+                if interval < steps - 1 and 2 <= n_keys <= 4:
+                    out.append((steps, _accel("lightningcp", interval=interval, final=True, forecast=1)))
+        mid = short[len(short) // 3 : len(short) // 3 + 2]
+        for steps in mid:
+            out += [(steps, _accel("lightningcp", interval=2, final=True, forecast=1, guidance_reuse=True)),
+                    (steps, _accel("lightningcp", interval=3, final=True, forecast=1, combine="x0")),
+                    (steps, _accel("lightningcp", interval=3, final=True, forecast=2))]
+        # the paper's settings at the model's own step count (the report shows where they stand)
+        for combine in ("chain", "each", "x0"):
+            out.append((S, _accel("lightningcp", interval=4, combine=combine)))
+        out += [(S, _accel("lightningcp", interval=4, forecast=1)),
+                (S, _accel("lightningcp", interval=4, forecast=1, guidance_reuse=True)),
+                (S, _accel("lightningcp", interval=4, forecast=1, dfa=True, drop_ref=True)),
+                (S, _accel("lightningcp", interval=4, forecast=1, branch=1)),
+                (S, _accel("lightningcp", forecast=1, adaptive=0.05)),
+                (S, _accel("deepcache", interval=4)),
+                (S, _accel("deepcache", "power", interval=4)),
+                (S, _accel("fasterdiffusion", interval=4))]
     else:
         out += [(k, AccelConfig()) for k in range(S - 1, 1, -1)]
         for steps in _steps_at(S, (1.0, 0.75, 0.6, 0.45)):
@@ -154,6 +163,11 @@ def search_space(kind: str, base_steps: int) -> list[Setting]:
     for steps, accel in out:
         if accel is None or steps < 1 or (accel.method == "off" and steps >= S):
             continue
+        if accel.method != "off":
+            try:
+                accel.caching.keys.keys(steps)  # e.g. no power schedule for this step count
+            except ValueError:
+                continue
         s = Setting(_name(steps, accel), int(steps), accel)
         if s.name not in seen:
             seen.add(s.name)

@@ -203,6 +203,15 @@ class ReferenceReadProcessor(SDPAProcessor):
     """Self-attention whose keys/values are ``[own tokens ; reference tokens]`` for the items
     that use the reference, and plain self-attention for the others (Hallo's unconditional half).
 
+    Which reference group a frame reads is the layout's per-frame map
+    (:meth:`ItemLayout.frame_groups`): its item's group, or with ``state.tile_frames`` Hallo's
+    tiling, where the reader takes bank slot 0 as a (B, L, C) tensor and repeats it F times along
+    the batch, so frame-row r reads group r mod B; the motion-frame slots stay per item (hallo,
+    ``hallo/models/mutual_self_attention.py`` at 8fd7c57, the ``MODE == "read"`` branch). Banks
+    rounded to fp16 (``state.bank_dtype``) are cast back to the compute dtype here and in the
+    motion modules (Hallo: ``torch.cat`` with the fp32 tokens promotes them; the motion frames
+    are cast ``.to(hidden_states.dtype)`` in ``hallo/models/unet_3d_blocks.py``).
+
     ``enabled`` False makes it plain self-attention (reference-feature removal).
     """
 
@@ -234,7 +243,7 @@ class ReferenceReadProcessor(SDPAProcessor):
         if not self.enabled:
             return plain_attention(attn, hidden_states)
         n_all = hidden_states
-        fmap = layout.frame_groups(f, st.tile_frames) if st.tile_frames else None
+        fmap = layout.frame_groups(f, True) if st.tile_frames else None  # per-frame groups
         outs = []
         for start, stop, use_ref in _runs(layout.use_ref):
             n = n_all[start * f : stop * f]

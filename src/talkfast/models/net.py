@@ -54,6 +54,9 @@ class TalkingHeadNet(nn.Module):
         With ``hallo_tiling`` the contexts are paired with the G*S images in Hallo's interleaved
         order (image i of the flattened group-major batch gets context i mod G); otherwise group g
         uses context g throughout. ``grad`` keeps the banks in the autograd graph (training).
+        With the model's ``fp16_reference_banks`` the banks are then rounded to fp16, the copies
+        Hallo's readers get (``ReferenceAttentionControl.update(writer)``, whose dtype defaults to
+        fp16; hallo/models/mutual_self_attention.py at 8fd7c57).
         """
         s_img, g = ref_latents.shape[0], context.shape[0]
         latents = ref_latents.repeat(g, 1, 1, 1)
