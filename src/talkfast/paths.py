@@ -31,3 +31,10 @@ def display_path(path: str | os.PathLike[str], cwd: str | os.PathLike[str] | Non
     if home != Path(home.anchor) and home in p.parents:
         return "~/" + p.relative_to(home).as_posix()
     return str(p)
+
+
+def display_source(source) -> str:
+    """A model's weights source as reports print it: a folder via :func:`display_path`, a tag such
+    as "random:small" as it is."""
+    text = str(source)
+    return text if not text or text.startswith("random:") else display_path(text)

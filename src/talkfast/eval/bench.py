@@ -54,20 +54,69 @@ from typing import Sequence
 import torch
 
 from ..accelerators.base import Accelerator
+from ..paths import display_source
 from . import metrics
-from .bench_cases import (EXAMPLE_PORTRAIT, EXAMPLE_SPEECH, BenchCase, _load_case, corpus_cases,
-                          example_case, one_clip, trim_audio)
+from .bench_cases import (
+    EXAMPLE_PORTRAIT,
+    EXAMPLE_SPEECH,
+    BenchCase,
+    _load_case,
+    corpus_cases,
+    example_case,
+    one_clip,
+    trim_audio,
+)
 from .bench_measure import FlopMemo, Log, _environment, _quiet, _sync, flushed_denormals
-from .bench_methods import (DEFAULT_KEYS, DEFAULT_SWEEP, PLAIN, BenchMethod, _baseline_first, _lcp,
-                            ablation_methods, control_method, control_steps, default_methods, method_set,
-                            reference_method, sweep_methods, tuned_methods)
-from .bench_results import (BenchResult, CaseResult, MethodResult, _aggregate, _clean, _mean, _relate,
-                            frontier_flags, frontier_sentence, mark_frontier, read_json, write_json)
+from .bench_methods import (
+    DEFAULT_KEYS,
+    DEFAULT_SWEEP,
+    PLAIN,
+    BenchMethod,
+    _baseline_first,
+    _lcp,
+    ablation_methods,
+    control_method,
+    control_steps,
+    default_methods,
+    method_set,
+    reference_method,
+    sweep_methods,
+    tuned_methods,
+)
+from .bench_results import (
+    BenchResult,
+    CaseResult,
+    MethodResult,
+    _aggregate,
+    _clean,
+    _mean,
+    _relate,
+    frontier_flags,
+    frontier_sentence,
+    mark_frontier,
+    read_json,
+    write_json,
+)
 from .metrics import PSNR_CAP, PeakMemory
 from .plot import PALETTE, nice_ticks, plot_png
-from .report import COLUMNS, STAGES, human_flops, markdown_table, table_rows, to_markdown, write_outputs
-from .speed import (SpeedSetup, build_random_net, equivalence_check, resolve_dtype, run_denoise,
-                    run_speed_bench, speed_setup)
+from .report import (
+    COLUMNS,
+    STAGES,
+    human_flops,
+    markdown_table,
+    table_rows,
+    to_markdown,
+    write_outputs,
+)
+from .speed import (
+    SpeedSetup,
+    build_random_net,
+    equivalence_check,
+    resolve_dtype,
+    run_denoise,
+    run_speed_bench,
+    speed_setup,
+)
 
 __all__ = [  # the public names, importable from here as before the split into modules
     "COLUMNS", "DEFAULT_KEYS", "DEFAULT_SWEEP", "EXAMPLE_PORTRAIT", "EXAMPLE_SPEECH", "PALETTE", "BenchCase",
@@ -302,7 +351,7 @@ def _run_bench(pipe, cases, methods, options, warmup, count_flops, repeats, size
     _relate(results)
     mem_kind = base.cases[0].extra.get("memory_kind", "")
     meta = {
-        "model": pipe.cfg.name, "weights": getattr(pipe, "source", ""), "device": str(device),
+        "model": pipe.cfg.name, "weights": display_source(getattr(pipe, "source", "")), "device": str(device),
         "dtype": str(pipe.dtype).replace("torch.", ""), "steps": S, "guidance": opts.guidance,
         "seed": opts.seed, "fps": opts.fps, "size": size or pipe.cfg.image_size, "clip_frames": pipe.cfg.clip_frames,
         "cases": [c.name for c in cases], "frames": sum(c.frames for c in base.cases),

@@ -32,6 +32,7 @@ import torch
 
 from ..accelerators import AccelConfig
 from ..accelerators.tuned import BUDGETS, LIPSYNC_TOLERANCE, describe_setting
+from ..paths import display_source
 from .bench import BenchCase, BenchMethod, Runner, flushed_denormals, frontier_flags
 from .tune_space import Setting
 
@@ -209,7 +210,7 @@ def run_tune(pipe, cases: Sequence[BenchCase], settings: Sequence[Setting], opti
     for name, floor in BUDGETS.items():
         for r in [baseline, *rows]:
             r.setdefault("meets", {})[name] = meets(r, baseline, floor)
-    meta = {"model": pipe.cfg.name, "weights": str(getattr(pipe, "source", "")), "device": str(pipe.device),
+    meta = {"model": pipe.cfg.name, "weights": display_source(getattr(pipe, "source", "")), "device": str(pipe.device),
             "dtype": str(pipe.dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
             "baseline_steps": S, "samples": [c.name for c in run.cases], "settings": len(settings),
