@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     result = bench.run_speed_bench(
         args.preset, device, dtype, frames=frames, steps=args.steps, methods=methods, size=size, guidance=args.cfg,
         seed=args.seed, repeats=args.repeats, flops_on=args.flops, setup=setup, budget_s=budget,
-        target=f"{args.preset} (gpu_bench)", log=lambda m: print(m, flush=True))
+        target=f"{args.preset} (gpu_bench)", log=lambda m: print(m, flush=True), controls="auto")
 
     checks = {"every_step_key_equals_baseline": check}
     finite = {m.name: m.cases[0].extra.get("finite") for m in result.methods}

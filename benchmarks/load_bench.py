@@ -44,8 +44,9 @@ def short_speech(seconds: float, folder: Path) -> Path:
 
 
 def run_generate(speech: Path, out: Path, steps: int, extra: list[str]) -> tuple[float, float | None]:
+    # --accel off: the same work in every run, whatever the model's tuned default is
     cmd = [sys.executable, "-m", "talkfast", "generate", "-a", str(speech), "-o", str(out), "--steps", str(steps),
-           "-q", *extra]
+           "--accel", "off", "-q", *extra]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     for stale in (out, out.with_suffix(".json")):
         stale.unlink(missing_ok=True)

@@ -358,7 +358,8 @@ def test_browser_generates_and_plays_a_video(server, browser_tools, tmp_path: Pa
             summary = page.locator("#summary")
             summary.get_by_text("reduced").first.wait_for(timeout=10_000)
             text = summary.inner_text()
-            assert "Preset fast" in text and "28 full + 84 reduced" in text  # 28 clips x 4 steps, key every 6th
+            # 28 clips x 4 steps; keys: step 0 and the last (every 6th + last)
+            assert "Preset fast" in text and "56 full + 56 reduced" in text
             assert "estimated time without acceleration" in text and "estimate" in text
             assert page.evaluate("() => window.__sawProgress"), "no progress was shown while generating"
             page.screenshot(path=str(shots / "demo_result.png"), full_page=True)

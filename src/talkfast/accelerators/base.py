@@ -214,6 +214,7 @@ class CapturePlan(StagePlan):
         self.index, self.keep_skips = index, keep_skips
         self.h: torch.Tensor | None = None
         self.skips: list[torch.Tensor] | None = None
+        self.layout: ItemLayout | None = None  # the key call's items (set by the accelerator)
 
     def before(self, index: int, stage: Stage, state: RunState) -> None:
         if index == self.index:
@@ -224,12 +225,15 @@ class CapturePlan(StagePlan):
 
 class ShallowPlan(StagePlan):
     """Runs stages [0, d) and [u, end); before stage u the hidden state (and optionally the skip
-    stack) is replaced by the key step's cache, expanded to this call's items. ``feature(index,
-    frames)``, when given, supplies that hidden state instead (a forecast of the cached feature)."""
+    stack) is replaced by the key step's cache, expanded to this call's items. ``feature(layout,
+    frames, rows)``, when given, supplies that hidden state instead (a forecast of the cached
+    feature). ``rows``: (start, stop) when this call runs only those steps of the planned group
+    (a shard of ``--parallel steps``), else None."""
 
     def __init__(self, d: int, u: int, cache: CapturePlan, key_layout: ItemLayout, layout_of, feature=None):
         self.d, self.u, self.cache, self.key_layout, self.layout_of = d, u, cache, key_layout, layout_of
         self.feature = feature
+        self.rows: tuple[int, int] | None = None
 
     def active(self, index: int, stage: Stage) -> bool:
         return index < self.d or index >= self.u
@@ -237,9 +241,10 @@ class ShallowPlan(StagePlan):
     def before(self, index: int, stage: Stage, state: RunState) -> None:
         if index != self.u:
             return
-        idx = key_items(self.key_layout, self.layout_of())
+        layout = self.layout_of()
+        idx = key_items(self.key_layout, layout)
         if self.feature is not None:
-            state.h = self.feature(idx, state.frames)
+            state.h = self.feature(layout, state.frames, self.rows)
         else:
             state.h = expand_items(self.cache.h, state.frames, idx)
         if self.cache.skips is not None:

@@ -29,7 +29,7 @@ import torch
 from ..models.unet import StagePlan
 from ..sampling.loop import StepAction
 from ..sampling.scheduler import noise_to, output_for, previous_timestep, split_prediction
-from .base import Accelerator, CapturePlan, ShallowPlan, cut_points, expand_items, key_prediction
+from .base import Accelerator, CapturePlan, ShallowPlan, cut_points, expand_items, key_items, key_prediction
 from .schedule import KeySchedule
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,9 @@ class CachingConfig:
     # polynomial in the timestep through the last 2 / 3 key steps: a finite-difference Taylor forecast)
     forecast: int = 0
     guidance_reuse: bool = False  # reduced steps: conditional half only + the key step's guidance term
+    # with guidance reuse: key steps run the unconditional half only at every n-th key step of a
+    # clip (the first always); the others run the conditional half and reuse the last guidance term
+    guidance_every: int = 1
     adaptive: float = 0.0  # > 0: key steps chosen online (threshold on the accumulated output change)
     max_interval: int = 8  # adaptive: at most this many steps from one key step to the next
     pad: bool = False  # pad every reduced call to the clip's largest group (one compiled graph)
@@ -65,6 +68,8 @@ class CachingConfig:
             raise ValueError(f"adaptive threshold must be a finite number >= 0, not {self.adaptive!r}")
         if self.max_interval < 1:
             raise ValueError("max_interval must be >= 1")
+        if self.guidance_every < 1:
+            raise ValueError("guidance_every must be >= 1")
         if not math.isfinite(self.noise_injection):
             raise ValueError("noise_injection must be finite")
 
@@ -103,6 +108,7 @@ class LightningCP(Accelerator):
         self.guide_delta: torch.Tensor | None = None
         self._drift = 0.0
         self._last_out: torch.Tensor | None = None
+        self._keys_seen = 0
         self._warned_reuse = False
 
     def cut(self) -> tuple[int, int]:
@@ -117,6 +123,7 @@ class LightningCP(Accelerator):
         self.capture, self.key_index, self.history = None, -1, []
         self.key_latents = self.x0 = self.eps = self.guide_delta = None
         self._drift, self._last_out = 0.0, None
+        self._keys_seen = 0
         self.actions = {}
         self.largest = 1
         if self.cfg.adaptive:
@@ -166,13 +173,14 @@ class LightningCP(Accelerator):
         weights = torch.tensor([lagrange_weights([p for p, _ in pts], float(ts[j])) for j in steps]).T  # (M, n)
         ref = pts[-1][1].h
         weights = weights.to(ref.device, ref.dtype)
-        n = len(steps)
 
-        def feature(index: list[int], frames: int) -> torch.Tensor:
-            w = weights.repeat(1, len(index) // n).repeat_interleave(frames, 1)  # (M, items*F)
+        def feature(layout, frames: int, rows: tuple[int, int] | None = None) -> torch.Tensor:
+            mine = weights if rows is None else weights[:, rows[0] : rows[1]]  # a shard's steps only
+            w = mine.repeat(1, len(layout) // mine.shape[1]).repeat_interleave(frames, 1)  # (M, items*F)
             out = None
-            for m, (_, cap) in enumerate(pts):
-                term = w[m].view(-1, *([1] * (cap.h.dim() - 1))) * expand_items(cap.h, frames, index)
+            for m, (_, cap) in enumerate(pts):  # each key call has its own items (guidance_every)
+                cached = expand_items(cap.h, frames, key_items(cap.layout, layout))
+                term = w[m].view(-1, *([1] * (cap.h.dim() - 1))) * cached
                 out = term if out is None else out + term
             return out
 
@@ -193,9 +201,11 @@ class LightningCP(Accelerator):
                 self._warned_reuse = True
             return predict(latents, t, plan)
         if action.full:
-            u, c = raw(latents, t, plan, (0, 1)).chunk(2)
-            self.guide_delta = c - u
-            return u + g * self.guide_delta
+            self._keys_seen += 1
+            if self.guide_delta is None or (self._keys_seen - 1) % self.cfg.guidance_every == 0:
+                u, c = raw(latents, t, plan, (0, 1)).chunk(2)
+                self.guide_delta = c - u
+                return u + g * self.guide_delta
         return raw(latents, t, plan, (1,)) + (g - 1) * self.guide_delta
 
     def after_step(self, action: StepAction, index: int, output: torch.Tensor, latents: torch.Tensor) -> None:
@@ -211,6 +221,8 @@ class LightningCP(Accelerator):
         self.key_index = index
         self.key_latents = latents
         self.shared.key_layout = self.net.ref_state.layout
+        if self.capture is not None:
+            self.capture.layout = self.shared.key_layout
         self.x0, self.eps = key_prediction(self.scheduler, output, latents, self.scheduler.timesteps[index])
 
     def adjust_output(self, action: StepAction, index: int, output: torch.Tensor, own: torch.Tensor,
@@ -219,6 +231,8 @@ class LightningCP(Accelerator):
         step the true latent towards it (its eps follows from the true latent)."""
         if self.cfg.combine != "x0" or action.full or own.data_ptr() == start.data_ptr():
             return output
+        if index == self.key_index + 1 and (self.cfg.estimation or self.cfg.adaptive):
+            return output  # this step's input was the true latent already
         t = int(self.scheduler.timesteps[index])
         x0, _ = split_prediction(self.scheduler, output, own, t)
         return output_for(self.scheduler, x0, start, t)

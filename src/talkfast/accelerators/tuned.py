@@ -38,6 +38,8 @@ def describe_setting(steps: int | None, accel: AccelConfig) -> str:
     k = c.keys
     keys = {"uniform": f"key step every {k.interval}", "dense": "dense-early key steps",
             "power": f"power key schedule (every {k.interval} on average)"}.get(k.kind, f"key steps {list(k.steps)}")
+    if k.final:
+        keys += " and the last"
     parts = [accel.method, keys, f"combine {c.combine}"]
     defaults = type(c)()
     if c.branch != defaults.branch:
@@ -48,7 +50,8 @@ def describe_setting(steps: int | None, accel: AccelConfig) -> str:
         if getattr(c, name, 0):
             parts.append(f"{label} {getattr(c, name)}")
     if getattr(c, "guidance_reuse", False):
-        parts.append("guidance reuse")
+        parts.append("guidance reuse" + (f" (unconditional half every {c.guidance_every} key steps)"
+                                         if c.guidance_every > 1 else ""))
     if accel.dfa is not None:
         parts.append("+DFA" + (" (temporal)" if getattr(accel.dfa, "temporal", False) else ""))
     if accel.drop_ref:

@@ -14,7 +14,7 @@ from ..pipeline import MOTION_SOURCES
 from . import threads
 
 #: Subcommands that run a model and take --threads N (talkfast.app.threads).
-THREADED_COMMANDS = ("generate", "batch", "bench", "quality")
+THREADED_COMMANDS = ("generate", "batch", "bench", "quality", "tune", "demo")
 
 
 def _add_generate(sub) -> None:
@@ -65,6 +65,11 @@ def _add_generate(sub) -> None:
                    help="reduced steps extrapolate the cached feature from the last 2 (1) or 3 (2) key steps; 0 reuses it")
     a.add_argument("--guidance-reuse", action=argparse.BooleanOptionalAction, default=None,
                    help="reduced steps run the conditional half only and reuse the key step's guidance term")
+    a.add_argument("--guidance-every", type=int, default=None,
+                   help="with --guidance-reuse: key steps run the unconditional half only at every N-th key step "
+                        "(the first always) and reuse its guidance term in between (default 1: every key step)")
+    a.add_argument("--pad", action="store_true",
+                   help="pad every reduced call to the clip's largest group (one shape: use with a compiled UNet)")
     a.add_argument("--adaptive", type=float, default=None,
                    help="choose key steps online: a key step when the reduced output has changed by this much "
                         "(relative, accumulated) since the last one (0: off)")
@@ -104,9 +109,11 @@ def accel_config(args):
         changes["estimation"] = False
     if args.combine is not None:
         changes["combine"] = args.combine
-    for name in ("forecast", "guidance_reuse", "adaptive"):
+    for name in ("forecast", "guidance_reuse", "guidance_every", "adaptive"):
         if getattr(args, name, None) is not None:
             changes[name] = getattr(args, name)
+    if getattr(args, "pad", False):
+        changes["pad"] = True
     method = args.accel_method or (cfg.method if cfg.method != "off" or not changes else "lightningcp")
     dfa = cfg.dfa
     if args.dfa is not None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -32,6 +31,8 @@ import torch
 
 from ..accelerators import AccelConfig
 from ..accelerators.tuned import BUDGETS, LIPSYNC_TOLERANCE, describe_setting
+from ..io.video import write_json_atomic
+from ..errors import OutputError
 from ..paths import display_source
 from .bench import BenchCase, BenchMethod, Runner, flushed_denormals, frontier_flags
 from .tune_space import Setting
@@ -90,9 +91,7 @@ class TuneCache:
     def put(self, key: str, entry: dict) -> None:
         self.entries[key] = entry
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"version": CACHE_VERSION, "entries": self.entries}, indent=1, allow_nan=False))
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, {"version": CACHE_VERSION, "entries": self.entries})
 
 
 def _entry(setting: Setting, mr) -> dict:
@@ -239,14 +238,16 @@ def tuned_entries(result: TuneResult, space: str = "") -> dict[str, dict]:
 
 
 def write_tuned(folder: str | Path, entries: dict[str, dict]) -> Path:
-    """Replace the ``tuned`` entry of ``folder/model.json`` (the rest kept), atomically."""
+    """Replace the ``tuned`` entry of ``folder/model.json`` (the rest kept), atomically; a folder
+    that cannot be written is an :class:`OutputError` naming the file (``--no-write`` avoids it)."""
     path = Path(folder) / "model.json"
     data = json.loads(path.read_text())
     data["tuned"] = entries
-    tmp = path.with_name("model.json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False))
-    os.replace(tmp, path)
-    return path
+    try:
+        return write_json_atomic(path, data)
+    except OutputError as err:
+        raise OutputError(f"{err} (tune with --no-write to only report, or copy the model folder and "
+                          f"tune the copy with --checkpoint)") from err
 
 
 def _n(v, fmt: str, unit: str = "") -> str:

@@ -38,7 +38,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="your own calibration sample (repeatable) instead of the corpus")
     p.add_argument("--seconds", type=float, default=None, help="use only the first S seconds of every sample's speech")
     p.add_argument("--space", choices=["small", "full"], default="small",
-                   help="small: <= 40 settings (CPU-feasible); full: a larger grid (default: small)")
+                   help="small: <= 48 settings (CPU-feasible); full: a larger grid (default: small)")
     p.add_argument("--max-settings", type=int, default=None, help="measure only the first N settings of the space")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per setting (the median is kept; default 1)")
     p.add_argument("--steps", type=int, default=None, help="the baseline's steps (default: the model's)")
@@ -147,7 +147,9 @@ def _run(args) -> int:
     elif args.no_write:
         result.meta["written"] = None
     else:
-        result.meta["written"] = str(tune.write_tuned(folder, entries))
+        from ..paths import display_path
+
+        result.meta["written"] = display_path(tune.write_tuned(folder, entries))
         log(f"wrote the tuned settings ({', '.join(entries)}) into {result.meta['written']}")
     paths = tune.write_report(result, args.out, command)
     log("wrote " + ", ".join(str(p) for p in paths.values()))

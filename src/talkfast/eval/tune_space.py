@@ -2,11 +2,13 @@
 
 Two spaces around the model's default step count S:
 
-- ``small`` (the default, at most 40 settings, feasible on a CPU), built from what was measured
+- ``small`` (the default, at most 48 settings, feasible on a CPU), built from what was measured
   on the embedded model (docs/BENCHMARKS.md): plain DDIM at fewer steps (the control every
   accelerator must beat); short LightningCP schedules whose last step is a key step and whose
   reduced steps forecast the cached feature (2-4 key steps between about 0.2 S and 0.67 S
-  steps), with guidance reuse, x0 combining and a quadratic forecast on some of them; and at S
+  steps), with guidance reuse (at reduced steps, and at key steps too: the unconditional half only
+  at every 2nd or only at the first key step), x0 combining and a quadratic forecast on some of
+  them; and at S
   steps the paper's settings for reference: LightningCP chain/each/x0, forecast, DFA + reference
   removal, DeepCache (uniform and its power schedule), FasterDiffusion, adaptive key steps and
   a deeper cache branch.
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from ..accelerators import AccelConfig, CachingConfig, DFAConfig, KeySchedule
 
 SPACES = ("small", "full")
-SMALL_MAX = 40
+SMALL_MAX = 48
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,8 @@ def _name(steps: int, accel: AccelConfig) -> str:
         if getattr(c, field, None) != getattr(d, field, None):
             extra.append(f"{short}{getattr(c, field)}")
     if getattr(c, "guidance_reuse", False):
-        extra.append("gr")
+        every = getattr(c, "guidance_every", 1)
+        extra.append("gr" if every == 1 else "gr1st" if every >= 99 else f"gr{every}")
     if accel.dfa is not None:
         extra.append("dfa")
     if accel.drop_ref:
@@ -125,6 +128,12 @@ def search_space(kind: str, base_steps: int) -> list[Setting]:
                 if interval < steps - 1 and 2 <= n_keys <= 4:
                     out.append((steps, _accel("lightningcp", interval=interval, final=True, forecast=1)))
         mid = short[len(short) // 3 : len(short) // 3 + 2]
+        for steps in short[: len(short) // 3 + 2]:
+            # guidance reuse also at key steps: the unconditional half at every 2nd key step, or at
+            # the first only (guidance_every larger than any clip's key-step count)
+            for every in (2, 99):
+                out.append((steps, _accel("lightningcp", interval=2, final=True, forecast=1, guidance_reuse=True,
+                                          guidance_every=every)))
         for steps in mid:
             out += [(steps, _accel("lightningcp", interval=2, final=True, forecast=1, guidance_reuse=True)),
                     (steps, _accel("lightningcp", interval=3, final=True, forecast=1, combine="x0")),

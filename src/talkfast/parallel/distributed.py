@@ -117,7 +117,11 @@ class StepSplitter:
         start, mine, most = sum(sizes[: self.shard]), sizes[self.shard], max(sizes)
         buf = self._empty(latents, most)
         if mine:
-            buf[:mine] = self._local(predict, latents[start : start + mine], t[start : start + mine], plan)
+            plan.rows = (start, start + mine)  # which steps of the call this rank runs (forecast weights)
+            try:
+                buf[:mine] = self._local(predict, latents[start : start + mine], t[start : start + mine], plan)
+            finally:
+                plan.rows = None
         parts = [torch.empty_like(buf) for _ in range(self.world)]
         dist.all_gather(parts, buf)
         halves = [torch.cat([parts[k * self.c + h][: sizes[k]] for k in range(self.s) if sizes[k]])

@@ -120,7 +120,8 @@ class _StageClock:
     after a synchronisation, once per stage and clip: never inside the step loop)."""
 
     def __init__(self, timings: dict, device: torch.device):
-        self.timings, self.cuda = timings, torch.device(device).type == "cuda"
+        self.timings, self.device = timings, torch.device(device)
+        self.cuda = self.device.type == "cuda"
 
     @contextlib.contextmanager
     def __call__(self, name: str):
@@ -129,7 +130,7 @@ class _StageClock:
             yield
         finally:
             if self.cuda:
-                torch.cuda.synchronize()
+                torch.cuda.synchronize(self.device)
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
 
 
