@@ -120,11 +120,12 @@ def _lcp(keys: KeySchedule, **caching) -> AccelConfig:
 
 
 def default_methods(keys: KeySchedule = DEFAULT_KEYS, dfa: DFAConfig = DFAConfig()) -> list[BenchMethod]:
-    """The baseline, LightningCP and its variants, DeepCache and FasterDiffusion, all with the
-    same key steps."""
+    """The baseline, LightningCP and its variants (with the forecast feature too), DeepCache and
+    FasterDiffusion, all with the same key steps."""
     return [
         BenchMethod("baseline"),
         BenchMethod("lightningcp", _lcp(keys)),
+        BenchMethod("lightningcp+forecast", _lcp(keys, forecast=1)),
         BenchMethod("lightningcp+dfa", _lcp(keys).replace(dfa=dfa)),
         BenchMethod("lightningcp+dfa+refdrop", _lcp(keys).replace(dfa=dfa, drop_ref=True)),
         BenchMethod("lightningcp-noest", _lcp(keys, estimation=False)),
