@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from talkfast.accelerators import AccelConfig, CachingConfig, KeySchedule
+from talkfast.errors import InputError
 from talkfast.eval import bench, metrics
 from talkfast.eval.cli import main as cli_main
 from talkfast.io.audio import Audio
@@ -368,9 +369,17 @@ def test_corpus_split_supplies_ground_truth_and_lipsync(tmp_path):
         pytest.skip("espeak-ng (needed to build a corpus) is not installed")
     from talkfast.data.corpus import build_corpus
 
-    build_corpus(tmp_path / "corpus", 3, 1, seed=0, size=64, test_fraction=0.34, workers=1)
+    build_corpus(tmp_path / "corpus", 6, 1, seed=0, size=64, test_fraction=0.34, workers=1)
+    every = [c.name for c in bench.corpus_cases(tmp_path / "corpus", "test")]
+    assert len(every) == 2 and len({n.split("_")[0] for n in every}) == 2  # two held-out identities
     cases = bench.corpus_cases(tmp_path / "corpus", "test", limit=1)
     assert len(cases) == 1 and cases[0].ground_truth.dtype == torch.uint8 and cases[0].lipsync_fn is not None
+    # --offset: the samples after the first K of the same order (a tune's --limit: other identities)
+    assert [c.name for c in bench.corpus_cases(tmp_path / "corpus", "test", limit=1, offset=1)] == every[1:]
+    with pytest.raises(InputError, match="after the first 2"):
+        bench.corpus_cases(tmp_path / "corpus", "test", offset=2)
+    with pytest.raises(ValueError, match="--offset"):
+        bench.corpus_cases(tmp_path / "corpus", "test", offset=-1)
     out = tmp_path / "out"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):

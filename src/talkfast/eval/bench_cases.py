@@ -52,12 +52,15 @@ def example_case(seconds: float | None = None, name: str = "example") -> BenchCa
     return BenchCase(name, load_image(EXAMPLE_PORTRAIT), trim_audio(load_audio(EXAMPLE_SPEECH), seconds))
 
 
-def corpus_cases(corpus_dir: str | Path, split: str = "test", limit: int | None = None) -> list[BenchCase]:
+def corpus_cases(corpus_dir: str | Path, split: str = "test", limit: int | None = None,
+                 offset: int = 0) -> list[BenchCase]:
     """Cases from a synthetic corpus folder (:mod:`talkfast.data.corpus`): per sample its
     neutral reference portrait and its speech as inputs, its frames as ground truth (uint8,
     resized to the generated size when they differ) and :func:`talkfast.eval.lipsync.lipsync_score`
     against its phoneme-derived mouth target as the lip-sync metric (face boxes scaled to the
-    generated size). ``limit``: at most that many samples, spread over identities."""
+    generated size). ``limit``: at most that many samples, spread over identities; ``offset``:
+    skip the first that many of that order (``offset`` = a tune's ``limit`` gives samples of other
+    identities than the tune's, while the split has more identities than both together)."""
     from ..errors import InputError
 
     try:
@@ -67,9 +70,12 @@ def corpus_cases(corpus_dir: str | Path, split: str = "test", limit: int | None 
         raise InputError(f"the synthetic corpus support is not available: {err}") from err
     from .quality import select_samples
 
-    samples = select_samples(load_corpus(corpus_dir, split), limit)  # spread over identities
+    if offset < 0:
+        raise ValueError(f"--offset must be >= 0, got {offset}")
+    samples = select_samples(load_corpus(corpus_dir, split), None)[offset:]  # spread over identities
+    samples = samples if limit is None else samples[: max(0, int(limit))]
     if not samples:
-        raise InputError(f"no {split!r} samples in {corpus_dir}")
+        raise InputError(f"no {split!r} samples in {corpus_dir}" + (f" after the first {offset}" if offset else ""))
     cases = []
     for sample in samples:
         frames = sample.frames()  # (T, H, W, 3) uint8

@@ -4,7 +4,7 @@
                    [--methods default|ablation|sweep|all]
                    [--key-steps N|dense|0,1,5] [--sweep 2,3,4,6] [--steps N] [--cfg G] [--seconds S]
                    [--frames F] [--size PX] [--seed N] [--device auto|cpu|cuda] [--dtype auto|fp32|fp16|bf16]
-                   [--corpus DIR [--split test|train] [--limit N]] [--controls auto|none|3,5] [--reference 2]
+                   [--corpus DIR [--split test|train] [--limit N] [--offset K]] [--controls auto|none|3,5] [--reference 2]
                    [--repeats N] [--no-flops]
                    [--out DIR] [--quick] [-q]
 
@@ -75,6 +75,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                                  "with ground truth and lip-sync instead of the bundled example")
     p.add_argument("--split", default="test", choices=["test", "train"], help="corpus split (default: test)")
     p.add_argument("--limit", type=int, default=None, help="at most this many corpus samples, spread over identities")
+    p.add_argument("--offset", type=int, default=0,
+                   help="skip the first N samples of that order (e.g. a tune's --limit: other identities than it saw)")
     p.add_argument("--frames", type=int, default=None, help="hallo target: frames per clip (default 16)")
     p.add_argument("--size", type=int, default=None, help="frame side in pixels (default: the model's; hallo 512)")
     p.add_argument("--seed", type=int, default=42)
@@ -210,11 +212,11 @@ def _run(args) -> int:
             methods = methods + [m for m in bench.tuned_methods(folder_of(pipe))
                                  if not (m.is_plain and m.steps in (None, base_steps))]
         if args.corpus is not None:
-            cases = bench.corpus_cases(args.corpus, args.split, args.limit)
+            cases = bench.corpus_cases(args.corpus, args.split, args.limit, args.offset)
             if seconds is not None:
                 for c in cases:
                     c.audio = bench.trim_audio(c.audio, seconds)
-            what = f"{len(cases)} {args.split} samples of {args.corpus}"
+            what = f"{len(cases)} {args.split} samples of {args.corpus}" + (f" from the {args.offset + 1}th on" if args.offset else "")
         else:
             if seconds is None:
                 seconds = pipe.cfg.clip_frames / opts.fps
