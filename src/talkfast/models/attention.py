@@ -53,6 +53,20 @@ class SDPAProcessor:
         return plain_attention(attn, hidden_states, encoder_hidden_states)
 
 
+class ScaledSDPAProcessor(SDPAProcessor):
+    """Plain attention whose output (after ``to_out``, bias included) is multiplied by ``scale``.
+
+    EchoMimic's audio cross-attention: ``self.attn2(norm2(h), encoder_hidden_states=audio) *
+    audio_feature_ratio + h`` with ratio 3.0 (src/models/mutual_self_attention.py at a53e970).
+    """
+
+    def __init__(self, scale: float):
+        self.scale = scale
+
+    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, **kw):
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, **kw) * self.scale
+
+
 @dataclass
 class ItemLayout:
     """What each batch item of a denoising-UNet call is, for the reference readers.

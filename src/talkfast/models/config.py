@@ -1,8 +1,10 @@
 """Model configuration: one module tree, sized by a dataclass, with named presets.
 
 The ``hallo`` preset reproduces the SD-1.5-sized Hallo network (its ``net.pth`` loads unchanged);
-``tiny`` is for unit tests; ``small`` is the embedded default model trained on the synthetic corpus.
-Only the numbers differ between presets, never the code path.
+``echomimic`` / ``echomimic_pose`` are EchoMimic v1 (antgroup/echomimic a53e970) in the same tree,
+selected by the switches below (no second UNet class); ``tiny`` is for unit tests; ``small`` is the
+embedded default model trained on the synthetic corpus.
+Presets differ only in numbers and switches, never in the classes or the code path they build.
 """
 
 from __future__ import annotations
@@ -44,10 +46,30 @@ class UNetConfig:
     # readers' copies of the reference/motion banks are rounded to fp16 whatever the model dtype.
     tile_reference_groups: bool = True
     fp16_reference_banks: bool = True
+    # What the denoising UNet's spatial cross-attention (attn2) attends to: "image" = the ImageProj
+    # tokens, the same for every frame (Hallo); "audio" = each frame's own audio tokens, (B*F, T, D)
+    # with D = cross_attention_dim (EchoMimic: whisper tokens (B*F, 50, 384), to_k/to_v (C, 384)
+    # without bias; src/models/unet_3d_echo.py + configs/inference/inference_v2.yaml at a53e970).
+    spatial_context: str = "image"
+    # attn2's output is multiplied by this before its residual add (EchoMimic: audio_feature_ratio
+    # 3.0 in src/models/mutual_self_attention.py at a53e970). Denoising UNet only.
+    spatial_context_scale: float = 1.0
+    # Hallo's separate audio modules (``audio_modules.j``, fed by audio tokens and the masks).
+    audio_modules: bool = True
+    # Whether the reference UNet's transformer blocks have norm2/attn2 (Hallo) or not (EchoMimic's
+    # fork of BasicTransformerBlock: norm1, attn1, norm3, ff only), and so whether it takes a context.
+    reference_cross_attention: bool = True
+    # A motion module in the mid block (AnimateDiff ``motion_module_mid_block``; Hallo and
+    # EchoMimic's inference_v2.yaml: true).
+    motion_mid_block: bool = True
 
     def __post_init__(self) -> None:
         if len(self.down_attention) != len(self.block_out_channels):
             raise ValueError("down_attention needs one flag per level")
+        if self.spatial_context not in ("image", "audio"):
+            raise ValueError(f"spatial_context must be 'image' or 'audio', not {self.spatial_context!r}")
+        if self.spatial_context == "audio" and self.audio_modules:
+            raise ValueError("audio tokens feed either the spatial cross-attention or the audio modules, not both")
         for c in self.block_out_channels:
             if c % self.norm_groups or c % self.heads:
                 raise ValueError(f"channel width {c} must divide by norm_groups and heads")
@@ -77,7 +99,11 @@ class ModelConfig:
     audio_feature_dim: int = 768
     audio_hidden: int = 512
     audio_tokens: int = 32
-    audio_features: str = "wav2vec2"  # which extractor feeds AudioProj: "wav2vec2" or "mel"
+    audio_features: str = "wav2vec2"  # which extractor feeds AudioProj: "wav2vec2", "mel" (or "whisper": EchoMimic)
+    # The two conditioning projections of Hallo's Net. EchoMimic has neither: no image context at
+    # all, and its whisper tokens go straight into attn2.
+    image_projection: bool = True  # an ``imageproj`` child (face-identity embedding -> context tokens)
+    audio_projection: bool = True  # an ``audioproj`` child (windowed audio features -> audio tokens)
 
     @property
     def latent_size(self) -> int:
@@ -147,7 +173,45 @@ SMALL = ModelConfig(
     audio_features="mel",
 )
 
-PRESETS: dict[str, ModelConfig] = {c.name: c for c in (HALLO, TINY, SMALL)}
+# EchoMimic v1 (antgroup/echomimic at a53e970; echomimic_memo.md §1): SD-1.5 widths, audio through
+# attn2 (x3.0), no image context/projections, no audio modules or masks, no motion-frame prepending,
+# all 21 motion modules run (max_len 32), reference UNet without attn2, bank per item (the reader's
+# ``d.unsqueeze(1).repeat(1, video_length, 1, 1)``) rounded to fp16 (``update(..., dtype=fp16)``),
+# FaceLocator(320, 1 ch, (16, 32, 96, 256)). Windows of 12 frames; per-frame tokens (50, 384) are
+# 10 whisper rows x 5 layers x 384.
+ECHOMIMIC = ModelConfig(
+    name="echomimic",
+    unet=UNetConfig(
+        cross_attention_dim=384,
+        audio_attention_dim=384,
+        spatial_context="audio",
+        spatial_context_scale=3.0,
+        audio_modules=False,
+        reference_cross_attention=False,
+        prepend_motion_frames=False,
+        run_plain_block_motion=True,
+        motion_mid_block=True,
+        motion_max_len=32,
+        tile_reference_groups=False,
+        fp16_reference_banks=True,
+    ),
+    clip_frames=12,
+    motion_frames=0,
+    face_locator_channels=(16, 32, 96, 256),
+    face_locator_in=1,
+    audio_window=10,
+    audio_layers=5,
+    audio_feature_dim=384,
+    audio_tokens=50,
+    audio_features="whisper",
+    image_projection=False,
+    audio_projection=False,
+)
+
+# The pose variants (animation_pose*.yaml): the face locator reads RGB landmark drawings.
+ECHOMIMIC_POSE = ECHOMIMIC.replace(name="echomimic_pose", face_locator_in=3)
+
+PRESETS: dict[str, ModelConfig] = {c.name: c for c in (HALLO, TINY, SMALL, ECHOMIMIC, ECHOMIMIC_POSE)}
 
 
 def get_preset(name: str) -> ModelConfig:

@@ -14,7 +14,7 @@ from diffusers.models.attention import BasicTransformerBlock, FeedForward
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
-from .attention import SDPAProcessor
+from .attention import ScaledSDPAProcessor, SDPAProcessor
 
 
 def _tokens(x: torch.Tensor) -> torch.Tensor:
@@ -36,10 +36,15 @@ def _attention(dim: int, heads: int, context_dim: int | None = None) -> Attentio
 
 class SpatialTransformer(nn.Module):
     """Hallo's ``attentions.j`` (Transformer2D/3D): GroupNorm -> 1x1 proj_in -> one
-    BasicTransformerBlock (self-attn with reference K/V, cross-attn to the image context, GEGLU FF)
-    -> 1x1 proj_out -> residual. ``key`` names the layer for the reference bank."""
+    BasicTransformerBlock (self-attn with reference K/V, cross-attn to the context, GEGLU FF)
+    -> 1x1 proj_out -> residual. ``key`` names the layer for the reference bank.
 
-    def __init__(self, channels: int, heads: int, context_dim: int, groups: int, eps: float, key: str):
+    ``context_dim`` None builds the block without norm2/attn2 (EchoMimic's reference UNet); its
+    ``context`` is then unused. ``context_scale`` multiplies attn2's output before the residual add
+    (EchoMimic's ``audio_feature_ratio``)."""
+
+    def __init__(self, channels: int, heads: int, context_dim: int | None, groups: int, eps: float, key: str,
+                 context_scale: float = 1.0):
         super().__init__()
         self.key = key
         self.norm = nn.GroupNorm(groups, channels, eps=eps)
@@ -47,11 +52,12 @@ class SpatialTransformer(nn.Module):
         block = BasicTransformerBlock(channels, heads, channels // heads, cross_attention_dim=context_dim,
                                       activation_fn="geglu", attention_bias=False)
         block.attn1.set_processor(SDPAProcessor())
-        block.attn2.set_processor(SDPAProcessor())
+        if block.attn2 is not None:
+            block.attn2.set_processor(SDPAProcessor() if context_scale == 1.0 else ScaledSDPAProcessor(context_scale))
         self.transformer_blocks = nn.ModuleList([block])
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
         _, _, h, w = x.shape
         t = _tokens(self.proj_in(self.norm(x)))
         t = self.transformer_blocks[0](t, encoder_hidden_states=context)

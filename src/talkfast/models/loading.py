@@ -1,5 +1,6 @@
 """Building a ready model bundle: the network, its VAE and its audio feature extractor, from a
-user's Hallo checkpoint folder, from talkfast's embedded weights, or with random weights."""
+user's Hallo checkpoint folder or EchoMimic ``pretrained_weights`` folder, from talkfast's embedded
+weights, or with random weights."""
 
 from __future__ import annotations
 
@@ -193,3 +194,152 @@ def load_embedded(folder: str | Path = EMBEDDED_DIR) -> tuple[TalkingHeadNet, Au
     except Exception as err:  # a corrupt config.json or weights file
         raise CheckpointError(f"cannot load the VAE from {folder / 'vae'}: {err}") from err
     return net.eval().requires_grad_(False), vae.eval().requires_grad_(False), meta
+
+
+# ---------------------------------------------------------------------------------------- EchoMimic
+# EchoMimic v1's ``pretrained_weights`` folder (antgroup/echomimic at a53e970, echomimic_memo.md
+# §1.1): which file feeds (reference UNet, denoiser spatial part, denoiser motion modules, face
+# locator) in each of the four configs/prompts/animation*.yaml.
+ECHOMIMIC_VARIANTS: dict[str, tuple[str, str, str, str]] = {
+    "default": ("reference_unet.pth", "denoising_unet.pth", "motion_module.pth", "face_locator.pth"),
+    "acc": ("reference_unet.pth", "denoising_unet_acc.pth", "motion_module_acc.pth", "face_locator.pth"),
+    "pose": ("reference_unet_pose.pth", "denoising_unet_pose.pth", "motion_module_pose.pth", "face_locator_pose.pth"),
+    "pose_acc": ("reference_unet_pose.pth", "denoising_unet_pose_acc.pth", "motion_module_pose_acc.pth",
+                 "face_locator_pose.pth"),
+}
+ECHOMIMIC_WHISPER = "audio_processor/whisper_tiny.pt"  # read by the audio front end (not here)
+ECHOMIMIC_VAE = ("sd-vae-ft-mse",)
+
+
+@dataclass
+class EchoMimicWeights:
+    """What :func:`load_echomimic` found: the loaded network and the folder's other pieces.
+
+    ``files``: the file each child came from (the denoiser from two). ``ignored``: per file, the
+    keys that are not in the model and were skipped (EchoMimic's ``strict=False`` loads).
+    ``whisper`` / ``vae``: the whisper-tiny checkpoint and the VAE folder when present (None when
+    not); neither is loaded here."""
+
+    net: TalkingHeadNet
+    variant: str
+    files: dict[str, tuple[Path, ...]]
+    ignored: dict[str, list[str]]
+    whisper: Path | None
+    vae: Path | None
+
+
+def _listing(items: list[str]) -> str:
+    return "; ".join(items[:8]) + (f" (+{len(items) - 8} more)" if len(items) > 8 else "")
+
+
+def read_bare_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A ``torch.save``'d plain ``{key: tensor}`` dict (EchoMimic's .pth files), read with
+    ``weights_only=True`` (never a full unpickle); memory-mapped when the file's format allows."""
+    try:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:  # the legacy (non-zip) format cannot be memory-mapped
+            if "mmap" not in str(err):
+                raise
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt, truncated, or holding objects other than tensors
+        raise CheckpointError(f"cannot read weights from {path} (read with weights_only=True): {err}") from err
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise CheckpointError(f"{path} does not hold a bare state dict ({{key: tensor}}), as EchoMimic's files do")
+    return obj
+
+
+def map_echomimic_weights(net: TalkingHeadNet, reference: dict, denoising: dict, motion: dict, face: dict,
+                          names: tuple[str, str, str, str] = ECHOMIMIC_VARIANTS["default"]):
+    """Map EchoMimic's four state dicts onto ``net``'s children, with EchoMimic's strictness.
+
+    Returns ``({child: state}, {file: ignored keys})``; raises one :class:`CheckpointError` that
+    names, per file, every missing, unexpected (strict files only) and mis-shaped key.
+
+    * ``reference_unet`` and ``face_locator``: strict (``load_state_dict`` with the default strict
+      in infer_audio2vid*.py).
+    * ``denoising_unet``: EchoMimic builds it from sd-image-variations' UNet, merges motion_module.pth
+      into that dict where name and shape match (``from_pretrained_2d`` in src/models/unet_3d_echo.py),
+      then loads denoising_unet.pth with ``strict=False``. So a key of denoising_unet.pth wins over
+      motion_module.pth, keys the model lacks are ignored, and a wrong shape in denoising_unet.pth
+      raises. Two deliberate differences, because talkfast does not load the SD base weights that
+      EchoMimic falls back on: a model key found in neither file is an error (EchoMimic would keep
+      the SD tensor, or a random one where SD's shape differs, e.g. attn2.to_k/to_v (C, 384)), and
+      so is a wrong shape in motion_module.pth (EchoMimic drops that tensor silently). The released
+      files cover all 1274 keys (686 + 588; echomimic_memo.md §0.5), so neither case arises with them.
+    """
+    ref_name, den_name, mm_name, face_name = names
+    problems: list[str] = []
+    states: dict[str, dict[str, torch.Tensor]] = {}
+
+    def report(source: str, missing: list[str], unexpected: list[str], shapes: list[str]) -> None:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {_listing(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches: {_listing(shapes)}")
+        if parts:
+            problems.append(f"{source}: " + ", ".join(parts))
+
+    def shape_of(t: torch.Tensor) -> tuple[int, ...]:
+        return tuple(t.shape)
+
+    for child, name, state in (("reference_unet", ref_name, reference), ("face_locator", face_name, face)):
+        own = {k: shape_of(v) for k, v in getattr(net, child).state_dict().items()}
+        report(name, sorted(set(own) - set(state)), sorted(set(state) - set(own)),
+               [f"{k}: file {shape_of(state[k])} vs model {own[k]}" for k in sorted(set(own) & set(state))
+                if shape_of(state[k]) != own[k]])
+        states[child] = {k: state[k] for k in own if k in state}
+
+    own = {k: shape_of(v) for k, v in net.denoising_unet.state_dict().items()}
+    merged, missing, shapes = {}, [], []
+    for k, shape in own.items():
+        src, t = (den_name, denoising[k]) if k in denoising else (mm_name, motion[k]) if k in motion else (None, None)
+        if t is None:
+            missing.append(k)
+        elif shape_of(t) != shape:
+            shapes.append(f"{k}: {src} {shape_of(t)} vs model {shape}")
+        else:
+            merged[k] = t
+    report(f"{den_name} + {mm_name}", sorted(missing), [], sorted(shapes))
+    states["denoising_unet"] = merged
+    ignored = {den_name: sorted(set(denoising) - set(own)), mm_name: sorted(set(motion) - set(own))}
+    if problems:
+        raise CheckpointError(f"EchoMimic weights do not match the {net.cfg.name!r} model: " + " | ".join(problems))
+    return states, ignored
+
+
+def load_echomimic(folder: str | Path, variant: str = "default", cfg: ModelConfig | None = None) -> EchoMimicWeights:
+    """EchoMimic v1's released weights from its ``pretrained_weights`` folder.
+
+    ``variant`` picks the files of configs/prompts/animation{,_acc,_pose,_pose_acc}.yaml (a53e970):
+    "default", "acc", "pose" or "pose_acc". ``cfg`` (tests: a tiny-width EchoMimic) defaults to the
+    ``echomimic`` preset, or ``echomimic_pose`` (RGB face locator) for the pose variants. The net is
+    built on ``meta`` and takes the files' tensors as they are (dtype included)."""
+    if variant not in ECHOMIMIC_VARIANTS:
+        raise ValueError(f"unknown EchoMimic variant {variant!r}; choose one of {sorted(ECHOMIMIC_VARIANTS)}")
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise CheckpointError(f"EchoMimic weights folder {root} does not exist or is not a folder")
+    names = ECHOMIMIC_VARIANTS[variant]
+    absent = [str(root / n) for n in names if not (root / n).is_file()]
+    if absent:
+        raise CheckpointError(f"incomplete EchoMimic {variant!r} weights in {root}; missing:\n  - " + "\n  - ".join(absent))
+    if cfg is None:
+        cfg = get_preset("echomimic_pose" if variant.startswith("pose") else "echomimic")
+    net = build_net(cfg, device="meta")
+    ref, den, mm, face = (read_bare_state_dict(root / n) for n in names)
+    states, ignored = map_echomimic_weights(net, ref, den, mm, face, names)
+    for child, state in states.items():
+        getattr(net, child).load_state_dict(state, strict=True, assign=True)
+    for name, keys in ignored.items():
+        if keys:
+            log.info("EchoMimic %s: ignored %d keys the model does not have (%s)", name, len(keys), _listing(keys))
+    whisper = root / ECHOMIMIC_WHISPER
+    return EchoMimicWeights(
+        net=net.eval().requires_grad_(False), variant=variant,
+        files={"reference_unet": (root / names[0],), "denoising_unet": (root / names[1], root / names[2]),
+               "face_locator": (root / names[3],)},
+        ignored=ignored, whisper=whisper if whisper.is_file() else None, vae=_first(root, ECHOMIMIC_VAE, "config.json"))

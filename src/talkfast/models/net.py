@@ -1,5 +1,6 @@
 """``TalkingHeadNet``: Hallo's ``Net`` wrapper (five children, same key prefixes) plus the glue
-between the ReferenceNet writers and the denoising-UNet readers."""
+between the ReferenceNet writers and the denoising-UNet readers. Models without image or audio
+projection (EchoMimic) have no ``imageproj`` / ``audioproj`` child (the attribute is None)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,11 @@ class TalkingHeadNet(nn.Module):
         self.reference_unet = TalkingUNet(u, "reference", self.ref_state)
         self.denoising_unet = TalkingUNet(u, "denoise", self.ref_state)
         self.face_locator = FaceLocator(u.block_out_channels[0], cfg.face_locator_in, cfg.face_locator_channels)
-        self.imageproj = ImageProj(cfg.image_embed_dim, u.cross_attention_dim, cfg.image_tokens)
+        self.imageproj = (ImageProj(cfg.image_embed_dim, u.cross_attention_dim, cfg.image_tokens)
+                          if cfg.image_projection else None)
         audio_in = cfg.audio_window * cfg.audio_layers * cfg.audio_feature_dim
-        self.audioproj = AudioProj(audio_in, cfg.audio_hidden, cfg.audio_tokens, u.audio_attention_dim)
+        self.audioproj = (AudioProj(audio_in, cfg.audio_hidden, cfg.audio_tokens, u.audio_attention_dim)
+                          if cfg.audio_projection else None)
         self.readers: dict[str, ReferenceReadProcessor] = {}
         for mod in self.reference_unet.modules():
             if isinstance(mod, SpatialTransformer):
@@ -45,8 +48,8 @@ class TalkingHeadNet(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.denoising_unet.conv_in.weight.dtype
 
-    def write_reference(self, ref_latents: torch.Tensor, context: torch.Tensor, hallo_tiling: bool = True,
-                        grad: bool = False) -> None:
+    def write_reference(self, ref_latents: torch.Tensor, context: torch.Tensor | None, hallo_tiling: bool = True,
+                        grad: bool = False, groups: int = 2) -> None:
         """Run the ReferenceNet once and keep its features for the readers.
 
         ref_latents: (S, C, h, w) — the reference image first, then the motion frames.
@@ -57,13 +60,27 @@ class TalkingHeadNet(nn.Module):
         With the model's ``fp16_reference_banks`` the banks are then rounded to fp16, the copies
         Hallo's readers get (``ReferenceAttentionControl.update(writer)``, whose dtype defaults to
         fp16; hallo/models/mutual_self_attention.py at 8fd7c57).
+
+        ``context`` None is for a reference UNet without cross-attention (EchoMimic): it runs once on
+        the S images with no context and every bank is copied to ``groups`` identical groups (the CFG
+        halves; EchoMimic's ``update(writer, do_classifier_free_guidance=True)`` stores
+        ``torch.cat([v, v])``, src/models/mutual_self_attention.py at a53e970). Two groups also serve
+        calls without CFG, whose items read group 1.
         """
-        s_img, g = ref_latents.shape[0], context.shape[0]
-        latents = ref_latents.repeat(g, 1, 1, 1)
-        if hallo_tiling:
-            ctx = context.repeat(s_img, 1, 1)
+        has_ctx = self.reference_unet.has_cross_attention
+        if (context is None) == has_ctx:
+            raise ValueError("this model's reference UNet " + ("needs an image context" if has_ctx
+                                                               else "takes no context (pass context=None)"))
+        s_img = ref_latents.shape[0]
+        if context is None:
+            g, latents, ctx = 1, ref_latents, None
         else:
-            ctx = context.repeat_interleave(s_img, 0)
+            g = context.shape[0]
+            latents = ref_latents.repeat(g, 1, 1, 1)
+            if hallo_tiling:
+                ctx = context.repeat(s_img, 1, 1)
+            else:
+                ctx = context.repeat_interleave(s_img, 0)
         st = self.ref_state
         st.clear()
         st.groups, st.images, st.mode, st.keep_graph = g, s_img, "write", grad
@@ -73,6 +90,9 @@ class TalkingHeadNet(nn.Module):
                 self.reference_unet(latents, t, UNetCond(context=ctx))
         finally:
             st.mode = "read" if st.banks else "off"
+        if context is None:
+            for key, bank in st.banks.items():
+                st.banks[key] = bank.expand(groups, *bank.shape[1:]).clone()
         if st.bank_dtype is not None:  # the readers' copies (Hallo: update(writer, dtype=torch.float16))
             for key, bank in st.banks.items():
                 st.banks[key] = bank.to(st.bank_dtype)

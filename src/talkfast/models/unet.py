@@ -1,7 +1,9 @@
 """The ReferenceNet (2D) and the denoising UNet3D of the Hallo family, as one module tree.
 
 ``TalkingUNet(cfg, role="reference")`` is Hallo's reference UNet (no audio/motion modules, no
-output head); ``role="denoise"`` is the denoising UNet3D. Keys match Hallo's ``net.pth``.
+output head); ``role="denoise"`` is the denoising UNet3D. Keys match Hallo's ``net.pth``. The
+``UNetConfig`` switches make the same tree EchoMimic v1's two UNets (audio tokens through attn2,
+no audio modules, reference blocks without attn2; antgroup/echomimic a53e970), with EchoMimic's keys.
 
 The forward pass is an explicit list of *stages* (``conv_in``, ``down.<i>.<j>``,
 ``down.<i>.sample``, ``mid``, ``up.<i>.<j>``, ``up.<i>.sample``, ``out``) run by one small
@@ -32,14 +34,16 @@ Masks = tuple[Sequence[torch.Tensor], Sequence[torch.Tensor], Sequence[torch.Ten
 class UNetCond:
     """Per-call conditioning of the denoising UNet; every tensor has batch size B (items).
 
-    context: (B, T, D) image-context tokens (ImageProj output) for the spatial cross-attention.
-    audio: (B, F, Ta, Da) audio tokens (AudioProj output).
+    context: (B, T, D) image-context tokens (ImageProj output) for the spatial cross-attention;
+        None for models without image context (EchoMimic; its reference UNet has no attn2).
+    audio: (B, F, Ta, Da) audio tokens: AudioProj output for Hallo's audio modules, or (models with
+        ``spatial_context="audio"``) the per-frame tokens attn2 attends to (EchoMimic: whisper (50, 384)).
     masks: (full, face, lip), each a list over resolution levels of (B, H_l*W_l) weights.
     face_feature: (B, C0, F or 1, h, w) FaceLocator output, added after conv_in.
     layout: which reference group each item reads and whether it uses reference K/V.
     """
 
-    context: torch.Tensor
+    context: torch.Tensor | None = None
     audio: torch.Tensor | None = None
     masks: Masks | None = None
     face_feature: torch.Tensor | None = None
@@ -53,7 +57,7 @@ class RunState:
 
     h: torch.Tensor  # (B*F, C, H, W)
     temb: torch.Tensor  # (B*F, E)
-    context: torch.Tensor  # (B*F, T, D)
+    context: torch.Tensor | None  # (B*F, T, D): what attn2 attends to (image or per-frame audio tokens)
     batch: int
     frames: int
     audio: torch.Tensor | None = None  # (B*F, Ta, Da)
@@ -110,6 +114,11 @@ class TalkingUNet(nn.Module):
         self.cfg, self.role = cfg, role
         self.ref_state = ref_state if ref_state is not None else ReferenceState()
         temporal = role == "denoise"
+        # EchoMimic's reference blocks have no norm2/attn2; the denoiser's attn2 output may be scaled.
+        self.has_cross_attention = temporal or cfg.reference_cross_attention
+        context_dim = cfg.cross_attention_dim if self.has_cross_attention else None
+        context_scale = cfg.spatial_context_scale if temporal else 1.0
+        audio_modules = temporal and cfg.audio_modules
         ch = cfg.block_out_channels
         n = cfg.num_levels
         groups, eps = cfg.norm_groups, cfg.resnet_eps
@@ -119,7 +128,7 @@ class TalkingUNet(nn.Module):
                                  groups=groups, eps=eps, non_linearity="silu")
 
         def spatial(c, key):
-            return SpatialTransformer(c, cfg.heads, cfg.cross_attention_dim, groups, cfg.transformer_norm_eps, key)
+            return SpatialTransformer(c, cfg.heads, context_dim, groups, cfg.transformer_norm_eps, key, context_scale)
 
         def audio(c, inner, level):
             return AudioModule(c, inner, cfg.heads, cfg.audio_attention_dim, groups, cfg.transformer_norm_eps, level)
@@ -141,7 +150,7 @@ class TalkingUNet(nn.Module):
                 resnets=[resnet(c, cout) for c in ins],
                 attentions=[spatial(cout, f"down_blocks.{i}.attentions.{j}") for j in range(len(ins))] if attn else [],
                 # Hallo sizes the audio module's inner width from the layer's input channels.
-                audio_modules=[audio(cout, c, i) for c in ins] if attn and temporal else [],
+                audio_modules=[audio(cout, c, i) for c in ins] if attn and audio_modules else [],
                 motion_modules=[motion(cout) for _ in ins] if temporal else [],
                 downsampler=Downsample2D(cout, use_conv=True, out_channels=cout, padding=1, name="op") if i < n - 1 else None,
             ))
@@ -150,8 +159,8 @@ class TalkingUNet(nn.Module):
         self.mid_block = UNetBlock(
             resnets=[resnet(cm, cm), resnet(cm, cm)],
             attentions=[spatial(cm, "mid_block.attentions.0")],
-            audio_modules=[audio(cm, cm, n - 1)] if temporal else [],
-            motion_modules=[motion(cm)] if temporal else [],
+            audio_modules=[audio(cm, cm, n - 1)] if audio_modules else [],
+            motion_modules=[motion(cm)] if temporal and cfg.motion_mid_block else [],
         )
 
         self.up_blocks = nn.ModuleList()
@@ -171,7 +180,7 @@ class TalkingUNet(nn.Module):
             self.up_blocks.append(UNetBlock(
                 resnets=[resnet(c, cout) for c in ins],
                 attentions=[spatial(cout, f"up_blocks.{i}.attentions.{j}") for j in range(layers)] if attn else [],
-                audio_modules=[audio(cout, block_in, level) for _ in range(layers)] if attn and temporal else [],
+                audio_modules=[audio(cout, block_in, level) for _ in range(layers)] if attn and audio_modules else [],
                 motion_modules=[motion(cout) for _ in range(layers)] if temporal else [],
                 upsampler=Upsample2D(cout, use_conv=True, out_channels=cout) if i < n - 1 else None,
             ))
@@ -299,13 +308,26 @@ class TalkingUNet(nn.Module):
             raise ValueError(f"latent size {h}x{w} must be divisible by {down}")
         x = sample.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
         temb = self.embed_time(timestep, b, x.dtype).repeat_interleave(f, 0)
+        audio_context = self.role == "denoise" and self.cfg.spatial_context == "audio"
         ctx = cond.context
-        if ctx.shape[0] != b:
-            raise ValueError(f"context has batch {ctx.shape[0]}, sample has {b}")
-        state = RunState(h=x, temb=temb, context=ctx.repeat_interleave(f, 0), batch=b, frames=f,
-                         motion_scale=cond.motion_scale)
+        if audio_context:  # EchoMimic: attn2 of frame-row (b f) attends to that frame's audio tokens
+            if ctx is not None:
+                raise ValueError("this model takes no image context (its attn2 attends to the audio tokens)")
+            if cond.audio is None or cond.audio.shape[:2] != (b, f):
+                got = None if cond.audio is None else tuple(cond.audio.shape)
+                raise ValueError(f"this model needs per-frame audio tokens of shape ({b}, {f}, T, D), got {got}")
+            rows = cond.audio.reshape(b * f, *cond.audio.shape[2:])
+        elif ctx is None:
+            if self.has_cross_attention:
+                raise ValueError("this UNet's spatial cross-attention needs a context")
+            rows = None
+        else:
+            if ctx.shape[0] != b:
+                raise ValueError(f"context has batch {ctx.shape[0]}, sample has {b}")
+            rows = ctx.repeat_interleave(f, 0)
+        state = RunState(h=x, temb=temb, context=rows, batch=b, frames=f, motion_scale=cond.motion_scale)
         if self.role == "denoise":
-            if cond.audio is not None:
+            if cond.audio is not None and not audio_context:
                 if cond.audio.shape[:2] != (b, f):
                     raise ValueError(f"audio tokens {tuple(cond.audio.shape)} do not match batch {b} x {f} frames")
                 state.audio = cond.audio.reshape(b * f, *cond.audio.shape[2:])
