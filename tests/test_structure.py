@@ -127,7 +127,24 @@ def test_circle_finder_sees_deferred_and_relative_imports(tmp_path: Path) -> Non
 MAX_LINES = 600  # a file longer than this holds more than one idea: split it
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 def test_no_source_file_is_several_rooms() -> None:
-    long = {str(f.relative_to(SRC.parent)): n for f in sorted(SRC.rglob("*.py"))
-            if (n := len(f.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    files = sorted(SRC.rglob("*.py")) + sorted((REPO / "scripts").glob("*.py")) + sorted((REPO / "benchmarks").glob("*.py"))
+    long = {f.name: n for f in files if (n := len(f.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert not long, f"source files over {MAX_LINES} lines: {long}"
+
+
+def test_tests_alone_samples_across_modules() -> None:
+    """scripts/tests_alone.py (a .ci/run step): its sample covers a module per test before it
+    takes a second test of any module, and a seed gives the same sample again."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tests_alone", REPO / "scripts" / "tests_alone.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ids = [f"tests/test_{m}.py::test_{i}" for m in "abcd" for i in range(5 if m == "a" else 2)]
+    first = mod.sample(ids, 4, seed=7)
+    assert sorted(i.split("::")[0] for i in first) == [f"tests/test_{m}.py" for m in "abcd"]
+    assert mod.sample(ids, 4, seed=7) == first and len(set(mod.sample(ids, 20, seed=1))) == len(ids)

@@ -183,7 +183,9 @@ class TalkingHeadPipeline:
         """(1, C, F, h, w) latents -> (F, 3, H, W) frames in [0, 1], ``chunk`` frames at a time."""
         z = latents[0].permute(1, 0, 2, 3) / self.vae_scale
         out = [self.vae.decode(z[i : i + chunk]).sample for i in range(0, z.shape[0], chunk)]
-        return (torch.cat(out).float() / 2 + 0.5).clamp(0, 1)
+        # mapped to [0, 1] in the model dtype, then cast, in Hallo's order (decode_latents in
+        # hallo/animate/face_animate.py at 8fd7c57); the reverse order rounds twice in fp64
+        return (torch.cat(out) / 2 + 0.5).clamp(0, 1).float()
 
     @torch.no_grad()
     def portrait_conditioning(self, por: Portrait) -> dict:
