@@ -1,1 +1,5 @@
 """talkfast.audio"""
+
+from talkfast.audio.whisper import WhisperFeatures, WhisperStream
+
+__all__ = ["WhisperFeatures", "WhisperStream"]

@@ -21,6 +21,9 @@ box) is kept as it is instead of becoming all zeros as ``cv2.normalize`` would m
 Because F >= L wherever the lip map is non-zero, ``full + face + lip = 1`` almost everywhere: the
 three branches form a soft partition of unity, and the total amount of audio conditioning added
 to each token is about the same everywhere. The no-face fallback keeps that property.
+
+EchoMimic v1 uses a single FaceLocator mask instead: :func:`echomimic_face_mask` (with the square
+crop of :func:`echomimic_crop_rect`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,10 @@ import torch.nn.functional as F
 
 from talkfast.face.detect import Box, FaceRegions
 
-__all__ = ["MaskSet", "build_masks", "face_locator_image", "token_mask", "scaled_kernel"]
+__all__ = [
+    "MaskSet", "build_masks", "face_locator_image", "token_mask", "scaled_kernel",
+    "echomimic_crop_rect", "echomimic_face_mask",
+]
 
 
 @dataclass
@@ -223,3 +229,120 @@ def token_mask(regions: FaceRegions, grid: tuple[int, int], dilate: float = 0.1)
     if not bool(row_in.any()):
         row_in[int(min(max((y0 + y1) / 2, 0), h - 1))] = True
     return (row_in[:, None] & col_in[None, :]).reshape(-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# EchoMimic v1 (antgroup/echomimic a53e97040398ddae5d26df0d2054a8f1e9f9df6d: infer_audio2vid.py,
+# "face musk prepare" and "face crop"; src/utils/util.py crop_and_pad; echomimic_memo.md §0.2, §1.4)
+# ----------------------------------------------------------------------------------------------
+
+
+def _echomimic_box(box) -> tuple[int, int, int, int] | None:
+    """``(x0, y0, x1, y1)`` rounded like EchoMimic's ``np.round(xyxy).astype(int)`` (half to even), or None."""
+    if box is None:
+        return None
+    if isinstance(box, FaceRegions):
+        if not box.detected:
+            return None
+        box = box.face
+    if isinstance(box, Box):
+        box = (box.x0, box.y0, box.x1, box.y1)
+    coords = np.round(np.asarray(box, dtype=np.float64).reshape(-1)[:4])
+    if coords.shape != (4,) or not np.isfinite(coords).all() or coords[2] < coords[0] or coords[3] < coords[1]:
+        raise ValueError(f"expected a face box (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1, got {box!r}")
+    x0, y0, x1, y1 = (int(v) for v in coords)
+    return x0, y0, x1, y1
+
+
+def _image_wh(image_size) -> tuple[int, int]:
+    w, h = (int(v) for v in image_size)
+    if w < 1 or h < 1:
+        raise ValueError(f"invalid image size {image_size}")
+    return w, h
+
+
+def echomimic_crop_rect(box, image_size: tuple[int, int], dilation: float = 0.5) -> tuple[int, int, int, int] | None:
+    """EchoMimic's square face crop ``(x0, y0, x1, y1)`` (pixels, ``x1``/``y1`` exclusive) of an image
+    of ``image_size = (W, H)``, or None when there is no face (``box`` None, or a
+    :class:`FaceRegions` with ``detected=False``): EchoMimic then neither crops nor resizes.
+
+    ``box`` (a :class:`Box`, an ``(x0, y0, x1, y1)`` sequence or :class:`FaceRegions`) is rounded to
+    whole pixels, dilated by ``int(h * dilation)`` rows and ``int(w * dilation)`` columns on each
+    side and clipped to the image; ``crop_and_pad`` then takes ``side = min(width, height)``, the
+    centre ``((x0 + x1) // 2, (y0 + y1) // 2)``, ``x0' = max(0, cx - side // 2)``,
+    ``x1' = min(W, x0' + side)`` (likewise for y) and shrinks the result to a square if the image
+    edge made it uneven. The crop is then resized to the model size (512 x 512 in EchoMimic).
+    """
+    rounded = _echomimic_box(box)
+    if rounded is None:
+        return None
+    w, h = _image_wh(image_size)
+    cb, rb, ce, re_ = rounded
+    pad_r, pad_c = int((re_ - rb) * dilation), int((ce - cb) * dilation)
+    x0, y0 = max(0, cb - pad_c), max(0, rb - pad_r)
+    x1, y1 = min(ce + pad_c, w), min(re_ + pad_r, h)
+    side = max(0, min(x1 - x0, y1 - y0))
+    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+    nx0, ny0 = max(0, cx - side // 2), max(0, cy - side // 2)
+    nx1, ny1 = min(w, nx0 + side), min(h, ny0 + side)
+    if nx1 - nx0 != ny1 - ny0:
+        side = min(nx1 - nx0, ny1 - ny0)
+        nx1, ny1 = nx0 + side, ny0 + side
+    return nx0, ny0, nx1, ny1
+
+
+def echomimic_face_mask(
+    box,
+    image_size: tuple[int, int],
+    size: int | tuple[int, int] = 512,
+    *,
+    dilation: float = 0.1,
+    crop_dilation: float = 0.5,
+    uint8: bool = False,
+) -> torch.Tensor:
+    """EchoMimic v1's FaceLocator input: float32 ``(1, H, W)`` in ``[0, 1]`` (``size`` an int or ``(W, H)``).
+
+    1. The face box (rounded to whole pixels, see :func:`echomimic_crop_rect` for ``box`` types) is
+       padded by ``int(dilation * h)`` rows above and below and ``int(dilation * w)`` columns left
+       and right, and that rectangle of an ``image_size = (W, H)`` map is set to 1.
+    2. The map is cut to :func:`echomimic_crop_rect` (``crop_dilation``), the same square as the
+       portrait, and resized to ``size`` with ``cv2.resize`` (bilinear), so its edges become soft.
+
+    **Deviation:** EchoMimic writes the rectangle by numpy slicing, so a padded start above or left
+    of the image (a face near the top or left edge) is a negative index that wraps around and can
+    leave the mask wrong or empty. Here the rectangle is clipped to the image instead. EchoMimic
+    also resizes an 8-bit 0/255 map (edges rounded to 1/255); by default this stays in float32
+    (differences below 1/255, as in Hallo's masks above); ``uint8=True`` resizes the 0/255 map as
+    EchoMimic does.
+
+    **No face** (``box`` None or ``regions.detected`` False): all ones, i.e. EchoMimic's all-255
+    mask. EchoMimic keeps it (and the portrait) at the source size, which mismatches the latent
+    unless the source is already 512 x 512; here it has the model size. Like :func:`token_mask`'s
+    fallback, the whole frame may be face.
+    """
+    if isinstance(size, (int, np.integer)):
+        out_w = out_h = int(size)
+    else:
+        out_w, out_h = (int(v) for v in size)
+    if out_w < 1 or out_h < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    if dilation < 0 or crop_dilation < 0:
+        raise ValueError(f"dilations must be >= 0, got {dilation}, {crop_dilation}")
+    rounded = _echomimic_box(box)
+    if rounded is None:
+        return torch.ones(1, out_h, out_w)
+    w, h = _image_wh(image_size)
+    x0, y0, x1, y1 = echomimic_crop_rect(rounded, (w, h), crop_dilation)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"the face box {rounded} gives an empty crop of a {w}x{h} image")
+    cb, rb, ce, re_ = rounded
+    pad_r, pad_c = int((re_ - rb) * dilation), int((ce - cb) * dilation)
+    r0, r1 = max(rb - pad_r, 0), min(re_ + pad_r, h)  # clipped: EchoMimic wraps negative starts
+    c0, c1 = max(cb - pad_c, 0), min(ce + pad_c, w)
+    crop = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8 if uint8 else np.float32)
+    r0, r1 = min(max(r0 - y0, 0), y1 - y0), min(max(r1 - y0, 0), y1 - y0)
+    c0, c1 = min(max(c0 - x0, 0), x1 - x0), min(max(c1 - x0, 0), x1 - x0)
+    crop[r0:r1, c0:c1] = 255 if uint8 else 1.0
+    resized = cv2.resize(crop, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+    out = resized.astype(np.float32) / 255.0 if uint8 else np.clip(resized, 0.0, 1.0)
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))[None]
