@@ -158,7 +158,11 @@ def test_frontier_on_hand_made_rows():
 
 def test_control_steps_span_the_measured_speedups():
     assert bench.control_steps(15, [1.8, 3.4]) == [4, 5, 6, 7, 8, 9]  # 15/4 = 3.75 >= 3.4, 15/9 = 1.67 <= 1.8
-    assert bench.control_steps(15, [1.8, 3.4], most=3) == [4, 6, 9]
+    # the neighbours of every speedup stay (15/3.4 = 4.4: 4 and 5; 15/1.8 = 8.3: 8 and 9), even past most
+    assert bench.control_steps(15, [1.8, 3.4], most=3) == [4, 5, 8, 9]
+    # a wide span: the ends, every speedup's neighbours, then evenly spread up to most
+    wide = bench.control_steps(15, [1.2, 2.5, 5.1], most=6)
+    assert wide[0] == 2 and wide[-1] == 13 and {2, 3, 6, 12, 13} <= set(wide) and len(wide) == 6  # 15/5.1, 15/2.5, 15/1.2
     assert bench.control_steps(4, [1.2]) == [3] and bench.control_steps(4, [40.0]) == [1]
     assert bench.control_steps(15, []) == [] and bench.control_steps(1, [2.0]) == []
     m = bench.control_method(5)

@@ -388,3 +388,24 @@ def test_output_none_writes_nothing(pipe, tmp_path: Path, monkeypatch) -> None:
     assert list(work.iterdir()) == []
     assert sorted(p.name for p in inputs.iterdir()) == ["speech.wav"]
     assert sorted(EXAMPLES.iterdir()) == examples_before  # nothing written beside the portrait
+
+
+def test_decode_batches_small_frames_with_the_same_result(pipe, monkeypatch) -> None:
+    """decode() takes DECODE_PIXELS pixels a VAE call (tiny: 64x64 frames, 32 a call); the frames
+    equal one-at-a-time decoding to float round-off, and large frames go one at a time."""
+    from talkfast.pipeline import generate as gen_mod
+
+    z = torch.randn(1, pipe.cfg.latent_channels, 5, pipe.cfg.latent_size, pipe.cfg.latent_size,
+                    generator=torch.Generator().manual_seed(0))
+    calls = []
+    decode = pipe.vae.decode
+    monkeypatch.setattr(pipe.vae, "decode", lambda x: calls.append(x.shape[0]) or decode(x))
+    batched = pipe.decode(z)
+    assert calls == [5]  # 64x64: 8 * 128 * 128 // 64 ** 2 = 32 frames a call
+    calls.clear()
+    torch.testing.assert_close(batched, pipe.decode(z, 1), rtol=0, atol=1e-5)
+    assert calls == [1] * 5
+    calls.clear()
+    monkeypatch.setattr(gen_mod, "DECODE_PIXELS", 64 * 64 * 2)
+    pipe.decode(z)
+    assert calls == [2, 2, 1]

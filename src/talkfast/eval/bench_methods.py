@@ -78,18 +78,32 @@ def control_steps(base_steps: int, speedups: Sequence[float], most: int = 6) -> 
     """Step counts k < ``base_steps`` for plain-DDIM controls whose cost ratios ``base_steps / k``
     span ``speedups`` (the accelerated rows' measured speedups: time and FLOPs): from the smallest
     k with ``base/k`` at least the largest speedup to the largest k with ``base/k`` at most the
-    smallest one, at most ``most`` of them, spread evenly (both ends kept). Empty when there is
-    nothing to span (no speedups, or a one-step baseline)."""
+    smallest one. Every speedup's two neighbours (the k just cheaper and just dearer than it) are
+    always kept, so that each accelerated row is compared with the plain step counts on both sides
+    of its cost; the rest of the range is spread evenly (both ends kept) up to ``most`` in all
+    (more only when the neighbours alone are more). Empty when there is nothing to span (no
+    speedups, or a one-step baseline)."""
     vals = [float(v) for v in speedups if v is not None and v > 0 and v == v and v != float("inf")]
     if not vals or base_steps < 2:
         return []
+
+    def clamp(k: float) -> int:
+        return max(1, min(base_steps - 1, int(k)))
+
     lo, hi = min(vals), max(vals)
-    k_small = max(1, min(base_steps - 1, math.floor(base_steps / hi)))  # base/k >= hi
-    k_large = max(1, min(base_steps - 1, math.ceil(base_steps / max(lo, 1.0))))  # base/k <= lo (or the baseline's k-1)
+    k_small = clamp(math.floor(base_steps / hi))  # base/k >= hi
+    k_large = clamp(math.ceil(base_steps / max(lo, 1.0)))  # base/k <= lo (or the baseline's k-1)
     ks = list(range(k_small, max(k_small, k_large) + 1))
-    if len(ks) > most > 1:
-        ks = sorted({ks[round(i * (len(ks) - 1) / (most - 1))] for i in range(most)})
-    return ks
+    if len(ks) <= most or most < 2:
+        return ks
+    needed = {clamp(f(base_steps / max(v, 1.0))) for v in vals for f in (math.floor, math.ceil)}
+    spread = {ks[round(i * (len(ks) - 1) / (most - 1))] for i in range(most)}
+    out = set(needed)
+    for k in sorted(spread, key=lambda k: (k not in (ks[0], ks[-1]), k)):  # the ends first
+        if len(out) >= most:
+            break
+        out.add(k)
+    return sorted(out)
 
 
 def tuned_methods(folder) -> list[BenchMethod]:
