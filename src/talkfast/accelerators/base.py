@@ -207,20 +207,76 @@ class Accelerator:
         return line
 
 
+def gather_frames(full: torch.Tensor, length: int, key_index: list[int], frames: torch.Tensor) -> torch.Tensor:
+    """Rows of a per-frame cache for one window call: ``full`` (K*L, ...) holds L frames per key
+    item; call item r reads key item ``key_index[r]`` at the frames ``frames[r % n]`` ((n, f)
+    absolute indices, n items per CFG half). Returns (len(key_index) * f, ...)."""
+    per = full.reshape(-1, length, *full.shape[1:])
+    idx = frames.to(full.device)
+    n = idx.shape[0]
+    return torch.cat([per[key_index[r], idx[r % n]] for r in range(len(key_index))])
+
+
 class CapturePlan(StagePlan):
-    """Runs everything; keeps the hidden state entering stage ``index`` (and the skips)."""
+    """Runs everything; keeps the hidden state entering stage ``index`` (and the skips).
+
+    On a windowed predictor (:mod:`talkfast.sampling.windows`) each window call gets its own
+    capture (``for_window``); the windows' features are added up per absolute frame and divided by
+    the per-frame count (as the model outputs are), so after the call ``h`` holds (K*L, ...): every
+    one of the L frames of each of the K items, as a call over all L frames would.
+    """
 
     def __init__(self, index: int, keep_skips: bool = False):
         self.index, self.keep_skips = index, keep_skips
         self.h: torch.Tensor | None = None
         self.skips: list[torch.Tensor] | None = None
         self.layout: ItemLayout | None = None  # the key call's items (set by the accelerator)
+        self.length: int | None = None  # windowed: frames per item of h
+        self._pending: tuple[CapturePlan, torch.Tensor] | None = None
+        self._sums: list[torch.Tensor] | None = None
+        self._count: torch.Tensor | None = None
 
     def before(self, index: int, stage: Stage, state: RunState) -> None:
         if index == self.index:
             self.h = state.h
             if self.keep_skips:
                 self.skips = list(state.skips)
+
+    def for_window(self, window: int, frames: torch.Tensor, length: int) -> CapturePlan:
+        self._fold()
+        self.length = length
+        sub = CapturePlan(self.index, self.keep_skips)
+        self._pending = (sub, frames)
+        return sub
+
+    def _fold(self) -> None:
+        if self._pending is None:
+            return
+        sub, frames = self._pending
+        self._pending = None
+        parts = [sub.h] + list(sub.skips or [])
+        n, f = frames.shape
+        k = sub.h.shape[0] // f
+        idx = frames.to(sub.h.device)
+        if self._sums is None:
+            self._sums = [p.new_zeros((k, self.length, *p.shape[1:])) for p in parts]
+            self._count = sub.h.new_zeros((k, self.length))
+        for total, p in zip(self._sums, parts):
+            per = p.reshape(k, f, *p.shape[1:])
+            for r in range(k):
+                total[r, idx[r % n]] += per[r]
+        for r in range(k):
+            self._count[r, idx[r % n]] += 1
+
+    def after_windows(self) -> None:
+        self._fold()
+        if self._sums is None:
+            return
+        shape = (-1,) + (1,) * (self._sums[0].dim() - 2)
+        out = [(s / self._count.reshape(*self._count.shape, *shape[1:])).reshape(-1, *s.shape[2:]) for s in self._sums]
+        self.h = out[0]
+        self.skips = out[1:] if self.keep_skips else None
+        self._sums = self._count = None
 
 
 class ShallowPlan(StagePlan):
@@ -238,9 +294,17 @@ class ShallowPlan(StagePlan):
     def active(self, index: int, stage: Stage) -> bool:
         return index < self.d or index >= self.u
 
+    def for_window(self, window: int, frames: torch.Tensor, length: int) -> WindowShallowPlan:
+        if self.cache.length != length:
+            raise RuntimeError("a reduced windowed call needs its key step's per-frame cache "
+                               f"(key step over {self.cache.length} frames, this call over {length})")
+        return WindowShallowPlan(self, frames, length)
+
     def before(self, index: int, stage: Stage, state: RunState) -> None:
         if index != self.u:
             return
+        if self.cache.length is not None:
+            raise RuntimeError("the key step was windowed: this reduced call must be windowed too")
         layout = self.layout_of()
         idx = key_items(self.key_layout, layout)
         if self.feature is not None:
@@ -249,6 +313,35 @@ class ShallowPlan(StagePlan):
             state.h = expand_items(self.cache.h, state.frames, idx)
         if self.cache.skips is not None:
             state.skips = [expand_items(s, state.frames, idx) for s in self.cache.skips]
+
+
+class WindowShallowPlan(StagePlan):
+    """One window call of a reduced step on the windowed path: the shallow path of ``parent``,
+    with the cached feature of each call item regathered at this window's absolute frames from the
+    key step's per-frame cache (:class:`CapturePlan` ``for_window``). The key step's windows sat
+    elsewhere (the windows shift every step), so each frame gets its window-averaged feature
+    computed in other temporal contexts: an approximation that the dense (every step a key step)
+    setting never uses."""
+
+    def __init__(self, parent: ShallowPlan, frames: torch.Tensor, length: int):
+        self.parent, self.frames, self.length = parent, frames, length
+
+    def active(self, index: int, stage: Stage) -> bool:
+        return self.parent.active(index, stage)
+
+    def before(self, index: int, stage: Stage, state: RunState) -> None:
+        p = self.parent
+        if index != p.u:
+            return
+        layout = p.layout_of()
+        window = (self.frames, self.length)
+        if p.feature is not None:
+            state.h = p.feature(layout, state.frames, p.rows, window)
+        else:
+            state.h = gather_frames(p.cache.h, self.length, key_items(p.key_layout, layout), self.frames)
+        if p.cache.skips is not None:
+            idx = key_items(p.key_layout, layout)
+            state.skips = [gather_frames(s, self.length, idx, self.frames) for s in p.cache.skips]
 
 
 def key_prediction(scheduler, output: torch.Tensor, latents: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:

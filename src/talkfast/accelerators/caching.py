@@ -29,7 +29,8 @@ import torch
 from ..models.unet import StagePlan
 from ..sampling.loop import StepAction
 from ..sampling.scheduler import noise_to, output_for, previous_timestep, split_prediction
-from .base import Accelerator, CapturePlan, ShallowPlan, cut_points, expand_items, key_items, key_prediction
+from .base import (Accelerator, CapturePlan, ShallowPlan, cut_points, expand_items, gather_frames, key_items,
+                   key_prediction)
 from .schedule import KeySchedule
 
 log = logging.getLogger(__name__)
@@ -174,12 +175,16 @@ class LightningCP(Accelerator):
         ref = pts[-1][1].h
         weights = weights.to(ref.device, ref.dtype)
 
-        def feature(layout, frames: int, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        def feature(layout, frames: int, rows: tuple[int, int] | None = None, window=None) -> torch.Tensor:
+            """``window``: (frames (n, f), L) of a windowed call: each key step's per-frame cache is
+            regathered at the window's frames."""
             mine = weights if rows is None else weights[:, rows[0] : rows[1]]  # a shard's steps only
             w = mine.repeat(1, len(layout) // mine.shape[1]).repeat_interleave(frames, 1)  # (M, items*F)
             out = None
             for m, (_, cap) in enumerate(pts):  # each key call has its own items (guidance_every)
-                cached = expand_items(cap.h, frames, key_items(cap.layout, layout))
+                idx = key_items(cap.layout, layout)
+                cached = (expand_items(cap.h, frames, idx) if window is None
+                          else gather_frames(cap.h, window[1], idx, window[0]))
                 term = w[m].view(-1, *([1] * (cap.h.dim() - 1))) * cached
                 out = term if out is None else out + term
             return out

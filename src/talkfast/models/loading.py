@@ -311,6 +311,14 @@ def map_echomimic_weights(net: TalkingHeadNet, reference: dict, denoising: dict,
     return states, ignored
 
 
+def is_echomimic_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` looks like EchoMimic's ``pretrained_weights`` (any of its denoiser,
+    reference UNet or face locator files), not a Hallo or talkfast folder."""
+    root = Path(folder).expanduser()
+    names = {n for files in ECHOMIMIC_VARIANTS.values() for n in files}
+    return root.is_dir() and any((root / n).is_file() for n in names)
+
+
 def load_echomimic(folder: str | Path, variant: str = "default", cfg: ModelConfig | None = None) -> EchoMimicWeights:
     """EchoMimic v1's released weights from its ``pretrained_weights`` folder.
 

@@ -10,7 +10,14 @@ import torch
 
 from ..errors import CheckpointError
 from ..models.config import get_preset
-from ..models.loading import EMBEDDED_DIR, build_random, load_embedded, load_hallo
+from ..models.loading import (
+    EMBEDDED_DIR,
+    build_random,
+    is_echomimic_folder,
+    load_echomimic,
+    load_embedded,
+    load_hallo,
+)
 from . import MOTION_SOURCES
 from .conditioning import AudioConditioner
 from .generate import TalkingHeadPipeline
@@ -50,12 +57,49 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return dt
 
 
+def load_echomimic_pipeline(root: str | Path, variant: str, device: torch.device, dtype: torch.dtype):
+    """An :class:`~talkfast.pipeline.echomimic.EchoMimicPipeline` from EchoMimic's
+    ``pretrained_weights`` folder: the variant's four .pth files, ``audio_processor/whisper_tiny.pt``
+    and ``sd-vae-ft-mse/`` (one error lists every missing piece)."""
+    from diffusers import AutoencoderKL
+
+    from ..audio.whisper import WhisperFeatures
+    from ..models.loading import ECHOMIMIC_VAE, ECHOMIMIC_WHISPER
+    from .echomimic import EchoMimicPipeline
+
+    root = Path(root).expanduser()
+    missing = [f"whisper-tiny checkpoint {root / ECHOMIMIC_WHISPER}"] if not (root / ECHOMIMIC_WHISPER).is_file() else []
+    if not any((root / v / "config.json").is_file() for v in ECHOMIMIC_VAE):
+        missing.append("SD VAE folder (config.json + weights): " + ", ".join(str(root / v) for v in ECHOMIMIC_VAE))
+    try:
+        weights = load_echomimic(root, variant)
+    except CheckpointError as err:
+        if not missing:
+            raise
+        raise CheckpointError(f"{err}\nalso missing:\n  - " + "\n  - ".join(missing)) from err
+    if missing:
+        raise CheckpointError(f"incomplete EchoMimic checkpoint in {root}; missing:\n  - " + "\n  - ".join(missing))
+    try:
+        vae = AutoencoderKL.from_pretrained(str(weights.vae), local_files_only=True)
+    except Exception as err:
+        raise CheckpointError(f"cannot load the VAE from {weights.vae}: {err}") from err
+    whisper = WhisperFeatures(weights.whisper, device=device, dtype=dtype)
+    return EchoMimicPipeline(weights.net, vae.eval().requires_grad_(False), whisper, variant=variant, device=device,
+                             dtype=dtype, source=str(root))
+
+
 def load_pipeline(checkpoint: str | Path | None = None, *, random_weights: bool = False, preset: str = "small",
-                  device: str = "auto", dtype: str = "auto", seed: int = 0) -> TalkingHeadPipeline:
-    """``checkpoint``: a talkfast model folder (model.json) or a Hallo ``pretrained_models``
-    folder. Neither and not ``random_weights``: the embedded default model."""
+                  device: str = "auto", dtype: str = "auto", seed: int = 0,
+                  variant: str | None = None) -> TalkingHeadPipeline:
+    """``checkpoint``: a talkfast model folder (model.json), a Hallo ``pretrained_models`` folder
+    or an EchoMimic ``pretrained_weights`` folder (``variant``: default, acc, pose, pose_acc; None:
+    default). Neither and not ``random_weights``: the embedded default model."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if checkpoint is not None and not (Path(checkpoint) / "model.json").exists() and is_echomimic_folder(checkpoint):
+        return load_echomimic_pipeline(checkpoint, variant or "default", dev, dt)
+    if variant is not None:
+        raise ValueError("--variant is for EchoMimic pretrained_weights folders only")
     if random_weights:
         cfg = get_preset(preset)
         if cfg.audio_features != "mel":

@@ -1,0 +1,276 @@
+"""EchoMimic v1's generation path: portrait + speech -> 24 fps mp4, over shifting context windows.
+
+What EchoMimic does (antgroup/echomimic at a53e970: ``infer_audio2vid.py`` and
+``infer_audio2vid_acc.py`` for the face crop/mask and the settings, ``src/pipelines/
+pipeline_echo_mimic.py`` / ``pipeline_echo_mimic_acc.py`` for the loop; echomimic_memo.md §1.3-1.5):
+
+1. whisper-tiny tokens per video frame (:class:`~talkfast.audio.whisper.WhisperStream`), L frames;
+2. the face box -> a square crop of the portrait (x1.5 box) resized to the model size, and the
+   face mask (box + 10 %) cropped the same way (:func:`~talkfast.face.masks.echomimic_face_mask`)
+   -> FaceLocator feature F, broadcast over frames; the unconditional half gets zeros;
+3. the reference UNet runs once on the portrait latent with t = 0 and no context; its banks are
+   copied to both CFG halves (``TalkingHeadNet.write_reference(..., None)``);
+4. noise (1, 4, L, h, w) clamped to +-1.5 (the non-pose pipelines only), then the one denoising
+   loop with DDIM (linear betas 0.00085-0.012, v-prediction, zero-SNR, trailing, steps_offset 1,
+   eta 0: :func:`~talkfast.sampling.scheduler.make_scheduler`'s defaults) and a
+   :class:`~talkfast.sampling.windows.WindowedPredictor` (windows of 12, overlap 3, shift 2 per
+   step, 3 for pose): per window one call on [uncond; cond] with audio [zeros; tokens] and face
+   [0; F]; 30 steps and CFG 2.5 by default, the ``acc`` variants 6 steps and CFG 1;
+5. decode frame by frame, write at 24 fps with the audio.
+
+Memory and long audio (an approximation of EchoMimic, which stops at ``-L`` = 1200 frames): the
+video is made in **chunks** of at most ``max_frames`` frames (default 1200, EchoMimic's cap), one
+after the other; each chunk is its own closed loop of windows (indices wrap mod the chunk length)
+with its own noise from the one generator, and is decoded and written (a few frames at a time)
+before the next starts. Audio up to ``max_frames`` frames is therefore EchoMimic's computation;
+longer audio has no temporal coupling across a chunk boundary (a visible cut is possible there).
+
+Other differences: the noise is drawn in fp32 from talkfast's seeded CPU generator and then cast
+(EchoMimic draws fp16 from ``torch.manual_seed(420)``); the portrait crop is resized with PIL's
+bilinear filter (EchoMimic: ``cv2.resize``); with no face found the portrait is centre-cropped
+and the mask is all ones (EchoMimic keeps the uncropped source); the window outputs are always
+divided by the counter (see :mod:`talkfast.sampling.windows`). The pose variants need per-frame
+landmark drawings, which this path does not take yet.
+
+Accelerators: the caching methods run on the windowed path through the plan hooks of
+:class:`~talkfast.sampling.windows.WindowedPredictor`. A key step's cached deep feature (f_U31 for
+branch 0) is kept per absolute frame, averaged over the windows that hold the frame as the model
+outputs are, and regathered at the windows of each reduced step
+(:class:`~talkfast.accelerators.base.WindowShallowPlan`). The windows shift every step, so a
+reduced step's frames get features computed in other temporal contexts (an approximation; with
+every step a key step nothing is regathered and the result equals the unaccelerated path). The
+per-frame cache holds 2 x L frames of the cached feature (full size, branch 0: 320 x 64 x 64 per
+frame, about 5 MB in fp16, so about 6 GB at L = 1200). DFA and reference removal are not wired
+to this path (an error).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .. import __version__
+from ..accelerators.base import Accelerator
+from ..errors import InputError
+from ..face.detect import FaceRegions, detect_face
+from ..face.masks import echomimic_crop_rect, echomimic_face_mask
+from ..io.audio import load_audio
+from ..io.image import load_image, square_crop, to_tensor, to_uint8
+from ..io.video import VideoWriter, check_output_path, remove_stale_temporaries
+from ..models.unet import UNetCond
+from ..sampling.loop import StepPlanner, denoise
+from ..sampling.scheduler import make_scheduler
+from ..sampling.windows import WindowedPredictor
+from .generate import (
+    GenerateOptions,
+    GenerationResult,
+    TalkingHeadPipeline,
+    _StageClock,
+    half_layout,
+)
+
+log = logging.getLogger(__name__)
+
+# (steps, guidance) per EchoMimic variant (infer_audio2vid*.py defaults at a53e970)
+ECHOMIMIC_SAMPLING = {"default": (30, 2.5), "acc": (6, 1.0), "pose": (30, 2.5), "pose_acc": (6, 1.0)}
+ECHOMIMIC_FPS = 24
+WINDOW_FRAMES, WINDOW_OVERLAP = 12, 3  # --context_frames, --context_overlap
+NOISE_CLAMP = 1.5
+MAX_FRAMES = 1200  # EchoMimic's -L default; here the chunk length
+
+
+@dataclass
+class EchoPortrait:
+    image: Image.Image  # size x size RGB
+    pixels: torch.Tensor  # (3, size, size) in [-1, 1]
+    mask: torch.Tensor  # (1, size, size) in [0, 1]: the FaceLocator input
+    regions: FaceRegions  # as detected on the source image
+
+
+def echomimic_portrait(image: Image.Image, size: int) -> EchoPortrait:
+    """EchoMimic's square face crop of ``image`` and its face mask, both ``size`` x ``size``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        regions = detect_face(image)
+    for w in caught:
+        log.warning("portrait: %s", w.message)
+    rect = echomimic_crop_rect(regions, image.size)
+    if rect is None:
+        square = square_crop(image, size)
+    else:
+        square = image.crop(rect).resize((size, size), Image.Resampling.BILINEAR)
+    mask = echomimic_face_mask(regions, image.size, size)
+    return EchoPortrait(square, to_tensor(square), mask, regions)
+
+
+def window_model(net, tokens: torch.Tensor, face: torch.Tensor, guided: bool, dtype: torch.dtype):
+    """``window_output(x (n, C, f, h, w), t (n,), plan, halves, frames (n, f))`` for EchoMimic's net:
+    per-frame audio [zeros; tokens[frames]], face feature [0; F], one call on the listed halves."""
+    zero_face = torch.zeros_like(face)
+
+    def run(x: torch.Tensor, t: torch.Tensor, plan, halves: tuple[int, ...], frames: torch.Tensor) -> torch.Tensor:
+        n, k = x.shape[0], len(halves)
+        tok = tokens[frames.to(tokens.device)]  # (n, f, T, D)
+        zeros = torch.zeros_like(tok)
+        cond = UNetCond(
+            audio=torch.cat([tok if h else zeros for h in halves]),
+            face_feature=torch.cat([(face if h else zero_face).expand(n, -1, -1, -1, -1) for h in halves]),
+            layout=half_layout(n, halves, guided))
+        xx, tt = (x, t) if k == 1 else (torch.cat([x] * k), torch.cat([t] * k))
+        return net.denoise(xx.to(dtype), tt, cond, plan)
+
+    return run
+
+
+class EchoMimicPipeline(TalkingHeadPipeline):
+    """EchoMimic v1 behind the pipeline interface. ``audio`` is a
+    :class:`~talkfast.audio.whisper.WhisperFeatures`; ``variant`` one of default, acc, pose, pose_acc."""
+
+    default_fps = ECHOMIMIC_FPS
+    windowed = True  # its predictor runs shifting context windows (talkfast.sampling.windows)
+
+    def __init__(self, net, vae, audio, *, variant: str = "default", device="cpu", dtype=torch.float32,
+                 source: str = "", max_frames: int = MAX_FRAMES):
+        if variant not in ECHOMIMIC_SAMPLING:
+            raise ValueError(f"unknown EchoMimic variant {variant!r}; choose one of {sorted(ECHOMIMIC_SAMPLING)}")
+        super().__init__(net, vae, audio, device=device, dtype=dtype, identity="none", source=source)
+        self.variant = variant
+        self.pose = variant.startswith("pose")
+        self.shift = 3 if self.pose else 2
+        self.max_frames = int(max_frames)
+
+    def resolve(self, options: GenerateOptions | None = None) -> GenerateOptions:
+        o = options or GenerateOptions(fps=ECHOMIMIC_FPS)
+        steps, guidance = ECHOMIMIC_SAMPLING[self.variant]
+        o = replace(o, steps=steps if o.steps is None else o.steps,
+                    guidance=guidance if o.guidance is None else o.guidance,
+                    hallo_context_tiling=False, motion_source="reference")
+        return o.resolved(self.cfg.name)
+
+    def make_window_predictor(self, face: torch.Tensor, tokens: torch.Tensor, guidance: float, timesteps,
+                              length: int) -> WindowedPredictor:
+        """The step predictor over ``length`` frames; ``face`` (1, C0, 1, h, w), ``tokens`` (length, T, D)."""
+        run = window_model(self.net, tokens, face, guidance > 1.0, self.dtype)
+        return WindowedPredictor(run, timesteps, length, guidance, size=WINDOW_FRAMES, overlap=WINDOW_OVERLAP,
+                                 shift=self.shift)
+
+    def initial_noise(self, frames: int, h: int, w: int, gen: torch.Generator) -> torch.Tensor:
+        noise = torch.randn((1, self.cfg.latent_channels, frames, h, w), generator=gen)
+        if not self.pose:  # pipeline_echo_mimic(_acc).prepare_latents; the pose pipelines do not clamp
+            noise = noise.clamp(-NOISE_CLAMP, NOISE_CLAMP)
+        return noise.to(self.device, self.dtype)
+
+    @torch.no_grad()
+    def generate(self, source_image, driving_audio, output, options: GenerateOptions | None = None,
+                 size: int | None = None, accelerator: StepPlanner | None = None,
+                 progress: Callable[[int, int], None] | None = None,
+                 on_clip: Callable[[torch.Tensor], None] | None = None, extra_sidecar: dict | None = None,
+                 regions=None, wrap_predictor: Callable[[Callable], Callable] | None = None,
+                 overwrite: bool = False) -> GenerationResult:
+        """As :meth:`TalkingHeadPipeline.generate`; ``on_clip`` receives each decoded piece of frames.
+        ``regions`` is not used (EchoMimic detects the face itself)."""
+        if self.pose:
+            raise InputError(f"the EchoMimic {self.variant!r} variant needs per-frame pose drawings, which "
+                             "talkfast does not take yet; use --variant default or acc")
+        if isinstance(accelerator, Accelerator) and accelerator.plugins:
+            raise InputError("DFA and reference removal are not available on the EchoMimic path yet; use a "
+                             "caching method alone (e.g. --accel-method lightningcp --no-dfa --drop-ref-layers none)")
+        t0 = time.perf_counter()
+        opts = self.resolve(options)
+        size = self.check_size(size)
+        image = load_image(source_image) if isinstance(source_image, (str, Path)) else source_image
+        audio = load_audio(driving_audio) if isinstance(driving_audio, (str, Path)) else driving_audio
+        out_path = (check_output_path(output, overwrite=overwrite, inputs=(source_image, driving_audio))
+                    if output is not None else None)
+        if out_path is not None and remove_stale_temporaries(out_path):
+            log.warning("%s: removed the temporary files of an interrupted run", out_path)
+        por = echomimic_portrait(image, size)
+        stream = self.audio.stream(audio)
+        frames_total = stream.num_frames(opts.fps)
+        chunk = max(1, self.max_frames)
+        starts = list(range(0, frames_total, chunk))
+        sched = make_scheduler(opts.steps)
+        total_steps, done = len(starts) * opts.steps, 0
+        timings = {"prepare": time.perf_counter() - t0, "clips": []}
+        sidecar = {
+            "talkfast": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "model": self.cfg.name, "variant": self.variant, "weights": self.source,
+            "source_image": str(source_image), "driving_audio": str(driving_audio), "audio_seconds": audio.duration,
+            "frames": frames_total, "clips": len(starts), "chunk_frames": chunk, "size": size,
+            "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+            "face_detected": por.regions.detected, "face_box": list(por.regions.face.to_int()),
+            "windows": {"frames": WINDOW_FRAMES, "overlap": WINDOW_OVERLAP, "shift": self.shift},
+            "options": asdict(opts), **(extra_sidecar or {}),
+        }
+        attached_here = isinstance(accelerator, Accelerator) and accelerator.net is None
+        if isinstance(accelerator, Accelerator):
+            accelerator.attach(self.net)
+            accelerator.begin(self, por)
+        writer = None
+        if out_path is not None:
+            writer = VideoWriter(out_path, opts.fps, (size, size), audio=audio, max_frames=frames_total,
+                                 sidecar=sidecar, reject_blank=True, overwrite=overwrite)
+        gen = torch.Generator("cpu").manual_seed(opts.seed)
+        stage = _StageClock(timings, self.device)
+        h = w = size // self.cfg.vae_scale_factor
+        calls = 0
+        try:
+            with stage("encode"):
+                ref_latent = self.encode(por.pixels[None])
+            with stage("reference"):  # once per video (EchoMimic: at step 0)
+                self.net.write_reference(ref_latent, None)
+            with stage("prepare"):
+                face = self.net.face_locator(por.mask.to(self.device, self.dtype)[None]).unsqueeze(2)
+            for s in starts:
+                tc = time.perf_counter()
+                length = min(chunk, frames_total - s)
+                with stage("audio"):
+                    tokens = stream.clip(s, length, opts.fps).to(self.device, self.dtype)
+                predict = self.make_window_predictor(face, tokens, opts.guidance, sched.timesteps, length)
+                call = predict if wrap_predictor is None else wrap_predictor(predict)
+                noise = self.initial_noise(length, h, w, gen)
+
+                def step_done(_j: int) -> None:
+                    nonlocal done
+                    done += 1
+                    if progress is not None:
+                        progress(done, total_steps)
+
+                with stage("denoise"):
+                    latents = denoise(call, sched, noise, accelerator, on_step=step_done)
+                calls += predict.calls
+                for a in range(0, length, WINDOW_FRAMES):  # bounded: a few decoded frames at a time
+                    with stage("decode"):
+                        frames = self.decode(latents[:, :, a : a + WINDOW_FRAMES])
+                    with stage("write"):
+                        if writer is not None:
+                            writer.write(to_uint8(frames))
+                        if on_clip is not None:
+                            on_clip(frames)
+                timings["clips"].append(time.perf_counter() - tc)
+            self.net.clear_reference()
+            timings["total"] = time.perf_counter() - t0
+            sidecar["seconds"] = timings
+            sidecar["window_calls"] = calls
+            if isinstance(accelerator, Accelerator):
+                sidecar["accelerator"] = {"config": accelerator.describe(), "summary": accelerator.summary()}
+            if writer is not None:
+                writer.sidecar = dict(sidecar)
+                writer.close()
+        except BaseException:
+            self.net.clear_reference()
+            if writer is not None:
+                writer.abort()
+            raise
+        finally:
+            if attached_here:
+                accelerator.detach()
+        return GenerationResult(out_path, frames_total, len(starts), timings, sidecar)

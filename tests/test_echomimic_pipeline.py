@@ -1,0 +1,186 @@
+"""EchoMimic v1 end to end at tiny width (issue 15, stage 2b): a folder in EchoMimic's
+``pretrained_weights`` layout (antgroup/echomimic a53e970: the four .pth files,
+``audio_processor/whisper_tiny.pt``, ``sd-vae-ft-mse/``) -> ``talkfast generate --checkpoint DIR``
+-> a 24 fps mp4 with EchoMimic's frame count and the audio. The whisper checkpoint is the fake
+one of test_whisper_features.py (openai keys, width 8: tokens (50, 8)); the VAE is the reduced
+AutoencoderKL of test_checkpoint.py; the net is the tiny EchoMimic of test_echomimic.py with
+attn2 reading 8-wide tokens."""
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+from diffusers import AutoencoderKL
+from test_echomimic import TINY_ECHO, randomized, write_folder
+from test_whisper_features import DIMS, openai_state_dict
+
+from talkfast.accelerators import build_accelerator
+from talkfast.accelerators.base import CapturePlan, gather_frames
+from talkfast.accelerators.caching import CachingConfig
+from talkfast.accelerators.config import AccelConfig
+from talkfast.accelerators.dfa import DFAConfig
+from talkfast.accelerators.schedule import KeySchedule
+from talkfast.app.cli import main
+from talkfast.errors import CheckpointError, InputError
+from talkfast.io.audio import load_audio
+from talkfast.io.video import probe_video
+from talkfast.models import loading
+from talkfast.pipeline.echomimic import EchoMimicPipeline
+from talkfast.pipeline.generate import GenerateOptions
+from talkfast.pipeline.loader import load_pipeline
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ROOT = Path(__file__).resolve().parents[1]
+PORTRAIT = ROOT / "src/talkfast/assets/examples/portrait.png"
+TOY = TINY_ECHO.replace(unet=dataclasses.replace(TINY_ECHO.unet, cross_attention_dim=8, audio_attention_dim=8),
+                        audio_feature_dim=8)
+
+
+@pytest.fixture
+def echo_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(loading, "get_preset", lambda name: TOY)
+    net = randomized(TOY, seed=3)
+    root = write_folder(net, tmp_path / "pretrained_weights")
+    (root / "audio_processor").mkdir()
+    torch.save({"dims": DIMS, "model_state_dict": openai_state_dict()}, root / "audio_processor" / "whisper_tiny.pt")
+    torch.manual_seed(0)
+    AutoencoderKL(**loading.small_vae_config(TOY)).save_pretrained(root / "sd-vae-ft-mse")
+    return root, net
+
+
+@pytest.fixture
+def speech(tmp_path) -> Path:
+    data, rate = sf.read(ROOT / "src/talkfast/assets/examples/speech.wav", dtype="float32")
+    path = tmp_path / "speech.wav"
+    sf.write(path, data[: int(rate * 0.6)], rate)  # 0.6 s: ~15 frames at 24 fps, two windows
+    return path
+
+
+def test_generate_cli_writes_echomimic_video(echo_folder, speech, tmp_path, capsys):
+    root, _ = echo_folder
+    out = tmp_path / "out" / "echo.mp4"
+    code = main(["generate", "--checkpoint", str(root), "-s", str(PORTRAIT), "-a", str(speech), "-o", str(out),
+                 "--steps", "2", "-q"])  # --accel auto: no acceleration on EchoMimic
+    assert code == 0, capsys.readouterr().err
+    pipe = load_pipeline(root, device="cpu", dtype="fp32")
+    frames = pipe.audio.stream(load_audio(speech)).num_frames(24)
+    info = probe_video(out)
+    assert info.num_frames == frames > 12 and info.has_audio and info.fps == pytest.approx(24)
+    assert (info.width, info.height) == (64, 64)
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["variant"] == "default" and side["options"]["guidance"] == 2.5 and side["options"]["fps"] == 24
+    assert side["window_calls"] == 2 * 2  # two windows per step, two steps
+
+
+def test_loader_builds_the_echomimic_pipeline(echo_folder):
+    root, net = echo_folder
+    pipe = load_pipeline(root, device="cpu", dtype="fp32")
+    assert isinstance(pipe, EchoMimicPipeline) and pipe.variant == "default" and pipe.default_fps == 24
+    for (k, v), (k2, w) in zip(pipe.net.state_dict().items(), net.state_dict().items()):
+        assert k == k2
+        torch.testing.assert_close(v, w, rtol=0, atol=0)
+    o = pipe.resolve()
+    assert (o.steps, o.guidance, o.fps) == (30, 2.5, 24)
+    # acc: 6 steps, no guidance; the variant picks the files
+    with pytest.raises(CheckpointError, match="denoising_unet_acc.pth"):
+        load_pipeline(root, device="cpu", dtype="fp32", variant="acc")
+    write_folder(net, root, "acc")
+    acc = load_pipeline(root, device="cpu", dtype="fp32", variant="acc")
+    o = acc.resolve()
+    assert (acc.variant, o.steps, o.guidance, o.fps) == ("acc", 6, 1.0, 24)
+    face, tokens = torch.zeros(1, 16, 1, 8, 8), torch.zeros(30, 50, 8)
+    assert acc.make_window_predictor(face, tokens, o.guidance, [999], 30).guidance is None  # no CFG
+    with pytest.raises(ValueError):
+        load_pipeline(None, device="cpu", dtype="fp32", variant="acc")
+
+
+def test_missing_whisper_and_vae_are_listed(echo_folder):
+    root, _ = echo_folder
+    (root / "audio_processor" / "whisper_tiny.pt").unlink()
+    shutil.rmtree(root / "sd-vae-ft-mse")
+    with pytest.raises(CheckpointError) as err:
+        load_pipeline(root, device="cpu", dtype="fp32")
+    assert "whisper_tiny.pt" in str(err.value) and "sd-vae-ft-mse" in str(err.value)
+
+
+@torch.no_grad()
+def test_long_audio_is_made_in_chunks(echo_folder, speech):
+    """Chunks of at most max_frames frames, each its own closed loop, decoded and handed on in pieces;
+    one window call per window and step."""
+    root, _ = echo_folder
+    pipe = load_pipeline(root, device="cpu", dtype="fp32")
+    pipe.max_frames = 8
+    pieces = []
+    res = pipe.generate(PORTRAIT, speech, None, GenerateOptions(steps=2, fps=24), on_clip=pieces.append)
+    assert res.clips == 2 and res.frames > 12 and sum(p.shape[0] for p in pieces) == res.frames
+    assert res.sidecar["window_calls"] == 2 * (1 + 1)  # each chunk <= 12 frames: one window per step
+    pipe.max_frames = 1200
+    whole = []
+    res2 = pipe.generate(PORTRAIT, speech, None, GenerateOptions(steps=2, fps=24), on_clip=whole.append)
+    assert res2.clips == 1 and res2.sidecar["window_calls"] == 2 * 2
+
+
+# ------------------------------------------------------------------------------ accelerators on the windows
+def _frames(pipe, speech, acc=None, steps=4, guidance=None):
+    pieces = []
+    pipe.generate(PORTRAIT, speech, None, GenerateOptions(steps=steps, guidance=guidance, fps=24), accelerator=acc,
+                  on_clip=pieces.append)
+    return torch.cat(pieces)
+
+
+def _every_step(method, **kw):
+    return AccelConfig(method, CachingConfig(keys=KeySchedule("uniform", interval=1), **kw))
+
+
+@torch.no_grad()
+def test_every_accelerator_degenerate_setting_equals_the_windowed_baseline(echo_folder, speech):
+    root, _ = echo_folder
+    pipe = load_pipeline(root, device="cpu", dtype="fp32")
+    base = _frames(pipe, speech)
+    for cfg in (_every_step("lightningcp"), _every_step("deepcache"), _every_step("fasterdiffusion", noise_injection=0.0),
+                _every_step("lightningcp", forecast=1, guidance_reuse=True),
+                AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("explicit", steps=(0, 1, 2, 3))))):
+        acc = build_accelerator(cfg)
+        torch.testing.assert_close(_frames(pipe, speech, acc), base, rtol=0, atol=0)
+        s = acc.summary()
+        assert s["reduced_steps"] == 0 and s["full_steps"] == 4, cfg.method
+
+
+@torch.no_grad()
+def test_reduced_steps_run_on_the_windows(echo_folder, speech):
+    """Key steps 0 and 2; steps 1 and 3 reduced, their windows shifted against the key step's: the
+    per-frame cache is regathered. The result moves, but not far; every method runs."""
+    root, _ = echo_folder
+    pipe = load_pipeline(root, device="cpu", dtype="fp32")
+    base = _frames(pipe, speech)
+    for cfg in (AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=2))),
+                AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=2), forecast=1,
+                                                         guidance_reuse=True)),
+                AccelConfig("deepcache", CachingConfig(keys=KeySchedule("uniform", interval=2))),
+                AccelConfig("fasterdiffusion", CachingConfig(keys=KeySchedule("uniform", interval=2)))):
+        acc = build_accelerator(cfg)
+        out = _frames(pipe, speech, acc)
+        s = acc.summary()
+        assert (s["full_steps"], s["reduced_steps"]) == (2, 2), cfg.method
+        assert torch.isfinite(out).all() and 0 < (out - base).abs().max() < 0.5, cfg.method
+    with pytest.raises(InputError, match="DFA"):
+        _frames(pipe, speech, build_accelerator(_every_step("lightningcp").replace(dfa=DFAConfig())))
+
+
+def test_per_frame_cache_averages_windows_and_regathers():
+    """CapturePlan over two windows of L = 5 (frames [0, 1, 2] and [2, 3, 4]; K = 2 items): frame 2
+    gets the mean of both windows; gather_frames picks rows per item at new frames."""
+    cap = CapturePlan(0)
+    for w, frames in enumerate(([0, 1, 2], [2, 3, 4])):
+        sub = cap.for_window(w, torch.tensor([frames]), 5)
+        sub.h = torch.tensor([[10.0 * w + f] for f in frames] + [[100 + 10.0 * w + f] for f in frames])  # (K*f, 1)
+    cap.after_windows()
+    want = torch.tensor([0, 1, (2 + 12) / 2, 13, 14, 100, 101, (102 + 112) / 2, 113, 114])[:, None]
+    torch.testing.assert_close(cap.h, want, rtol=0, atol=0)
+    got = gather_frames(cap.h, 5, [0, 0, 1, 1], torch.tensor([[4, 0], [1, 2]]))  # 2 steps x 2 halves
+    torch.testing.assert_close(got[:, 0], torch.tensor([14, 0, 1, 7, 114, 100, 101, 107.0]), rtol=0, atol=0)
