@@ -184,3 +184,21 @@ def test_per_frame_cache_averages_windows_and_regathers():
     torch.testing.assert_close(cap.h, want, rtol=0, atol=0)
     got = gather_frames(cap.h, 5, [0, 0, 1, 1], torch.tensor([[4, 0], [1, 2]]))  # 2 steps x 2 halves
     torch.testing.assert_close(got[:, 0], torch.tensor([14, 0, 1, 7, 114, 100, 101, 107.0]), rtol=0, atol=0)
+
+
+def test_doctor_reads_an_echomimic_folder(echo_folder, capsys):
+    """doctor --checkpoint on EchoMimic's layout: each complete variant's files are read and checked
+    key by key (a wrong shape is named), whisper-tiny and the VAE are reported."""
+    root, net = echo_folder
+    code = main(["doctor", "--checkpoint", str(root)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "EchoMimic weights folder" in out and "default: all" in out and "whisper-tiny found" in out
+    assert "acc:" not in out  # no acc files in the folder
+    state = {k: v for k, v in net.reference_unet.state_dict().items()}
+    key = next(iter(state))
+    state[key] = torch.zeros(3, 3)
+    torch.save(state, root / "reference_unet.pth")
+    code = main(["doctor", "--checkpoint", str(root)])
+    out = capsys.readouterr().out
+    assert code != 0 and "reference_unet.pth" in out and key in out

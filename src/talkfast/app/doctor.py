@@ -139,11 +139,40 @@ def _weights_folder(folder: Path, what: str) -> str:
     return f"{what} {folder.name} ({files[0].name}: {n} tensors)"
 
 
+def _echomimic_folder(root: Path) -> str:
+    """EchoMimic's ``pretrained_weights``: every variant whose four files are there is read
+    (memory-mapped, ``weights_only``) and checked key by key against its preset on ``meta``, with
+    EchoMimic's strictness (:func:`talkfast.models.loading.map_echomimic_weights`); whisper-tiny and
+    the VAE folder are reported when present."""
+    from ..errors import CheckpointError
+    from ..models.loading import (ECHOMIMIC_VAE, ECHOMIMIC_VARIANTS, ECHOMIMIC_WHISPER, echomimic_preset,
+                                  map_echomimic_weights, read_bare_state_dict)
+    from ..models.net import build_net
+
+    complete = [v for v, names in ECHOMIMIC_VARIANTS.items() if all((root / n).is_file() for n in names)]
+    if not complete:
+        raise CheckpointError(f"{root} has EchoMimic files but no complete variant; the default needs "
+                              + ", ".join(ECHOMIMIC_VARIANTS["default"]))
+    parts = []
+    for variant in complete:
+        names = ECHOMIMIC_VARIANTS[variant]
+        net = build_net(echomimic_preset(variant), device="meta")
+        states, ignored = map_echomimic_weights(net, *(read_bare_state_dict(root / n) for n in names), names)
+        n = sum(len(v) for v in states.values())
+        skipped = sum(len(v) for v in ignored.values())
+        parts.append(f"{variant}: all {n} tensors, shapes match" + (f" ({skipped} extra keys ignored)" if skipped else ""))
+    whisper = root / ECHOMIMIC_WHISPER
+    parts.append(f"whisper-tiny {'found' if whisper.is_file() else 'MISSING'} ({ECHOMIMIC_WHISPER})")
+    vae = next((root / n for n in ECHOMIMIC_VAE if (root / n).is_dir()), None)
+    parts.append(_weights_folder(vae, "VAE") if vae is not None else f"VAE MISSING ({ECHOMIMIC_VAE[0]}/)")
+    return "EchoMimic weights folder: " + "; ".join(parts)
+
+
 def check_checkpoint(folder: str | Path) -> tuple[bool, str]:
     """Read a checkpoint folder's headers: every network key and shape, the VAE's (and wav2vec2's)
     config and weights header. Raises :class:`~talkfast.errors.CheckpointError` saying what is wrong."""
     from ..errors import CheckpointError
-    from ..models.loading import find_hallo_checkpoint, read_model_json
+    from ..models.loading import find_hallo_checkpoint, is_echomimic_folder, read_model_json
 
     root = Path(folder).expanduser()
     if (root / "model.json").is_file():  # a talkfast model folder
@@ -155,6 +184,8 @@ def check_checkpoint(folder: str | Path) -> tuple[bool, str]:
             raise CheckpointError(f"cannot read {net}: {err}") from err
         parts = [_compare(found, meta["preset"], net), _weights_folder(root / "vae", "VAE")]
         return True, "talkfast model folder: " + "; ".join(parts)
+    if is_echomimic_folder(root):
+        return True, _echomimic_folder(root)
     paths = find_hallo_checkpoint(root)
     try:
         found = _header(paths.net)

@@ -319,6 +319,11 @@ def is_echomimic_folder(folder: str | Path) -> bool:
     return root.is_dir() and any((root / n).is_file() for n in names)
 
 
+def echomimic_preset(variant: str) -> ModelConfig:
+    """The preset a variant's files fit: ``echomimic_pose`` (RGB face locator) for the pose ones."""
+    return get_preset("echomimic_pose" if variant.startswith("pose") else "echomimic")
+
+
 def load_echomimic(folder: str | Path, variant: str = "default", cfg: ModelConfig | None = None) -> EchoMimicWeights:
     """EchoMimic v1's released weights from its ``pretrained_weights`` folder.
 
@@ -336,7 +341,7 @@ def load_echomimic(folder: str | Path, variant: str = "default", cfg: ModelConfi
     if absent:
         raise CheckpointError(f"incomplete EchoMimic {variant!r} weights in {root}; missing:\n  - " + "\n  - ".join(absent))
     if cfg is None:
-        cfg = get_preset("echomimic_pose" if variant.startswith("pose") else "echomimic")
+        cfg = echomimic_preset(variant)
     net = build_net(cfg, device="meta")
     ref, den, mm, face = (read_bare_state_dict(root / n) for n in names)
     states, ignored = map_echomimic_weights(net, ref, den, mm, face, names)
