@@ -108,6 +108,7 @@ def test_quick_bench_has_controls_reference_frontier_and_stages(quick):
     rows = {m["name"]: m for m in data["methods"]}
     base, lcp, ref = rows["baseline"], rows["lightningcp"], rows["reference@8"]
     controls = [m for m in data["methods"] if m["role"] == "control"]
+    assert "each row's neighbours included" in (out / "bench.md").read_text()
     # the controls are plain DDIM at fewer steps, chosen from the accelerated row's measured speedups
     speedups = [lcp["speedup"], lcp["model_speedup"], 1 / lcp["flops_ratio"]]
     assert [m["steps"] for m in controls] == sorted(bench.control_steps(4, speedups), reverse=True)
@@ -209,6 +210,7 @@ def test_every_step_a_key_step_is_identical_and_ground_truth_fills_the_columns(p
     methods = [bench.BenchMethod("lightningcp-all-keys", every), bench.BenchMethod("baseline")]  # baseline moved first
     res = bench.run_bench(pipe, [case], methods, GenerateOptions(steps=3), warmup=False, controls=None, reference=0)
     assert [m.name for m in res.methods] == ["baseline", "lightningcp-all-keys"]
+    assert any("the k given by --controls" in n for n in res.notes)  # not chosen automatically
     base, same = res.methods
     assert base.speedup == 1.0
     assert same.psnr_base == CAP and same.ssim_base == pytest.approx(1.0)

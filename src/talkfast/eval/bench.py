@@ -359,12 +359,13 @@ def _run_bench(pipe, cases, methods, options, warmup, count_flops, repeats, size
         "controls": [c.steps for c in todo] if controls == "auto" else controls,
         "reference_steps": None if ref is None else ref.steps, **_environment(device),
     }
-    notes = _pipeline_notes(mem_kind, count_flops, repeats, pipe, cases, S, ref is not None and ref.steps)
+    notes = _pipeline_notes(mem_kind, count_flops, repeats, pipe, cases, S, ref is not None and ref.steps,
+                            controls_auto=controls == "auto")
     return BenchResult(target, "pipeline", meta, results, notes)
 
 
 def _pipeline_notes(mem_kind: str, count_flops: bool, repeats: int, pipe, cases, steps: int = 0,
-                    ref_steps: int | None = None) -> list[str]:
+                    ref_steps: int | None = None, controls_auto: bool = True) -> list[str]:
     notes = [
         "total s: wall-clock of a whole generate() (portrait, VAE, ReferenceNet, audio features, denoising)"
         + (f", median of {repeats} runs" if repeats > 1 else "") + "; speedup = baseline total / method total.",
@@ -377,8 +378,9 @@ def _pipeline_notes(mem_kind: str, count_flops: bool, repeats: int, pipe, cases,
         f"PSNR/SSIM: per frame, averaged; PSNR capped at {PSNR_CAP:g} dB (identical frames read {PSNR_CAP:g}); "
         f"'base' against the baseline ({steps} steps, the model's default unless --steps)"
         + (f", 'ref' against the longer reference ({ref_steps} steps)." if ref_steps else "."),
-        "controls: ddim@k rows are plain DDIM at k steps, no acceleration, with k chosen so that the baseline's "
-        "steps / k spans the accelerated rows' measured speedups (time and FLOPs).",
+        "controls: ddim@k rows are plain DDIM at k steps, no acceleration, "
+        + ("with k chosen so that the baseline's steps / k spans the accelerated rows' measured speedups (time and "
+           "FLOPs), each row's neighbours included." if controls_auto else "with the k given by --controls."),
         "frontier: a row is on it when no other row is both at least as fast (end-to-end) and at least as close "
         "to the baseline (PSNR), and better in one.",
         "stage seconds: the pipeline's own per-stage timings (GenerationResult.seconds), mean per generation.",
