@@ -224,6 +224,24 @@ def test_generate_detaches_what_it_attached(pipe, inputs, baseline):
     assert _processors(pipe.net) == before
 
 
+def test_generate_detaches_when_the_writer_cannot_start(pipe, inputs, tmp_path, monkeypatch):
+    """The accelerator is detached also when generate() stops before sampling, here because the
+    video writer cannot start (the encoder missing, a folder gone): no processor stays behind."""
+    import talkfast.pipeline.generate as generate_module
+
+    def no_writer(*_a, **_k):
+        raise OSError("the encoder cannot start")
+
+    monkeypatch.setattr(generate_module, "VideoWriter", no_writer)
+    before = _processors(pipe.net)
+    img, audio = inputs
+    acc = build_accelerator(AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=3)),
+                                        dfa=DFAConfig(), drop_ref=True))
+    with pytest.raises(OSError, match="encoder cannot start"):
+        pipe.generate(img, audio, tmp_path / "out.mp4", GenerateOptions(steps=STEPS), accelerator=acc)
+    assert acc.net is None and _processors(pipe.net) == before
+
+
 @pytest.mark.slow  # dynamo traces the UNet twice: about a minute on one core
 def test_compiled_unet_does_not_recompile_per_step(pipe, inputs):
     """torch.compile (dynamo; the eager backend keeps the test fast) of the denoising UNet under

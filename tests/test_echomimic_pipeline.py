@@ -25,7 +25,7 @@ from talkfast.accelerators.config import AccelConfig
 from talkfast.accelerators.dfa import DFAConfig
 from talkfast.accelerators.schedule import KeySchedule
 from talkfast.app.cli import main
-from talkfast.errors import CheckpointError, InputError
+from talkfast.errors import CheckpointError
 from talkfast.io.audio import load_audio
 from talkfast.io.video import probe_video
 from talkfast.models import loading
@@ -168,8 +168,50 @@ def test_reduced_steps_run_on_the_windows(echo_folder, speech):
         s = acc.summary()
         assert (s["full_steps"], s["reduced_steps"]) == (2, 2), cfg.method
         assert torch.isfinite(out).all() and 0 < (out - base).abs().max() < 0.5, cfg.method
-    with pytest.raises(InputError, match="DFA"):
-        _frames(pipe, speech, build_accelerator(_every_step("lightningcp").replace(dfa=DFAConfig())))
+
+
+def _lcp2(**kw) -> AccelConfig:
+    return AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=2)), **kw)
+
+
+@torch.no_grad()
+def test_dfa_and_reference_removal_on_the_windows(echo_folder, speech, monkeypatch):
+    """DFA on the windowed path: with every step a key step it equals the baseline; with EchoMimic's
+    face mask all ones (every token foreground) its reduced window calls equal LightningCP's;
+    with the real mask they compute the foreground only (fewer tokens) and read the background at
+    their own frames from the key step's per-frame store. Reference removal runs on the windows."""
+    from talkfast.accelerators.dfa import DFA
+    from talkfast.pipeline import echomimic as echo
+
+    root, _ = echo_folder
+    pipe = load_pipeline(root, device="cpu", dtype="fp32")
+    base = _frames(pipe, speech)
+    dfa = DFAConfig(temporal=True)
+    every = build_accelerator(_every_step("lightningcp").replace(dfa=dfa, drop_ref=True, drop_ref_layers=()))
+    torch.testing.assert_close(_frames(pipe, speech, every), base, rtol=0, atol=0)
+
+    lengths, original = [], DFA.foreground
+
+    def counting(self, length, device):
+        if self.shared is not None and self.shared.phase == "shallow":
+            lengths.append((length, len(original(self, length, device))))
+        return original(self, length, device)
+
+    monkeypatch.setattr(DFA, "foreground", counting)
+    lcp = _frames(pipe, speech, build_accelerator(_lcp2()))
+    with_dfa = _frames(pipe, speech, build_accelerator(_lcp2(dfa=dfa)))
+    assert lengths and any(fg < n for n, fg in lengths)  # the face mask leaves background tokens out
+    assert torch.isfinite(with_dfa).all() and 0 < (with_dfa - lcp).abs().max() < 0.5
+    dropped = _frames(pipe, speech, build_accelerator(_lcp2(drop_ref=True)))
+    assert torch.isfinite(dropped).all() and (dropped - lcp).abs().max() > 0
+
+    mask = echo.echomimic_face_mask
+    monkeypatch.setattr(echo, "echomimic_face_mask", lambda *a, **k: torch.ones_like(mask(*a, **k)))
+    lengths.clear()
+    lcp_ones = _frames(pipe, speech, build_accelerator(_lcp2()))
+    dfa_ones = _frames(pipe, speech, build_accelerator(_lcp2(dfa=dfa)))
+    assert lengths and all(fg == n for n, fg in lengths)
+    torch.testing.assert_close(dfa_ones, lcp_ones, rtol=1e-5, atol=1e-5)
 
 
 def test_per_frame_cache_averages_windows_and_regathers():

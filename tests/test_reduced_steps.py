@@ -276,11 +276,11 @@ def test_padding_gives_the_same_video(pipe, inputs):
     assert {r.items for r in acc.records if r.kind == "shallow"} == {3}
 
 
-@pytest.mark.parametrize("keys", [KeySchedule("uniform", interval=4), KeySchedule("dense")], ids=["uniform", "dense"])
-def test_padded_groups_compile_once(pipe, inputs, keys):
-    """10 steps with a key every 4th (groups 3, 3, 1) and FasterDiffusion's dense schedule at 40
-    steps: with ``pad`` the shallow calls all have one shape, so one graph for key steps and one
-    for reduced steps, whatever the group sizes."""
+def test_padded_groups_compile_once(pipe, inputs):
+    """10 steps with a key every 4th (groups 3, 3, 1), then FasterDiffusion's dense schedule at
+    40 steps (groups of 1 to 9) on the same compiled UNet: with ``pad`` the shallow calls of a
+    schedule all have one shape, so the first schedule makes one graph for key steps and one for
+    reduced steps, whatever the group sizes, and the second adds at most one (its padded size)."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
@@ -290,10 +290,13 @@ def test_padded_groups_compile_once(pipe, inputs, keys):
     img, audio = inputs
     one_clip = Audio(audio.samples[: 16000 * 4 // 25], 16000, 16000, 1)
     try:
-        for steps in ((10,) if keys.kind == "uniform" else (40,)):
+        graphs = []
+        for keys, steps in ((KeySchedule("uniform", interval=4), 10), (KeySchedule("dense"), 40)):
             acc = build_accelerator(AccelConfig("lightningcp", CachingConfig(keys=keys, pad=True)))
             pipe.generate(img, one_clip, None, GenerateOptions(steps=steps), accelerator=acc)
-        assert counters["stats"]["unique_graphs"] == 2
+            assert len({r.items for r in acc.records if r.kind == "shallow"}) == 1  # one padded size
+            graphs.append(counters["stats"]["unique_graphs"])
+        assert graphs[0] == 2 and graphs[1] <= 3, graphs
     finally:
         del unet.forward
         torch._dynamo.reset()

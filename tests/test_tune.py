@@ -46,6 +46,34 @@ def test_budgets_pick_the_fastest_setting_that_meets_them():
     assert "plain DDIM at fewer steps" in text and "ddim@5" in text
 
 
+def test_pick_keeps_a_margin_checks_every_sample_and_treats_near_times_as_equal():
+    base = dict(row("baseline", 10.0, 100.0, 0.80, "off"), case_lipsync=[0.8, 0.7, 0.9])
+    # 36.2 dB meets the 36 dB floor but not floor + margin: the slower 36.6 dB setting is the quality pick
+    rows = [row("thin", 3.0, 36.2, 0.80), row("safe", 4.0, 36.6, 0.80)]
+    assert tune.pick(base, rows)["quality"]["name"] == "safe"
+    assert tune.pick(base, rows, margin=0.0)["quality"]["name"] == "thin"
+    # the mean lip sync holds (0.79 >= 0.78) but one sample falls 0.15 below its baseline
+    one_bad = dict(row("one-bad", 2.0, 31.0, 0.79), case_lipsync=[0.86, 0.55, 0.96])
+    fine = dict(row("fine", 2.5, 30.6, 0.79), case_lipsync=[0.79, 0.68, 0.9])
+    assert tune.pick(base, [one_bad, fine])["fast"]["name"] == "fine"
+    assert tune.pick(base, [one_bad, fine], worst=None)["fast"]["name"] == "one-bad"
+    # times within 3% are a tie: the better of the two wins; beyond it the faster wins
+    assert tune.pick(base, [row("a", 3.00, 31.0, 0.8), row("b", 3.05, 32.0, 0.8)])["fast"]["name"] == "b"
+    assert tune.pick(base, [row("a", 3.00, 31.0, 0.8), row("b", 3.30, 32.0, 0.8)])["fast"]["name"] == "a"
+    # a stricter budget's pick that costs no more than the looser's own (within the tie) is kept for it:
+    # here quality's 36.8 dB setting at 3.02 s would otherwise sit beside balanced's 34 dB one at 3.0 s
+    picks = tune.pick(base, [row("bal", 3.0, 34.0, 0.8), row("q", 3.02, 36.8, 0.8), row("f", 2.0, 30.8, 0.8)],
+                      tie=0.0)
+    assert (picks["quality"]["name"], picks["balanced"]["name"], picks["fast"]["name"]) == ("q", "bal", "f")
+    picks = tune.pick(base, [row("bal", 3.0, 34.0, 0.8), row("q", 3.06, 36.8, 0.8), row("f", 2.0, 30.8, 0.8)])
+    assert (picks["quality"]["name"], picks["balanced"]["name"], picks["fast"]["name"]) == ("q", "q", "f")
+    # the same through the second rule alone: q (3.15 s) is not within 3% of balanced's fastest (3.0 s),
+    # but within 3% of balanced's own pick (3.08 s, the better of the two tied ones)
+    rows = [row("x", 3.0, 33.6, 0.8), row("l", 3.08, 35.0, 0.8), row("q", 3.15, 36.8, 0.8)]
+    assert tune.pick(base, rows)["balanced"]["name"] == "q"
+    assert tune.pick(base, rows[:2])["balanced"]["name"] == "l"
+
+
 def test_search_space():
     small = search_space("small", 15)
     names = [s.name for s in small]

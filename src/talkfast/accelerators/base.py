@@ -87,6 +87,9 @@ class SharedState:
     phase: str = "off"  # "key" | "shallow" | "off"
     key_layout: ItemLayout | None = None
     frames: int = 1
+    # on a windowed predictor, the window call running now: (window number, frames (n, f) absolute
+    # indices per item, L frames in all); None for a call over the whole clip
+    window: tuple[int, torch.Tensor, int] | None = None
 
 
 class Accelerator:
@@ -232,6 +235,7 @@ class CapturePlan(StagePlan):
         self.skips: list[torch.Tensor] | None = None
         self.layout: ItemLayout | None = None  # the key call's items (set by the accelerator)
         self.length: int | None = None  # windowed: frames per item of h
+        self.shared: SharedState | None = None  # told which window runs (for the DFA processors)
         self._pending: tuple[CapturePlan, torch.Tensor] | None = None
         self._sums: list[torch.Tensor] | None = None
         self._count: torch.Tensor | None = None
@@ -245,6 +249,8 @@ class CapturePlan(StagePlan):
     def for_window(self, window: int, frames: torch.Tensor, length: int) -> CapturePlan:
         self._fold()
         self.length = length
+        if self.shared is not None:
+            self.shared.window = (window, frames, length)
         sub = CapturePlan(self.index, self.keep_skips)
         self._pending = (sub, frames)
         return sub
@@ -290,6 +296,7 @@ class ShallowPlan(StagePlan):
         self.d, self.u, self.cache, self.key_layout, self.layout_of = d, u, cache, key_layout, layout_of
         self.feature = feature
         self.rows: tuple[int, int] | None = None
+        self.shared: SharedState | None = None  # told which window runs (for the DFA processors)
 
     def active(self, index: int, stage: Stage) -> bool:
         return index < self.d or index >= self.u
@@ -298,6 +305,8 @@ class ShallowPlan(StagePlan):
         if self.cache.length != length:
             raise RuntimeError("a reduced windowed call needs its key step's per-frame cache "
                                f"(key step over {self.cache.length} frames, this call over {length})")
+        if self.shared is not None:
+            self.shared.window = (window, frames, length)
         return WindowShallowPlan(self, frames, length)
 
     def before(self, index: int, stage: Stage, state: RunState) -> None:

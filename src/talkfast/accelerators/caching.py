@@ -149,9 +149,11 @@ class LightningCP(Accelerator):
 
     def stage_plan(self, action: StepAction) -> StagePlan | None:
         d, u = self.cut()
+        self.shared.window = None  # a windowed predictor sets it per window call (for_window)
         if action.full:
             self.shared.phase = "key"
             self.capture = CapturePlan(u, keep_skips=self.decoder_only)
+            self.capture.shared = self.shared
             t = float(self.scheduler.timesteps[action.steps[0]])
             self.history = (self.history + [(t, self.capture)])[-3:]
             return self.capture
@@ -159,7 +161,9 @@ class LightningCP(Accelerator):
             raise RuntimeError(f"{self.name}: reduced step {action.steps} before any key step")
         self.shared.phase = "shallow"
         rs = self.net.ref_state
-        return ShallowPlan(d, u, self.capture, self.shared.key_layout, lambda: rs.layout, self._forecast(action))
+        plan = ShallowPlan(d, u, self.capture, self.shared.key_layout, lambda: rs.layout, self._forecast(action))
+        plan.shared = self.shared
+        return plan
 
     def _forecast(self, action: StepAction):
         """``feature(index, frames)`` extrapolating the cached feature to each step of ``action``

@@ -6,6 +6,13 @@ only; background token outputs are the key step's outputs for the same CFG half.
 temporal attention of those layers is restricted to foreground positions too. It attaches by
 wrapping attention processors; with an all-foreground mask it reproduces the plain result.
 
+On a windowed predictor (EchoMimic's shifting windows, :mod:`talkfast.sampling.windows`) a key
+step's outputs are kept per absolute frame, averaged over the windows that hold the frame (as the
+cached deep feature is, :class:`~talkfast.accelerators.base.CapturePlan`), and a reduced window
+call reads its background tokens at its own frames: frames computed in other temporal contexts
+(the same approximation as the deep feature's). The foreground there is EchoMimic's face mask
+(the portrait's ``mask``), pooled to each token grid.
+
 Reference removal: in the listed layers, spatial self-attention uses the layer's own tokens only
 (no concatenated ReferenceNet tokens), in every call.
 """
@@ -40,20 +47,62 @@ class DFAProcessor:
     def __init__(self, inner, owner: "DFA", axis: str):
         self.inner, self.owner, self.axis = inner, owner, axis
         self.cache: torch.Tensor | None = None
+        # windowed: per-frame sums (K, L, tokens-or-positions, C) and counts (K, L) of the key step
+        self._sums: torch.Tensor | None = None
+        self._count: torch.Tensor | None = None
+        self._mean: torch.Tensor | None = None
+
+    def clear(self) -> None:
+        self.cache = self._sums = self._count = self._mean = None
+
+    def _fold(self, out: torch.Tensor, window) -> None:
+        """Add one key-step window call's output into the per-frame store."""
+        w, frames, length = window
+        n, f = frames.shape
+        if self.axis == "tokens":
+            per = out.reshape(-1, f, *out.shape[1:])  # (K, f, T, C)
+        else:
+            k = len(self.owner.net.ref_state.layout)  # the items of this key call
+            per = out.reshape(k, -1, f, out.shape[2]).permute(0, 2, 1, 3)  # (K, f, P, C)
+        k = per.shape[0]
+        if w == 0 or self._sums is None:  # the first window of a key step: a new store
+            self._sums = per.new_zeros((k, length, *per.shape[2:]))
+            self._count = per.new_zeros((k, length))
+            self._mean = None
+        idx = frames.to(out.device)
+        for r in range(k):
+            self._sums[r, idx[r % n]] += per[r]
+            self._count[r, idx[r % n]] += 1
+
+    def _gathered(self, idx: list[int], frames: torch.Tensor) -> torch.Tensor:
+        """The key step's per-frame mean at a reduced window call's frames: (items, f, T-or-P, C)."""
+        if self._mean is None:
+            self._mean = self._sums / self._count.clamp_min(1)[:, :, None, None]
+        rows = frames.to(self._mean.device)
+        n = rows.shape[0]
+        return torch.stack([self._mean[idx[r], rows[r % n]] for r in range(len(idx))])
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kw):
         shared: SharedState = self.owner.shared
         if shared.phase == "key":
             out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kw)
-            self.cache = out
+            if shared.window is None:
+                self.cache = out
+            else:
+                self.cache = None
+                self._fold(out, shared.window)
             return out
-        if shared.phase != "shallow" or self.cache is None:
+        windowed = shared.window is not None and self._sums is not None
+        if shared.phase != "shallow" or (self.cache is None and not windowed):
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kw)
         rs = self.owner.net.ref_state
         idx = key_items(shared.key_layout, rs.layout)
         items = len(idx)
+        # background rows: the key step's outputs for the same CFG half (windowed: at this window's frames)
         if self.axis == "tokens":
             n, length, c = hidden_states.shape
+            base = (self._gathered(idx, shared.window[1]).reshape(-1, length, c) if windowed
+                    else expand_items(self.cache, n // items, idx))
             fg = self.owner.foreground(length, hidden_states.device)
             sub = hidden_states.index_select(1, fg)
             if isinstance(self.inner, ReferenceReadProcessor):
@@ -64,17 +113,16 @@ class DFAProcessor:
                     self.inner.token_index = None
             else:
                 part = self.inner(attn, sub, encoder_hidden_states)
-            base = expand_items(self.cache, n // items, idx)
             return base.index_copy(1, fg, part.to(base.dtype))
         # temporal: rows are (item, position), attention runs over frames
         rows, frames, c = hidden_states.shape
         length = rows // items
+        base = (self._gathered(idx, shared.window[1]).permute(0, 2, 1, 3).contiguous() if windowed
+                else expand_items(self.cache, length, idx).reshape(items, length, frames, c))
         fg = self.owner.foreground(length, hidden_states.device)
         x = hidden_states.reshape(items, length, frames, c).index_select(1, fg)
         part = self.inner(attn, x.reshape(-1, frames, c)).reshape(items, -1, frames, c)
-        base = expand_items(self.cache, length, idx).reshape(items, length, frames, c)
         return base.index_copy(1, fg, part.to(base.dtype)).reshape(rows, frames, c)
-
 
 class DFA:
     """Plug-in of a caching accelerator (needs its key/shallow phases and cut point)."""
@@ -86,6 +134,7 @@ class DFA:
         self.shared: SharedState | None = None
         self._wrapped: list[tuple[object, object]] = []  # (attention module, original processor)
         self._masks: dict[tuple[int, str], torch.Tensor] = {}
+        self.mask: torch.Tensor | None = None
 
     def attach(self, net, owner) -> None:
         self.net, self.shared = net, owner.shared
@@ -118,6 +167,8 @@ class DFA:
 
     def begin(self, pipeline, portrait) -> None:
         self.regions = portrait.regions if portrait is not None else None
+        mask = getattr(portrait, "mask", None)  # EchoMimic's portrait: its face mask (1, S, S)
+        self.mask = mask if isinstance(mask, torch.Tensor) else None
         self._masks.clear()
         if self.regions is not None and not self.regions.detected:
             log.warning("DFA: no face found; attention stays full-frame")
@@ -129,7 +180,7 @@ class DFA:
 
     def reset(self) -> None:
         for attn, _ in self._wrapped:
-            attn.processor.cache = None
+            attn.processor.clear()
 
     def foreground(self, length: int, device) -> torch.Tensor:
         """Indices of the foreground tokens of a square token grid with ``length`` tokens."""
@@ -138,7 +189,11 @@ class DFA:
             side = int(round(length**0.5))
             if side * side != length:
                 raise ValueError(f"DFA needs square token grids, got {length} tokens")
-            if self.regions is None:
+            if self.mask is not None:  # the mask pooled to the grid: a token with any face pixel is foreground
+                pooled = torch.nn.functional.adaptive_max_pool2d(self.mask.float().reshape(1, 1, *self.mask.shape[-2:]),
+                                                                 (side, side))
+                mask = pooled.flatten() > 0.5
+            elif self.regions is None:
                 mask = torch.ones(length, dtype=torch.bool)
             else:
                 mask = token_mask(self.regions, (side, side), dilate=self.cfg.dilate)

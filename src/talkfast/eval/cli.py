@@ -19,6 +19,10 @@ Targets:
 - ``hallo``: speed only; the ``hallo`` preset with random weights as a bare denoising loop
   (512x512, 16 frames, 40 steps by default); quality columns are n/a. Meant for a GPU
   (``benchmarks/gpu_bench.py`` is the one-command form).
+- ``echomimic`` (``--model echomimic``): the same for EchoMimic v1: its windowed loop (windows of
+  12, overlap 3, shift 2; 24 frames, 30 steps, CFG 2.5 by default) with random weights.
+- ``--device meta`` with ``hallo`` / ``echomimic``: FLOPs only, at full size, on a shapes-only
+  copy of the network (no memory, no compute, no timing): the FLOP ratios of every method.
 
 ``--checkpoint DIR`` benchmarks a talkfast model folder instead. When the model folder holds
 tuned settings (``talkfast tune``), each budget's setting is a row too (``tuned:balanced``, ...;
@@ -54,9 +58,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "bench", help="benchmark the accelerators against the baseline (speed, FLOPs, memory, quality)",
         description="Run the baseline and each accelerator on the same inputs and seed, after a warm-up; "
                     "write bench.md, bench.json and bench.png and print the table.")
-    p.add_argument("--target", choices=["embedded", "hallo", "tiny"], default="embedded",
+    p.add_argument("--target", "--model", dest="target", choices=["embedded", "hallo", "echomimic", "tiny"],
+                   default="embedded",
                    help="embedded: the embedded model (quality + CPU speed); tiny: the test model; "
-                        "hallo: the hallo preset with random weights, speed only (default: embedded)")
+                        "hallo / echomimic: that preset with random weights, speed only (--device meta: FLOPs "
+                        "at full size without computing) (default: embedded)")
     p.add_argument("--random-weights", action="store_true",
                    help="embedded target: the small preset with random weights")
     p.add_argument("--checkpoint", default=None,
@@ -77,10 +83,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="at most this many corpus samples, spread over identities")
     p.add_argument("--offset", type=int, default=0,
                    help="skip the first N samples of that order (e.g. a tune's --limit: other identities than it saw)")
-    p.add_argument("--frames", type=int, default=None, help="hallo target: frames per clip (default 16)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="hallo / echomimic target: frames (default: hallo 16, echomimic 24 = three windows)")
     p.add_argument("--size", type=int, default=None, help="frame side in pixels (default: the model's; hallo 512)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...; meta (hallo / echomimic): FLOPs only")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16")
     p.add_argument("--controls", default="auto",
                    help="plain-DDIM fewer-step controls: 'auto' (step counts whose cost ratio spans the accelerated "
@@ -179,19 +186,29 @@ def _run(args) -> int:
     controls = _controls(args.controls)
     keys = KeySchedule.parse(key_text)
     methods = bench.method_set(kind, keys, _intervals(args.sweep))
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
+    import torch
 
-    if target == "hallo":
+    speed_only = target in ("hallo", "echomimic")
+    if args.device == "meta" and not speed_only:
+        raise ValueError("--device meta counts FLOPs of a speed-only target (--target hallo or echomimic)")
+    device = torch.device("meta") if args.device == "meta" else resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, torch.device("cpu") if device.type == "meta" else device)
+
+    if speed_only:
+        from ..pipeline.echomimic import ECHOMIMIC_SAMPLING, WINDOW_FRAMES
         from ..pipeline.generate import SAMPLING_DEFAULTS
 
-        d_steps, d_cfg = SAMPLING_DEFAULTS["hallo"]
-        if device.type == "cpu":
-            log("warning: the hallo preset on CPU takes minutes per denoising step; this is meant for a GPU")
+        if target == "echomimic":
+            (d_steps, d_cfg), d_frames = ECHOMIMIC_SAMPLING["default"], 2 * WINDOW_FRAMES
+        else:
+            (d_steps, d_cfg), d_frames = SAMPLING_DEFAULTS["hallo"], 16
+        if device.type == "cpu" and args.size is None:
+            log(f"warning: the {target} preset at full size on CPU takes minutes per denoising step; this is meant "
+                "for a GPU (or --device meta for FLOPs, --size 64 for a reduced size)")
         result = bench.run_speed_bench(
-            "hallo", device, dtype, frames=args.frames or 16, steps=steps or d_steps, methods=methods,
+            target, device, dtype, frames=args.frames or d_frames, steps=steps or d_steps, methods=methods,
             size=args.size or 512, guidance=args.cfg if args.cfg is not None else d_cfg, seed=args.seed,
-            repeats=args.repeats, count_flops=not args.no_flops, target="hallo", log=log)
+            repeats=args.repeats, count_flops=not args.no_flops, target=target, log=log)
     else:
         from ..pipeline.generate import GenerateOptions
 

@@ -34,6 +34,12 @@ class SpeedSetup:
     portrait: Any
     frames: int
     size: int
+    # a windowed model (EchoMimic): the predictor depends on the scheduler's timesteps (the
+    # windows shift per step), so it is made per run from them; ``predict`` is then None
+    make_predict: Callable[[torch.Tensor], Callable] | None = None
+
+    def predictor(self, timesteps: torch.Tensor) -> Callable:
+        return self.make_predict(timesteps) if self.make_predict is not None else self.predict
 
 
 def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -77,6 +83,9 @@ def speed_setup(net, *, frames: int | None = None, size: int | None = None, guid
     cfg = net.cfg
     device = torch.device(device) if device is not None else net.device
     dtype = dtype or net.dtype
+    if cfg.audio_features == "whisper":
+        return echomimic_speed_setup(net, frames=frames, size=size, guidance=guidance, seed=seed, device=device,
+                                     dtype=dtype)
     frames = frames or cfg.clip_frames
     size = size or cfg.image_size
     f = cfg.vae_scale_factor * 2 ** (cfg.unet.num_levels - 1)
@@ -120,6 +129,46 @@ def speed_setup(net, *, frames: int | None = None, size: int | None = None, guid
     return SpeedSetup(net, predict, noise, por, frames, size)
 
 
+@torch.no_grad()
+def echomimic_speed_setup(net, *, frames: int | None = None, size: int | None = None, guidance: float = 2.5,
+                          seed: int = 0, device=None, dtype=None) -> SpeedSetup:
+    """The EchoMimic form of :func:`speed_setup`, shaped like
+    :class:`~talkfast.pipeline.echomimic.EchoMimicPipeline`'s: the reference UNet run once on a
+    random portrait latent (no context), the FaceLocator on the bundled portrait's EchoMimic face
+    mask (whose pooled token grids are DFA's foreground), random whisper tokens per frame, and the pipeline's
+    :class:`~talkfast.sampling.windows.WindowedPredictor` (windows of 12, overlap 3, shift 2) over
+    ``frames`` frames (default 24: three windows)."""
+    from ..io.image import load_image
+    from ..pipeline.echomimic import WINDOW_FRAMES, WINDOW_OVERLAP, echomimic_portrait, window_model
+    from ..sampling.windows import WindowedPredictor
+
+    cfg = net.cfg
+    device = torch.device(device) if device is not None else net.device
+    dtype = dtype or net.dtype
+    frames = frames or 2 * WINDOW_FRAMES
+    size = size or cfg.image_size
+    f = cfg.vae_scale_factor * 2 ** (cfg.unet.num_levels - 1)
+    if size % f:
+        raise ValueError(f"size must be a multiple of {f} for the {cfg.name} model, got {size}")
+    por = echomimic_portrait(load_image(EXAMPLE_PORTRAIT), size)  # the crop, its face mask and regions
+    lat = size // cfg.vae_scale_factor
+    g = torch.Generator("cpu").manual_seed(seed)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g).to(device, dtype)
+
+    net.write_reference(rnd(1, cfg.latent_channels, lat, lat), None)
+    face = net.face_locator(por.mask.to(device, dtype)[None]).unsqueeze(2)
+    tokens = rnd(frames, cfg.audio_tokens, cfg.audio_feature_dim)
+    run = window_model(net, tokens, face, guidance > 1.0, dtype)
+
+    def make_predict(timesteps: torch.Tensor) -> Callable:
+        return WindowedPredictor(run, timesteps, frames, guidance, size=WINDOW_FRAMES, overlap=WINDOW_OVERLAP, shift=2)
+
+    noise = rnd(1, cfg.latent_channels, frames, lat, lat)
+    return SpeedSetup(net, None, noise, por, frames, size, make_predict)
+
+
 def run_denoise(setup: SpeedSetup, acc: Accelerator, steps: int) -> torch.Tensor:
     """One whole schedule of ``steps`` DDIM steps with the attached accelerator ``acc``; its
     statistics are reset first (``begin``, as the pipeline does per generation)."""
@@ -127,8 +176,9 @@ def run_denoise(setup: SpeedSetup, acc: Accelerator, steps: int) -> torch.Tensor
     from ..sampling.scheduler import make_scheduler
 
     acc.begin(None, setup.portrait)  # drops the records; plug-ins (DFA) take the face regions
+    sched = make_scheduler(steps)
     with torch.no_grad():
-        return denoise(setup.predict, make_scheduler(steps), setup.noise, acc)
+        return denoise(setup.predictor(sched.timesteps), sched, setup.noise, acc)
 
 
 def _attached(method: BenchMethod, setup: SpeedSetup) -> Accelerator:
@@ -245,6 +295,21 @@ def _run_speed_bench(preset, device, dtype, frames, steps, methods, size, guidan
                           "control" if m.is_plain and m.steps_for(steps) < steps else "method")
         acc = _attached(m, setup)
         acc.sync_timing = dev.type == "cuda"
+        if dev.type == "meta":  # shapes only: the FLOPs of one counted pass, no timing
+            try:
+                with FlopMemo(acc):
+                    run_denoise(setup, acc, m_steps)
+                summary = acc.summary()
+            finally:
+                acc.detach()
+            mr.cases.append(CaseResult("synthetic", 0.0, [], 0.0, summary["steps"], summary["full_steps"],
+                                       frames=setup.frames, flops=summary.get("flops"), extra={"device": "meta"}))
+            mr.summary = summary
+            _aggregate(mr)
+            mr.seconds = mr.model_seconds = mr.seconds_per_step = float("nan")  # not measured: n/a
+            results.append(mr)
+            log(f"{m.name}: {human_flops(mr.flops)}FLOPs (meta device)" if mr.flops is not None else f"{m.name}: counted")
+            continue
         try:
             flops = None
             if flops_on == "device":
@@ -291,7 +356,7 @@ def _run_speed_bench(preset, device, dtype, frames, steps, methods, size, guidan
         log(f"{m.name}: {cr.seconds:.3f} s, {mr.seconds_per_step:.4f} s/step"
             + (f", {human_flops(flops)}FLOPs" if flops is not None else ""))
     _relate(results)
-    mem_kind = results[0].cases[0].extra.get("memory_kind", "")
+    mem_kind = results[0].cases[0].extra.get("memory_kind", "none (meta device)")
     meta = {
         "model": net.cfg.name, "weights": "random", "device": str(dev), "dtype": str(net.dtype).replace("torch.", ""),
         "steps": steps, "guidance": guidance, "seed": seed, "size": setup.size, "frames": setup.frames,
@@ -299,6 +364,13 @@ def _run_speed_bench(preset, device, dtype, frames, steps, methods, size, guidan
         "skipped": skipped, "wall_seconds": time.perf_counter() - t_start,
         "controls": [r.steps for r in results if r.role == "control"], **_environment(dev),
     }
+    if dev.type == "meta":
+        meta["flops_on"] = "meta"
+        return BenchResult(target or net.cfg.name, "speed", meta, results, [
+            f"FLOPs only: the bare denoising loop (CFG x2 where guided, {setup.frames} frames, {setup.size}x{setup.size}, "
+            f"{steps} DDIM steps) on a shapes-only copy of the network on the meta device (torch.utils.flop_counter, "
+            "first call of each signature counted, reused for the rest); no timing, no memory, quality n/a; "
+            "ratio vs the baseline's FLOPs."])
     notes = [
         f"speed only: the bare denoising loop (CFG x2, {setup.frames} frames, {setup.size}x{setup.size}, {steps} DDIM steps) "
         "with random weights and synthetic conditioning; no VAE, no audio extractor; quality n/a.",

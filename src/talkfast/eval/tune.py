@@ -30,7 +30,8 @@ from typing import Callable, Sequence
 import torch
 
 from ..accelerators import AccelConfig
-from ..accelerators.tuned import BUDGETS, LIPSYNC_TOLERANCE, describe_setting
+from ..accelerators.tuned import (BUDGETS, LIPSYNC_TOLERANCE, LIPSYNC_WORST_DROP, PSNR_MARGIN_DB, TIME_TIE,
+                                  describe_setting)
 from ..io.video import write_json_atomic
 from ..errors import OutputError
 from ..paths import display_source
@@ -97,7 +98,8 @@ class TuneCache:
 def _entry(setting: Setting, mr) -> dict:
     out = {"name": setting.name, "steps": setting.steps, "accel": setting.accel.describe(),
            "full_steps": sum(c.full_steps for c in mr.cases), "stage_seconds": mr.stage_seconds,
-           "cases": len(mr.cases), "date": _now()}
+           "cases": len(mr.cases), "date": _now(),
+           "case_lipsync": [c.lipsync for c in mr.cases], "case_psnr": [c.psnr_base for c in mr.cases]}
     for k in FIELDS:
         v = getattr(mr, k)
         out[k] = None if v is None or (isinstance(v, float) and v != v) else v
@@ -134,24 +136,49 @@ def _relate(baseline: dict, rows: list[dict]) -> None:
         r["frontier"] = flag
 
 
-def meets(row: dict, baseline: dict, floor: float, tolerance: float = LIPSYNC_TOLERANCE) -> bool:
-    """PSNR vs the baseline at least ``floor`` and lip sync at least the baseline's minus
-    ``tolerance`` (not checked when the samples have no lip-sync metric)."""
-    if row.get("psnr_base") is None or row["psnr_base"] < floor:
+def meets(row: dict, baseline: dict, floor: float, tolerance: float = LIPSYNC_TOLERANCE, *,
+          margin: float = PSNR_MARGIN_DB, worst: float | None = LIPSYNC_WORST_DROP) -> bool:
+    """PSNR vs the baseline at least ``floor + margin``; mean lip sync at least the baseline's
+    minus ``tolerance``; and (``worst`` not None, both rows with per-sample lip sync) no sample's
+    lip sync more than ``worst`` below that sample's baseline. Lip sync is not checked when the
+    samples have no lip-sync metric."""
+    if row.get("psnr_base") is None or row["psnr_base"] < floor + margin:
         return False
-    if baseline.get("lipsync") is not None:
-        return row.get("lipsync") is not None and row["lipsync"] >= baseline["lipsync"] - tolerance
+    if baseline.get("lipsync") is None:
+        return True
+    if row.get("lipsync") is None or row["lipsync"] < baseline["lipsync"] - tolerance:
+        return False
+    mine, theirs = row.get("case_lipsync"), baseline.get("case_lipsync")
+    if worst is not None and mine and theirs and len(mine) == len(theirs):
+        for a, b in zip(mine, theirs):
+            if b is not None and (a is None or a < b - worst):
+                return False
     return True
 
 
 def pick(baseline: dict, rows: Sequence[dict], budgets: dict[str, float] = BUDGETS,
-         tolerance: float = LIPSYNC_TOLERANCE) -> dict[str, dict | None]:
-    """Per budget, the fastest (least end-to-end seconds; ties: higher PSNR) among the baseline
-    and ``rows`` that meets it."""
-    out = {}
+         tolerance: float = LIPSYNC_TOLERANCE, *, margin: float = PSNR_MARGIN_DB,
+         worst: float | None = LIPSYNC_WORST_DROP, tie: float = TIME_TIE) -> dict[str, dict | None]:
+    """Per budget, among the baseline and ``rows`` that meet it (:func:`meets`), the fastest
+    end-to-end, where times within a factor ``1 + tie`` of the fastest count as equal and the
+    higher PSNR wins among them. Then, from the strictest budget down, a looser budget takes the
+    stricter budget's pick when that costs at most ``1 + tie`` times its own (better quality for
+    no measurable time), so the picks never leave one budget's setting dominated by another's."""
+    out: dict[str, dict | None] = {}
     for name, floor in budgets.items():
-        ok = [r for r in [baseline, *rows] if r.get("seconds") and meets(r, baseline, floor, tolerance)]
-        out[name] = min(ok, key=lambda r: (r["seconds"], -(r.get("psnr_base") or 0.0))) if ok else None
+        ok = [r for r in [baseline, *rows] if r.get("seconds") and meets(r, baseline, floor, tolerance,
+                                                                          margin=margin, worst=worst)]
+        if not ok:
+            out[name] = None
+            continue
+        fastest = min(r["seconds"] for r in ok)
+        tied = [r for r in ok if r["seconds"] <= fastest * (1.0 + tie)]
+        out[name] = max(tied, key=lambda r: (r.get("psnr_base") or 0.0, -r["seconds"]))
+    order = sorted(budgets, key=lambda n: -budgets[n])
+    for stricter, looser in zip(order, order[1:]):
+        s, l = out[stricter], out[looser]
+        if s is not None and l is not None and s["seconds"] <= l["seconds"] * (1.0 + tie):
+            out[looser] = s
     return out
 
 
@@ -208,7 +235,7 @@ def run_tune(pipe, cases: Sequence[BenchCase], settings: Sequence[Setting], opti
     picks = pick(baseline, rows)
     for name, floor in BUDGETS.items():
         for r in [baseline, *rows]:
-            r.setdefault("meets", {})[name] = meets(r, baseline, floor)
+            r.setdefault("meets", {})[name] = meets(r, baseline, floor)  # with the margins pick() uses
     meta = {"model": pipe.cfg.name, "weights": display_source(getattr(pipe, "source", "")), "device": str(pipe.device),
             "dtype": str(pipe.dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
@@ -226,7 +253,9 @@ def tuned_entries(result: TuneResult, space: str = "") -> dict[str, dict]:
             continue
         out[name] = {
             "name": row["name"], "steps": row["steps"], "accel": row["accel"], "date": result.meta.get("date") or _now(),
-            "budget": {"min_psnr_db": BUDGETS[name], "lipsync_tolerance": LIPSYNC_TOLERANCE},
+            "budget": {"min_psnr_db": BUDGETS[name], "lipsync_tolerance": LIPSYNC_TOLERANCE,
+                       "calibration_margin_db": PSNR_MARGIN_DB, "lipsync_worst_drop": LIPSYNC_WORST_DROP,
+                       "time_tie": TIME_TIE},
             "measured": {"speedup": row["speedup"], "model_speedup": row["model_speedup"], "seconds": row["seconds"],
                          "baseline_seconds": b["seconds"], "psnr_base": row["psnr_base"], "ssim_base": row["ssim_base"],
                          "lipsync": row.get("lipsync"), "baseline_lipsync": b.get("lipsync"),
@@ -277,9 +306,12 @@ def to_markdown(result: TuneResult, command: str = "") -> str:
         lines += ["", f"Command: `{command}`"]
     if m.get("failed"):
         lines += ["", "Left out (failed to run): " + "; ".join(m["failed"]) + "."]
-    lines += ["", "Budgets: PSNR of the video vs the baseline's at least the floor, lip sync at least the baseline's "
-              f"minus {LIPSYNC_TOLERANCE}" + ("" if m.get("lipsync_checked") else " (not checked: no lip-sync metric "
-                                                 "for these samples)") + "; the fastest setting that meets it wins.", ""]
+    lines += ["", f"Budgets: PSNR of the video vs the baseline's at least the floor + {PSNR_MARGIN_DB:g} dB (a margin on "
+              f"these calibration samples, so that other samples still meet the floor), mean lip sync at least the "
+              f"baseline's minus {LIPSYNC_TOLERANCE:g} and no sample's more than {LIPSYNC_WORST_DROP:g} below its baseline"
+              + ("" if m.get("lipsync_checked") else " (lip sync not checked: no lip-sync metric for these samples)")
+              + f"; the fastest setting that meets it wins (times within {TIME_TIE:.0%} count as equal: the higher "
+              "PSNR wins), and a looser budget keeps a stricter budget's pick when that costs no more.", ""]
     lines += [f"- {pick_sentence(name, row, b)}" for name, row in result.picks.items()]
     cols = ("setting", "steps", "total s", "speedup", "model speedup", "PSNR base dB", "SSIM base", "lip-sync",
             "PSNR GT dB", "frontier", *BUDGETS)

@@ -40,8 +40,9 @@ outputs are, and regathered at the windows of each reduced step
 reduced step's frames get features computed in other temporal contexts (an approximation; with
 every step a key step nothing is regathered and the result equals the unaccelerated path). The
 per-frame cache holds 2 x L frames of the cached feature (full size, branch 0: 320 x 64 x 64 per
-frame, about 5 MB in fp16, so about 6 GB at L = 1200). DFA and reference removal are not wired
-to this path (an error).
+frame, about 5 MB in fp16, so about 6 GB at L = 1200). DFA keeps its key-step attention outputs
+per absolute frame the same way (:mod:`talkfast.accelerators.dfa`) with EchoMimic's face mask as
+the foreground; reference removal needs nothing of the windows.
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ import torch
 from PIL import Image
 
 from .. import __version__
-from ..accelerators.base import Accelerator
 from ..errors import InputError
 from ..face.detect import FaceRegions, detect_face
 from ..face.masks import echomimic_crop_rect, echomimic_face_mask
@@ -74,6 +74,8 @@ from .generate import (
     GenerationResult,
     TalkingHeadPipeline,
     _StageClock,
+    finish_run,
+    guarded_run,
     half_layout,
 )
 
@@ -180,9 +182,6 @@ class EchoMimicPipeline(TalkingHeadPipeline):
         if self.pose:
             raise InputError(f"the EchoMimic {self.variant!r} variant needs per-frame pose drawings, which "
                              "talkfast does not take yet; use --variant default or acc")
-        if isinstance(accelerator, Accelerator) and accelerator.plugins:
-            raise InputError("DFA and reference removal are not available on the EchoMimic path yet; use a "
-                             "caching method alone (e.g. --accel-method lightningcp --no-dfa --drop-ref-layers none)")
         t0 = time.perf_counter()
         opts = self.resolve(options)
         size = self.check_size(size)
@@ -210,19 +209,16 @@ class EchoMimicPipeline(TalkingHeadPipeline):
             "windows": {"frames": WINDOW_FRAMES, "overlap": WINDOW_OVERLAP, "shift": self.shift},
             "options": asdict(opts), **(extra_sidecar or {}),
         }
-        attached_here = isinstance(accelerator, Accelerator) and accelerator.net is None
-        if isinstance(accelerator, Accelerator):
-            accelerator.attach(self.net)
-            accelerator.begin(self, por)
-        writer = None
-        if out_path is not None:
-            writer = VideoWriter(out_path, opts.fps, (size, size), audio=audio, max_frames=frames_total,
-                                 sidecar=sidecar, reject_blank=True, overwrite=overwrite)
-        gen = torch.Generator("cpu").manual_seed(opts.seed)
-        stage = _StageClock(timings, self.device)
-        h = w = size // self.cfg.vae_scale_factor
-        calls = 0
-        try:
+        with guarded_run(self, accelerator, por) as run:
+            writer = None
+            if out_path is not None:
+                writer = run.writer = VideoWriter(out_path, opts.fps, (size, size), audio=audio,
+                                                  max_frames=frames_total, sidecar=sidecar, reject_blank=True,
+                                                  overwrite=overwrite)
+            gen = torch.Generator("cpu").manual_seed(opts.seed)
+            stage = _StageClock(timings, self.device)
+            h = w = size // self.cfg.vae_scale_factor
+            calls = 0
             with stage("encode"):
                 ref_latent = self.encode(por.pixels[None])
             with stage("reference"):  # once per video (EchoMimic: at step 0)
@@ -256,21 +252,6 @@ class EchoMimicPipeline(TalkingHeadPipeline):
                         if on_clip is not None:
                             on_clip(frames)
                 timings["clips"].append(time.perf_counter() - tc)
-            self.net.clear_reference()
-            timings["total"] = time.perf_counter() - t0
-            sidecar["seconds"] = timings
             sidecar["window_calls"] = calls
-            if isinstance(accelerator, Accelerator):
-                sidecar["accelerator"] = {"config": accelerator.describe(), "summary": accelerator.summary()}
-            if writer is not None:
-                writer.sidecar = dict(sidecar)
-                writer.close()
-        except BaseException:
-            self.net.clear_reference()
-            if writer is not None:
-                writer.abort()
-            raise
-        finally:
-            if attached_here:
-                accelerator.detach()
+            finish_run(self, run, accelerator, sidecar, timings, t0)
         return GenerationResult(out_path, frames_total, len(starts), timings, sidecar)

@@ -115,6 +115,48 @@ class GenerationResult:
     sidecar: dict = field(default_factory=dict)
 
 
+class _Run:
+    """What :func:`guarded_run` hands to a generation: the writer, once there is one."""
+
+    writer: VideoWriter | None = None
+
+
+@contextlib.contextmanager
+def guarded_run(pipe, accelerator, portrait):
+    """One generation's attach/abort/detach frame, shared by the pipelines: attaches
+    ``accelerator`` (when it is not attached yet) and begins it; on any exception (Ctrl-C too)
+    drops the reference features and aborts the writer (no partial output); always detaches an
+    accelerator it attached, so no plug-in processor stays on the network."""
+    attached_here = isinstance(accelerator, Accelerator) and accelerator.net is None
+    run = _Run()
+    try:
+        if isinstance(accelerator, Accelerator):
+            accelerator.attach(pipe.net)
+            accelerator.begin(pipe, portrait)
+        yield run
+    except BaseException:
+        pipe.net.clear_reference()
+        if run.writer is not None:
+            run.writer.abort()
+        raise
+    finally:
+        if attached_here and accelerator.net is not None:
+            accelerator.detach()
+
+
+def finish_run(pipe, run: _Run, accelerator, sidecar: dict, timings: dict, t0: float) -> None:
+    """The end of a generation that went through: timings and the accelerator's summary into the
+    sidecar, the video published (the writer's close renames it into place)."""
+    pipe.net.clear_reference()
+    timings["total"] = time.perf_counter() - t0
+    sidecar["seconds"] = timings
+    if isinstance(accelerator, Accelerator):
+        sidecar["accelerator"] = {"config": accelerator.describe(), "summary": accelerator.summary()}
+    if run.writer is not None:
+        run.writer.sidecar = dict(sidecar)
+        run.writer.close()
+
+
 class _StageClock:
     """``with clock("decode"): ...`` adds the block's wall seconds to ``timings["decode"]`` (on CUDA
     after a synchronisation, once per stage and clip: never inside the step loop)."""
@@ -302,26 +344,23 @@ class TalkingHeadPipeline:
             "face_box": list(por.regions.face.to_int()), "lip_box": list(por.regions.lip.to_int()),
             "options": asdict(opts), **(extra_sidecar or {}),
         }
-        attached_here = isinstance(accelerator, Accelerator) and accelerator.net is None
-        if isinstance(accelerator, Accelerator):
-            accelerator.attach(self.net)
-            accelerator.begin(self, por)
-        writer = None
-        if out_path is not None:
-            writer = VideoWriter(out_path, opts.fps, por.image.size, audio=audio, max_frames=frames_total, sidecar=sidecar,
-                                 reject_blank=True, overwrite=overwrite)  # an all-black video is an error
-        gen = torch.Generator("cpu").manual_seed(opts.seed)
-        stage = _StageClock(timings, self.device)
-        with stage("encode"):
-            source_latent = self.encode(por.pixels[None])
-        motion = source_latent.repeat(M, 1, 1, 1)  # motion latents: the portrait's for the first clip
-        h = w = por.image.size[0] // self.cfg.vae_scale_factor
-        with stage("prepare"):
-            pc = self.portrait_conditioning(por)
-        # with the portrait as every clip's motion frames the reference features never change:
-        # the ReferenceNet runs once per generation instead of once per clip
-        fixed_reference = opts.motion_source == "reference"
-        try:
+        with guarded_run(self, accelerator, por) as run:
+            writer = None
+            if out_path is not None:
+                writer = run.writer = VideoWriter(  # an all-black video is an error
+                    out_path, opts.fps, por.image.size, audio=audio, max_frames=frames_total, sidecar=sidecar,
+                    reject_blank=True, overwrite=overwrite)
+            gen = torch.Generator("cpu").manual_seed(opts.seed)
+            stage = _StageClock(timings, self.device)
+            with stage("encode"):
+                source_latent = self.encode(por.pixels[None])
+            motion = source_latent.repeat(M, 1, 1, 1)  # motion latents: the portrait's for the first clip
+            h = w = por.image.size[0] // self.cfg.vae_scale_factor
+            with stage("prepare"):
+                pc = self.portrait_conditioning(por)
+            # with the portrait as every clip's motion frames the reference features never change:
+            # the ReferenceNet runs once per generation instead of once per clip
+            fixed_reference = opts.motion_source == "reference"
             for c in range(clips):
                 tc = time.perf_counter()
                 if c == 0 or not fixed_reference:
@@ -360,20 +399,5 @@ class TalkingHeadPipeline:
                     with stage("encode"):
                         motion = self.encode(frames[-M:].to(torch.float32) * 2 - 1)
                 timings["clips"].append(time.perf_counter() - tc)
-            self.net.clear_reference()
-            timings["total"] = time.perf_counter() - t0
-            sidecar["seconds"] = timings
-            if isinstance(accelerator, Accelerator):
-                sidecar["accelerator"] = {"config": accelerator.describe(), "summary": accelerator.summary()}
-            if writer is not None:
-                writer.sidecar = dict(sidecar)
-                writer.close()
-        except BaseException:
-            self.net.clear_reference()
-            if writer is not None:
-                writer.abort()
-            raise
-        finally:
-            if attached_here:  # leave the network as it was: no plug-in processors stay behind
-                accelerator.detach()
+            finish_run(self, run, accelerator, sidecar, timings, t0)
         return GenerationResult(out_path, frames_total, clips, timings, sidecar)
