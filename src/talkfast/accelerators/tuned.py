@@ -34,6 +34,9 @@ PSNR_MARGIN_DB = 0.5
 LIPSYNC_WORST_DROP = 0.10
 TIME_TIE = 0.03
 AUTO = "balanced"
+# guidance_every at least this: the unconditional half runs at a clip's first key step only (no
+# clip of a tuned schedule has that many key steps)
+FIRST_KEY_ONLY = 99
 NAMES = ("auto", "off", *BUDGETS)
 
 
@@ -59,8 +62,9 @@ def describe_setting(steps: int | None, accel: AccelConfig) -> str:
         if getattr(c, name, 0):
             parts.append(f"{label} {getattr(c, name)}")
     if getattr(c, "guidance_reuse", False):
-        parts.append("guidance reuse" + (f" (unconditional half every {c.guidance_every} key steps)"
-                                         if c.guidance_every > 1 else ""))
+        every = c.guidance_every
+        parts.append("guidance reuse" + ("" if every == 1 else " (unconditional half at the first key step only)"
+                                         if every >= FIRST_KEY_ONLY else f" (unconditional half every {every} key steps)"))
     if accel.dfa is not None:
         parts.append("+DFA" + (" (temporal)" if getattr(accel.dfa, "temporal", False) else ""))
     if accel.drop_ref:

@@ -27,6 +27,7 @@ import json
 from dataclasses import dataclass
 
 from ..accelerators import AccelConfig, CachingConfig, DFAConfig, KeySchedule
+from ..accelerators.tuned import FIRST_KEY_ONLY
 
 SPACES = ("small", "full")
 SMALL_MAX = 48
@@ -95,7 +96,7 @@ def _name(steps: int, accel: AccelConfig) -> str:
             extra.append(f"{short}{getattr(c, field)}")
     if getattr(c, "guidance_reuse", False):
         every = getattr(c, "guidance_every", 1)
-        extra.append("gr" if every == 1 else "gr1st" if every >= 99 else f"gr{every}")
+        extra.append("gr" if every == 1 else "gr1st" if every >= FIRST_KEY_ONLY else f"gr{every}")
     if accel.dfa is not None:
         extra.append("dfa")
     if accel.drop_ref:
@@ -131,7 +132,7 @@ def search_space(kind: str, base_steps: int) -> list[Setting]:
         for steps in short[: len(short) // 3 + 2]:
             # guidance reuse also at key steps: the unconditional half at every 2nd key step, or at
             # the first only (guidance_every larger than any clip's key-step count)
-            for every in (2, 99):
+            for every in (2, FIRST_KEY_ONLY):
                 out.append((steps, _accel("lightningcp", interval=2, final=True, forecast=1, guidance_reuse=True,
                                           guidance_every=every)))
         for steps in mid:
