@@ -220,6 +220,19 @@ def gather_frames(full: torch.Tensor, length: int, key_index: list[int], frames:
     return torch.cat([per[key_index[r], idx[r % n]] for r in range(len(key_index))])
 
 
+def scatter_frames(total: torch.Tensor, per: torch.Tensor, frames: torch.Tensor,
+                   count: torch.Tensor | None = None) -> None:
+    """Add one window call's rows into a per-frame store: ``per`` (K, f, ...) into ``total``
+    (K, L, ...) at the frames ``frames[r % n]`` ((n, f) absolute indices, n items per CFG half) of
+    each item r; ``count`` (K, L), when given, counts the additions per frame."""
+    idx = frames.to(per.device)
+    n = idx.shape[0]
+    for r in range(per.shape[0]):
+        total[r, idx[r % n]] += per[r]
+        if count is not None:
+            count[r, idx[r % n]] += 1
+
+
 class CapturePlan(StagePlan):
     """Runs everything; keeps the hidden state entering stage ``index`` (and the skips).
 
@@ -261,18 +274,13 @@ class CapturePlan(StagePlan):
         sub, frames = self._pending
         self._pending = None
         parts = [sub.h] + list(sub.skips or [])
-        n, f = frames.shape
+        f = frames.shape[1]
         k = sub.h.shape[0] // f
-        idx = frames.to(sub.h.device)
         if self._sums is None:
             self._sums = [p.new_zeros((k, self.length, *p.shape[1:])) for p in parts]
             self._count = sub.h.new_zeros((k, self.length))
-        for total, p in zip(self._sums, parts):
-            per = p.reshape(k, f, *p.shape[1:])
-            for r in range(k):
-                total[r, idx[r % n]] += per[r]
-        for r in range(k):
-            self._count[r, idx[r % n]] += 1
+        for j, (total, p) in enumerate(zip(self._sums, parts)):
+            scatter_frames(total, p.reshape(k, f, *p.shape[1:]), frames, self._count if j == 0 else None)
 
     def after_windows(self) -> None:
         self._fold()

@@ -26,7 +26,7 @@ import torch
 
 from ..face.masks import token_mask
 from ..models.attention import ReferenceReadProcessor
-from .base import SharedState, expand_items, key_items
+from .base import SharedState, expand_items, gather_frames, key_items, scatter_frames
 
 log = logging.getLogger(__name__)
 
@@ -58,29 +58,24 @@ class DFAProcessor:
     def _fold(self, out: torch.Tensor, window) -> None:
         """Add one key-step window call's output into the per-frame store."""
         w, frames, length = window
-        n, f = frames.shape
+        f = frames.shape[1]
         if self.axis == "tokens":
             per = out.reshape(-1, f, *out.shape[1:])  # (K, f, T, C)
         else:
             k = len(self.owner.net.ref_state.layout)  # the items of this key call
             per = out.reshape(k, -1, f, out.shape[2]).permute(0, 2, 1, 3)  # (K, f, P, C)
-        k = per.shape[0]
         if w == 0 or self._sums is None:  # the first window of a key step: a new store
-            self._sums = per.new_zeros((k, length, *per.shape[2:]))
-            self._count = per.new_zeros((k, length))
+            self._sums = per.new_zeros((per.shape[0], length, *per.shape[2:]))
+            self._count = per.new_zeros((per.shape[0], length))
             self._mean = None
-        idx = frames.to(out.device)
-        for r in range(k):
-            self._sums[r, idx[r % n]] += per[r]
-            self._count[r, idx[r % n]] += 1
+        scatter_frames(self._sums, per, frames, self._count)
 
     def _gathered(self, idx: list[int], frames: torch.Tensor) -> torch.Tensor:
-        """The key step's per-frame mean at a reduced window call's frames: (items, f, T-or-P, C)."""
+        """The key step's per-frame mean at a reduced window call's frames: (items * f, T-or-P, C)."""
         if self._mean is None:
-            self._mean = self._sums / self._count.clamp_min(1)[:, :, None, None]
-        rows = frames.to(self._mean.device)
-        n = rows.shape[0]
-        return torch.stack([self._mean[idx[r], rows[r % n]] for r in range(len(idx))])
+            mean = self._sums / self._count.clamp_min(1)[:, :, None, None]
+            self._mean = mean.reshape(-1, *mean.shape[2:])  # (K * L, T-or-P, C), as gather_frames reads
+        return gather_frames(self._mean, self._sums.shape[1], idx, frames)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kw):
         shared: SharedState = self.owner.shared
@@ -101,7 +96,7 @@ class DFAProcessor:
         # background rows: the key step's outputs for the same CFG half (windowed: at this window's frames)
         if self.axis == "tokens":
             n, length, c = hidden_states.shape
-            base = (self._gathered(idx, shared.window[1]).reshape(-1, length, c) if windowed
+            base = (self._gathered(idx, shared.window[1]) if windowed
                     else expand_items(self.cache, n // items, idx))
             fg = self.owner.foreground(length, hidden_states.device)
             sub = hidden_states.index_select(1, fg)
@@ -117,12 +112,13 @@ class DFAProcessor:
         # temporal: rows are (item, position), attention runs over frames
         rows, frames, c = hidden_states.shape
         length = rows // items
-        base = (self._gathered(idx, shared.window[1]).permute(0, 2, 1, 3).contiguous() if windowed
-                else expand_items(self.cache, length, idx).reshape(items, length, frames, c))
+        base = (self._gathered(idx, shared.window[1]).reshape(items, frames, length, c).permute(0, 2, 1, 3).contiguous()
+                if windowed else expand_items(self.cache, length, idx).reshape(items, length, frames, c))
         fg = self.owner.foreground(length, hidden_states.device)
         x = hidden_states.reshape(items, length, frames, c).index_select(1, fg)
         part = self.inner(attn, x.reshape(-1, frames, c)).reshape(items, -1, frames, c)
         return base.index_copy(1, fg, part.to(base.dtype)).reshape(rows, frames, c)
+
 
 class DFA:
     """Plug-in of a caching accelerator (needs its key/shallow phases and cut point)."""

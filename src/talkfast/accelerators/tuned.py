@@ -62,9 +62,12 @@ def describe_setting(steps: int | None, accel: AccelConfig) -> str:
         if getattr(c, name, 0):
             parts.append(f"{label} {getattr(c, name)}")
     if getattr(c, "guidance_reuse", False):
-        every = c.guidance_every
-        parts.append("guidance reuse" + ("" if every == 1 else " (unconditional half at the first key step only)"
-                                         if every >= FIRST_KEY_ONLY else f" (unconditional half every {every} key steps)"))
+        every, what = c.guidance_every, "guidance reuse"
+        if every >= FIRST_KEY_ONLY:
+            what += " (unconditional half at the first key step only)"
+        elif every > 1:
+            what += f" (unconditional half every {every} key steps)"
+        parts.append(what)
     if accel.dfa is not None:
         parts.append("+DFA" + (" (temporal)" if getattr(accel.dfa, "temporal", False) else ""))
     if accel.drop_ref:
