@@ -24,6 +24,10 @@ def pytest_addoption(parser):
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--reverse"):
         items.reverse()
+    elif getattr(config.option, "numprocesses", None):
+        # spread over pytest-xdist workers (-n): the few slow cases first, so that no worker is left
+        # running a minute-long case alone at the end (collection order otherwise kept)
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="module")

@@ -409,3 +409,75 @@ def test_decode_batches_small_frames_with_the_same_result(pipe, monkeypatch) -> 
     monkeypatch.setattr(gen_mod, "DECODE_PIXELS", 64 * 64 * 2)
     pipe.decode(z)
     assert calls == [2, 2, 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding clip k while clip k+1 samples (pipeline/publish.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_background_decode_gives_the_same_video(pipe, tmp_path: Path, short_wav: Path, monkeypatch) -> None:
+    """The worker decodes, writes and hands out every clip in order with the same frames as the
+    inline decode; it runs on a thread other than the sampler's; off where the next clip needs the
+    decoded pixels and for a single clip."""
+    import threading
+
+    threads: list[str] = []
+    decode = pipe.decode
+    monkeypatch.setattr(pipe, "decode", lambda z, *a: threads.append(threading.current_thread().name) or decode(z, *a))
+    runs = {}
+    try:
+        for background in (False, True):
+            pipe.background_decode = background
+            threads.clear()
+            out = tmp_path / f"bg{int(background)}.mp4"
+            result, clips = collect(pipe, PORTRAIT, short_wav, out, motion_source="latents")
+            assert result.sidecar["decode_in_background"] is background
+            check_video(out, result.frames, 25)
+            runs[background] = (clips, list(threads), result)
+    finally:
+        pipe.background_decode = None
+    (inline, t_inline, r0), (worker, t_worker, r1) = runs[False], runs[True]
+    assert len(inline) == len(worker) == r0.clips == 4
+    for a, b in zip(inline, worker):
+        assert torch.equal(a, b)
+    assert set(t_inline) == {threading.main_thread().name}
+    assert len(t_worker) == 4 and threading.main_thread().name not in t_worker
+    assert "wait" in r1.seconds and "wait" not in r0.seconds
+    assert json.loads((tmp_path / "bg1.json").read_text())["decode_in_background"] is True
+    opts = pipe.resolve(GenerateOptions(motion_source="pixels"))
+    pipe.background_decode = True
+    try:
+        assert not pipe.decode_in_background(opts, 4)
+        assert not pipe.decode_in_background(pipe.resolve(GenerateOptions(motion_source="latents")), 1)
+    finally:
+        pipe.background_decode = None
+
+
+def test_background_decode_failure_leaves_no_video(pipe, tmp_path: Path, short_wav: Path, monkeypatch) -> None:
+    """A failure in the decoding thread stops the generation with that error and publishes nothing
+    (no video, no sidecar, no temporaries); the main thread never runs past the failed clip's
+    successor."""
+    from talkfast.io.video import VideoWriter
+
+    writes = []
+
+    def failing_write(self, frames):
+        writes.append(frames.shape[0])
+        if len(writes) == 2:
+            raise OSError("disk full (test)")
+        return original(self, frames)
+
+    original = VideoWriter.write
+    monkeypatch.setattr(VideoWriter, "write", failing_write)
+    steps = []
+    pipe.background_decode = True
+    try:
+        with pytest.raises(OSError, match="disk full"):
+            pipe.generate(PORTRAIT, short_wav, tmp_path / "x.mp4", GenerateOptions(**FAST, motion_source="latents"),
+                          progress=lambda done, total: steps.append(done))
+    finally:
+        pipe.background_decode = None
+    assert len(writes) == 2
+    assert len(steps) <= 3  # clip 3 (0-based 2) may have sampled while clip 1 failed, not clip 4
+    assert list(tmp_path.iterdir()) == []

@@ -91,6 +91,17 @@ def test_search_space():
     assert a.key("ctx") == b.key("ctx") and a.key("ctx") != a.key("other") and a.key("ctx") != Setting("c", 9, a.accel).key("ctx")
 
 
+def test_refine_takes_the_fastest_settings_that_reach_each_floor():
+    space = [Setting(n, 5, AccelConfig("lightningcp")) for n in ("a", "b", "c", "d", "e", "f")]
+    rows = [row("a", 5.0, 37.0, 0.8), row("b", 4.0, 36.1, 0.1), row("c", 3.0, 33.2, 0.8),  # b: lip sync not checked
+            row("d", 2.0, 30.2, 0.8), row("e", 1.0, 29.9, 0.8), row("f", 3.5, 34.0, 0.8)]
+    screening = tune.TuneResult(row("baseline", 10.0, 100.0, 0.8, "off"), rows, {})
+    # per budget the fastest reaching its floor: quality b; balanced c; fast d (e is below every floor)
+    assert [s.name for s in tune.refine_candidates(screening, space, 1)] == ["b", "c", "d"]
+    # two per budget: quality b, a; balanced c, f; fast d, c
+    assert [s.name for s in tune.refine_candidates(screening, space, 2)] == ["a", "b", "c", "d", "f"]
+
+
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory) -> Path:
     from talkfast.models.config import get_preset
@@ -140,6 +151,35 @@ def test_tune_writes_model_json_and_resumes(folder, wav, tmp_path, capsys, monke
     report = json.loads((out / "tune.json").read_text())
     assert report["meta"]["measured_now"] == 1 and report["meta"]["from_cache"] == 3 and len(calls) == 1
     assert calls == [search_space("small", 4)[3].name]
+
+
+def test_refine_screens_on_short_clips_and_picks_from_whole_samples(folder, tmp_path, capsys, monkeypatch):
+    real = tune.refine_candidates  # random weights reach no real floor: lower them to choose candidates
+    monkeypatch.setattr(tune, "refine_candidates",
+                        lambda sc, st, k: real(sc, st, k, budgets={"quality": 25.0, "balanced": 15.0, "fast": 0.0}))
+    wav2 = tmp_path / "two_clips.wav"
+    t = np.arange(int(0.32 * 16000)) / 16000  # two 4-frame clips of the tiny model at 25 fps
+    sf.write(str(wav2), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+    out = tmp_path / "out"
+    argv = ["tune", "--checkpoint", str(folder), "--sample", str(PORTRAIT), str(wav2), "--out", str(out), "-q",
+            "--max-settings", "3", "--seconds", "0.16"]
+    assert main(argv + ["--refine", "1"]) == 0, capsys.readouterr().err
+    report = json.loads((out / "tune.json").read_text())
+    screened, final = report["screening"], report
+    assert screened["meta"]["settings"] == 3 and screened["meta"]["seconds"] == 0.16
+    assert 2 <= final["meta"]["settings"] <= 3 and final["meta"]["refine_per_budget"] == 1
+    names = {r["name"] for r in final["rows"]}
+    assert names <= {r["name"] for r in screened["rows"]}
+    assert set(report["picks"].values()) <= names | {"baseline"}
+    # the whole samples are twice as long: the final baseline ran twice the frames of the screening's
+    assert final["baseline"]["seconds"] > screened["baseline"]["seconds"]
+    card = json.loads((folder / "model.json").read_text())
+    assert {e["name"] for e in card["tuned"].values()} <= names | {"baseline"}
+    text = (out / "tune.md").read_text()
+    assert "## Screening: every setting on the first 0.16 s" in text
+    capsys.readouterr()
+    assert main(argv[:-2] + ["--refine", "1"]) == 2
+    assert "--refine K needs" in capsys.readouterr().err
 
 
 def test_resolve_falls_back_to_the_presets_with_a_warning(folder):

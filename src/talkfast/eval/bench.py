@@ -383,7 +383,9 @@ def _pipeline_notes(mem_kind: str, count_flops: bool, repeats: int, pipe, cases,
            "FLOPs), each row's neighbours included." if controls_auto else "with the k given by --controls."),
         "frontier: a row is on it when no other row is both at least as fast (end-to-end) and at least as close "
         "to the baseline (PSNR), and better in one.",
-        "stage seconds: the pipeline's own per-stage timings (GenerationResult.seconds), mean per generation.",
+        "stage seconds: the pipeline's own per-stage timings (GenerationResult.seconds), mean per generation; "
+        "where a clip is decoded while the next one samples (a core left free by --threads), decode and write "
+        "overlap the denoising and 'wait' is the time the sampler waited for them.",
     ]
     if str(getattr(pipe, "source", "")).startswith("random:"):
         notes.append("random weights: PSNR/SSIM to the baseline measure numerical deviation, not visual quality.")

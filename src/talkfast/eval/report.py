@@ -10,7 +10,7 @@ from .bench_results import BenchResult, frontier_sentence, write_json
 from .plot import plot_png
 
 # the pipeline's stages, in the order they run (GenerationResult.seconds)
-STAGES = ("prepare", "reference", "audio", "denoise", "decode", "encode", "write", "total")
+STAGES = ("prepare", "reference", "audio", "denoise", "decode", "encode", "write", "wait", "total")
 
 COLUMNS = ("method", "key steps", "total s", "s/step", "speedup", "model speedup", "FLOPs", "FLOPs ratio",
            "peak MB", "mem growth MB", "PSNR base dB", "SSIM base", "PSNR ref dB", "PSNR GT dB", "SSIM GT", "L1 GT", "lip-sync",

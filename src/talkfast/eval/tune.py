@@ -245,6 +245,19 @@ def run_tune(pipe, cases: Sequence[BenchCase], settings: Sequence[Setting], opti
     return TuneResult(baseline, rows, picks, meta)
 
 
+def refine_candidates(screening: TuneResult, settings: Sequence[Setting], per_budget: int,
+                      budgets: dict[str, float] = BUDGETS) -> list[Setting]:
+    """The settings worth measuring again on whole samples after a screening run on short clips:
+    per budget, the ``per_budget`` fastest screened settings whose PSNR reaches the budget's floor
+    (without the calibration margin and without the lip-sync checks, which short clips do not
+    predict well: the picks are made on the re-measured rows), in the space's order."""
+    chosen: set[str] = set()
+    for floor in budgets.values():
+        ok = [r for r in screening.rows if r.get("seconds") and r.get("psnr_base") is not None and r["psnr_base"] >= floor]
+        chosen.update(r["name"] for r in sorted(ok, key=lambda r: r["seconds"])[:per_budget])
+    return [s for s in settings if s.name in chosen]
+
+
 def tuned_entries(result: TuneResult, space: str = "") -> dict[str, dict]:
     """The ``tuned`` entry of model.json: per budget that has a pick, its setting and numbers."""
     b, out = result.baseline, {}
@@ -296,7 +309,7 @@ def pick_sentence(name: str, row: dict | None, baseline: dict) -> str:
             f"{_n(row['psnr_base'], '.2f', ' dB')}, lip sync {_n(row.get('lipsync'), '.3f')}{why}.")
 
 
-def to_markdown(result: TuneResult, command: str = "") -> str:
+def to_markdown(result: TuneResult, command: str = "", screening: TuneResult | None = None) -> str:
     m, b = result.meta, result.baseline
     lines = [f"# talkfast tune: {m['model']} ({m['weights']})", "",
              f"{m['date']}, {m['device']} {m['dtype']}, {m['threads']} threads, torch {m['torch']}; baseline "
@@ -313,27 +326,45 @@ def to_markdown(result: TuneResult, command: str = "") -> str:
               + f"; the fastest setting that meets it wins (times within {TIME_TIE:.0%} count as equal: the higher "
               "PSNR wins), and a looser budget keeps a stricter budget's pick when that costs no more.", ""]
     lines += [f"- {pick_sentence(name, row, b)}" for name, row in result.picks.items()]
+    lines += ["", *_table(result)]
+    if screening is not None:
+        sm = screening.meta
+        lines += ["", f"## Screening: every setting on the first {sm.get('seconds'):g} s of each sample", "",
+                  f"{sm['settings']} settings ({sm['measured_now']} measured now, {sm['from_cache']} from the cache), "
+                  f"baseline {_n(screening.baseline['seconds'], '.2f', ' s')}; per budget the "
+                  f"{m.get('refine_per_budget')} fastest that reach its floor were measured again on the whole "
+                  "samples above, and the picks come from those runs.", "", *_table(screening)]
+    return "\n".join(lines) + "\n"
+
+
+def _table(result: TuneResult) -> list[str]:
     cols = ("setting", "steps", "total s", "speedup", "model speedup", "PSNR base dB", "SSIM base", "lip-sync",
             "PSNR GT dB", "frontier", *BUDGETS)
-    lines += ["", "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for r in sorted([b, *result.rows], key=lambda r: r["seconds"] or float("inf")):
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for r in sorted([result.baseline, *result.rows], key=lambda r: r["seconds"] or float("inf")):
         lines.append("| " + " | ".join([
             r["name"], str(r["steps"]), _n(r["seconds"], ".2f"), _n(r["speedup"], ".2f", "x"),
             _n(r["model_speedup"], ".2f", "x"), _n(r["psnr_base"], ".2f"), _n(r["ssim_base"], ".4f"),
             _n(r.get("lipsync"), ".3f"), _n(r.get("psnr_gt"), ".2f"),
             "n/a" if r.get("frontier") is None else ("yes" if r["frontier"] else "no"),
             *("yes" if r["meets"][k] else "no" for k in BUDGETS)]) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-def write_report(result: TuneResult, out_dir: str | Path, command: str = "") -> dict[str, Path]:
+def write_report(result: TuneResult, out_dir: str | Path, command: str = "",
+                 screening: TuneResult | None = None) -> dict[str, Path]:
+    """tune.md and tune.json in ``out_dir``; ``screening``: the short-clip run ``--refine`` chose
+    the measured settings from (reported below the picks' table)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md = out / "tune.md"
-    md.write_text(to_markdown(result, command))
+    md.write_text(to_markdown(result, command, screening))
     js = out / "tune.json"
-    js.write_text(json.dumps({"meta": result.meta, "command": command, "budgets": BUDGETS,
-                              "lipsync_tolerance": LIPSYNC_TOLERANCE, "baseline": result.baseline,
-                              "picks": {k: (None if v is None else v["name"]) for k, v in result.picks.items()},
-                              "rows": result.rows}, indent=2, allow_nan=False))
+    data = {"meta": result.meta, "command": command, "budgets": BUDGETS,
+            "lipsync_tolerance": LIPSYNC_TOLERANCE, "baseline": result.baseline,
+            "picks": {k: (None if v is None else v["name"]) for k, v in result.picks.items()},
+            "rows": result.rows}
+    if screening is not None:
+        data["screening"] = {"meta": screening.meta, "baseline": screening.baseline, "rows": screening.rows}
+    js.write_text(json.dumps(data, indent=2, allow_nan=False))
     return {"markdown": md, "json": js}

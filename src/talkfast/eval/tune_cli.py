@@ -2,7 +2,7 @@
 the model folder (see :mod:`talkfast.eval.tune`).
 
     talkfast tune [--checkpoint DIR | --random-weights] [--corpus DIR] [--split test] [--limit 8]
-                  [--sample IMAGE AUDIO]... [--seconds S] [--space small|full] [--max-settings N]
+                  [--sample IMAGE AUDIO]... [--seconds S [--refine K]] [--space small|full] [--max-settings N]
                   [--steps N] [--cfg G] [--seed N] [--device D] [--dtype T] [--out DIR] [--no-write] [-q]
 
 Samples: the held-out split of the model's training corpus (built once into ``--corpus-cache``,
@@ -37,6 +37,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--sample", nargs=2, action="append", metavar=("IMAGE", "AUDIO"), default=None,
                    help="your own calibration sample (repeatable) instead of the corpus")
     p.add_argument("--seconds", type=float, default=None, help="use only the first S seconds of every sample's speech")
+    p.add_argument("--refine", type=int, default=None, metavar="K",
+                   help="with --seconds: screen the whole space on the short clips, then measure again, on the "
+                        "whole samples, the K fastest settings that reach each budget's floor, and pick from those")
     p.add_argument("--space", choices=["small", "full"], default="small",
                    help="small: <= 48 settings (CPU-feasible); full: a larger grid (default: small)")
     p.add_argument("--max-settings", type=int, default=None, help="measure only the first N settings of the space")
@@ -83,18 +86,25 @@ def _cases(args, log):
             corpus = default_corpus(card, args.corpus_cache, log)
         cases = bench.corpus_cases(corpus, args.split, args.limit)
         what = f"{len(cases)} {args.split} samples of {corpus}"
-    if args.seconds is not None:
-        from ..io.audio import load_audio
-
-        for c in cases:
-            c.audio = bench.trim_audio(load_audio(c.audio) if isinstance(c.audio, (str, Path)) else c.audio, args.seconds)
     return cases, what
+
+
+def _trimmed(cases, seconds: float):
+    """Copies of ``cases`` with only the first ``seconds`` of their speech."""
+    import dataclasses
+
+    from ..io.audio import load_audio
+    from . import bench
+
+    return [dataclasses.replace(c, audio=bench.trim_audio(load_audio(c.audio) if isinstance(c.audio, (str, Path))
+                                                          else c.audio, seconds)) for c in cases]
 
 
 def _command(args) -> str:
     words = ["talkfast", "tune"]
     for flag, value in (("--checkpoint", args.checkpoint), ("--corpus", args.corpus), ("--steps", args.steps),
-                        ("--cfg", args.cfg), ("--seconds", args.seconds), ("--max-settings", args.max_settings),
+                        ("--cfg", args.cfg), ("--seconds", args.seconds), ("--refine", args.refine),
+                        ("--max-settings", args.max_settings),
                         ("--repeats", args.repeats if args.repeats != 1 else None)):
         if value is not None:
             words += [flag, str(value)]
@@ -119,6 +129,8 @@ def _run(args) -> int:
         raise ValueError("--repeats must be at least 1")
     if args.max_settings is not None and args.max_settings < 0:
         raise ValueError("--max-settings must be >= 0")
+    if args.refine is not None and (args.refine < 1 or args.seconds is None):
+        raise ValueError("--refine K needs K >= 1 and --seconds S (the screening runs on the first S seconds)")
 
     def log(msg: str) -> None:
         if not args.quiet:
@@ -137,8 +149,19 @@ def _run(args) -> int:
         settings = settings[: args.max_settings]
     log(f"tune: model {pipe.cfg.name} ({pipe.source}) on {pipe.device}, baseline {opts.steps} steps, "
         f"{len(settings)} settings ({args.space} space), {what}")
-    result = tune.run_tune(pipe, cases, settings, opts, cache_path=Path(args.out) / tune.CACHE_NAME,
-                           progress=not args.quiet, repeats=args.repeats, log=log)
+    cache = Path(args.out) / tune.CACHE_NAME
+    short = _trimmed(cases, args.seconds) if args.seconds is not None else cases
+    result = tune.run_tune(pipe, short, settings, opts, cache_path=cache, progress=not args.quiet,
+                           repeats=args.repeats, log=log)
+    screening = None
+    if args.refine is not None:
+        screening = result
+        screening.meta["seconds"] = args.seconds
+        chosen = tune.refine_candidates(screening, settings, args.refine)
+        log(f"refine: {len(chosen)} settings again on the whole samples: {', '.join(s.name for s in chosen)}")
+        result = tune.run_tune(pipe, cases, chosen, opts, cache_path=cache, progress=not args.quiet,
+                               repeats=args.repeats, log=log)
+        result.meta["refine_per_budget"] = args.refine
     command = _command(args)
     entries = tune.tuned_entries(result, args.space)
     if args.random_weights:
@@ -151,7 +174,7 @@ def _run(args) -> int:
 
         result.meta["written"] = display_path(tune.write_tuned(folder, entries))
         log(f"wrote the tuned settings ({', '.join(entries)}) into {result.meta['written']}")
-    paths = tune.write_report(result, args.out, command)
+    paths = tune.write_report(result, args.out, command, screening)
     log("wrote " + ", ".join(str(p) for p in paths.values()))
     print(paths["markdown"].read_text(), flush=True)
     return 0

@@ -2,8 +2,9 @@
 
 Clips of ``clip_frames`` frames are generated one after the other, each conditioned on the
 reference portrait and on the last ``motion_frames`` decoded frames of the previous clip; every
-clip is decoded and streamed to the video writer before the next starts, so memory is bounded by
-one clip whatever the audio length.
+clip is decoded and streamed to the video writer before the next starts (or, where a core is
+free, while the next one samples: :mod:`.publish`), so memory is bounded by two clips whatever the
+audio length.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from diffusers import AutoencoderKL
 
 from .. import __version__
 from ..accelerators.base import Accelerator
+from ..app.threads import available_cores
 from ..io.audio import load_audio
 from ..io.image import load_image, to_uint8
 from ..io.video import VideoWriter, check_output_path, remove_stale_temporaries
@@ -33,6 +35,7 @@ from ..sampling.loop import StepPlanner, denoise
 from ..sampling.scheduler import make_scheduler
 from . import MOTION_SOURCES
 from .conditioning import AudioConditioner, Portrait, prepare_portrait
+from .publish import ClipPublisher
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +196,21 @@ class TalkingHeadPipeline:
         self.source = source
         self.motion_source = motion_source  # the model's own default (model.json), or None
         self.vae_scale = float(getattr(vae.config, "scaling_factor", 1.0))
+        # None: decode each clip on a worker thread while the next clip samples wherever that can
+        # help (decode_in_background); True / False forces it on / off (where it is possible)
+        self.background_decode: bool | None = None
+
+    def decode_in_background(self, opts: "GenerateOptions", clips: int) -> bool:
+        """Whether :meth:`generate` decodes clip k while clip k+1 samples (:mod:`.publish`): never
+        when the next clip's motion frames come from the decoded pixels, or with one clip; by
+        default (``background_decode`` None) on a CPU where torch's intra-op threads leave a core
+        of the process's :func:`~talkfast.app.threads.available_cores` free (``--threads`` below
+        the core count)."""
+        if opts.motion_source == "pixels" or clips < 2:
+            return False
+        if self.background_decode is not None:
+            return bool(self.background_decode)
+        return self.device.type == "cpu" and torch.get_num_threads() < available_cores()
 
     def resolve(self, options: "GenerateOptions | None" = None) -> "GenerateOptions":
         """``options`` (default: all defaults) completed for this model."""
@@ -307,7 +325,9 @@ class TalkingHeadPipeline:
     ) -> GenerationResult:
         """Generate the video. ``source_image``/``driving_audio`` are paths (or a PIL image and an
         :class:`Audio`). ``output`` None keeps nothing on disk (frames go to ``on_clip`` only).
-        ``progress(done, total)`` is called after every denoising step. ``accelerator`` (see
+        ``progress(done, total)`` is called after every denoising step; ``on_clip(frames)`` with
+        each clip's frames in order, from the decoding thread when the decode runs in the
+        background (:meth:`decode_in_background`). ``accelerator`` (see
         :mod:`talkfast.accelerators`) is attached to the network if it is not yet (and then detached
         again at the end, so a later call without it runs the plain network), reset for this
         generation, and asked for every step; its ``summary()`` goes into the sidecar. ``regions``:
@@ -361,43 +381,54 @@ class TalkingHeadPipeline:
             # with the portrait as every clip's motion frames the reference features never change:
             # the ReferenceNet runs once per generation instead of once per clip
             fixed_reference = opts.motion_source == "reference"
-            for c in range(clips):
-                tc = time.perf_counter()
-                if c == 0 or not fixed_reference:
-                    with stage("reference"):
-                        ref = torch.cat([source_latent, motion])
-                        self.net.write_reference(ref, pc["context"], hallo_tiling=opts.hallo_context_tiling)
-                with stage("audio"):
-                    feats = self.audio.clip(audio, c * F, F, fps=opts.fps).to(self.device, self.dtype)
-                    tokens = self.net.audioproj(feats[None])
-                predict = self.make_predictor(pc, tokens, opts.guidance, opts.motion_scale)
-                if wrap_predictor is not None:
-                    predict = wrap_predictor(predict)
-                noise = torch.randn((1, self.cfg.latent_channels, F, h, w), generator=gen).to(self.device, self.dtype)
 
-                def step_done(_j: int) -> None:
-                    nonlocal done
-                    done += 1
-                    if progress is not None:
-                        progress(done, total_steps)
-
-                with stage("denoise"):
-                    latents = denoise(predict, sched, noise, accelerator, on_step=step_done)
-                if not fixed_reference:
-                    self.net.clear_reference()
+            def publish(latents: torch.Tensor, count: int) -> torch.Tensor:
                 with stage("decode"):
                     frames = self.decode(latents)
-                keep = frames[: frames_total - c * F]  # the last clip runs past the audio
+                keep = frames[:count]  # the last clip runs past the audio
                 with stage("write"):
                     if writer is not None:
                         writer.write(to_uint8(keep))
                     if on_clip is not None:
                         on_clip(keep)
-                if opts.motion_source == "latents":
-                    motion = latents[0, :, -M:].permute(1, 0, 2, 3)
-                elif opts.motion_source == "pixels":
-                    with stage("encode"):
-                        motion = self.encode(frames[-M:].to(torch.float32) * 2 - 1)
-                timings["clips"].append(time.perf_counter() - tc)
+                return frames
+
+            def step_done(_j: int) -> None:
+                nonlocal done
+                done += 1
+                if progress is not None:
+                    progress(done, total_steps)
+
+            background = self.decode_in_background(opts, clips)
+            sidecar["decode_in_background"] = background
+            publisher = ClipPublisher(publish, background, timings)
+            try:
+                for c in range(clips):
+                    tc = time.perf_counter()
+                    if c == 0 or not fixed_reference:
+                        with stage("reference"):
+                            ref = torch.cat([source_latent, motion])
+                            self.net.write_reference(ref, pc["context"], hallo_tiling=opts.hallo_context_tiling)
+                    with stage("audio"):
+                        feats = self.audio.clip(audio, c * F, F, fps=opts.fps).to(self.device, self.dtype)
+                        tokens = self.net.audioproj(feats[None])
+                    predict = self.make_predictor(pc, tokens, opts.guidance, opts.motion_scale)
+                    if wrap_predictor is not None:
+                        predict = wrap_predictor(predict)
+                    noise = torch.randn((1, self.cfg.latent_channels, F, h, w), generator=gen).to(self.device, self.dtype)
+                    with stage("denoise"):
+                        latents = denoise(predict, sched, noise, accelerator, on_step=step_done)
+                    if not fixed_reference:
+                        self.net.clear_reference()
+                    frames = publisher.submit(latents, frames_total - c * F)  # None while in the background
+                    if opts.motion_source == "latents":
+                        motion = latents[0, :, -M:].permute(1, 0, 2, 3)
+                    elif opts.motion_source == "pixels":  # never in the background (decode_in_background)
+                        with stage("encode"):
+                            motion = self.encode(frames[-M:].to(torch.float32) * 2 - 1)
+                    timings["clips"].append(time.perf_counter() - tc)
+                publisher.finish()
+            finally:
+                publisher.close()
             finish_run(self, run, accelerator, sidecar, timings, t0)
         return GenerationResult(out_path, frames_total, clips, timings, sidecar)
