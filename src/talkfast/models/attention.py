@@ -31,11 +31,15 @@ def project_out(attn: Attention, x: torch.Tensor) -> torch.Tensor:
     return attn.to_out[1](x)
 
 
+def multihead_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """SDPA over ``heads`` heads of already projected (B, N, inner) tensors -> (B, N, inner)."""
+    return merge_heads(F.scaled_dot_product_attention(split_heads(q, heads), split_heads(k, heads),
+                                                      split_heads(v, heads)))
+
+
 def attend(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Multi-head SDPA on already projected (B, N, inner) tensors, then the output projection."""
-    h = attn.heads
-    out = F.scaled_dot_product_attention(split_heads(q, h), split_heads(k, h), split_heads(v, h))
-    return project_out(attn, merge_heads(out))
+    return project_out(attn, multihead_sdpa(q, k, v, attn.heads))
 
 
 def plain_attention(attn: Attention, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:

@@ -29,8 +29,9 @@ def _grid(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return t.reshape(n, h, w, c).permute(0, 3, 1, 2).contiguous()
 
 
-def _attention(dim: int, heads: int, context_dim: int | None = None) -> Attention:
-    return Attention(dim, cross_attention_dim=context_dim, heads=heads, dim_head=dim // heads,
+def _attention(dim: int, heads: int, context_dim: int | None = None, head_dim: int | None = None) -> Attention:
+    """Bias-free q/k/v, biased output; ``head_dim`` defaults to dim // heads."""
+    return Attention(dim, cross_attention_dim=context_dim, heads=heads, dim_head=head_dim or dim // heads,
                      bias=False, out_bias=True, processor=SDPAProcessor())
 
 

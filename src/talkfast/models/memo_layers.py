@@ -16,13 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import LabelEmbedding
 from torch import nn
 
-from .attention import SDPAProcessor, merge_heads, project_out, split_heads
+from .attention import multihead_sdpa, project_out
+from .layers import _attention, _grid, _tokens
 
 EMOTIONS = 9  # emotion classes; index 9 (the 10th embedding row) is the unconditional "no emotion"
 MEMORY_DECAY = 0.9  # MemoryLinearAttnProcessor.decay
@@ -59,15 +59,10 @@ class JointSDPAProcessor:
         q = torch.cat([attn.to_q(hidden_states), attn.add_q_proj(encoder_hidden_states)], dim=1)
         k = torch.cat([attn.to_k(hidden_states), attn.add_k_proj(encoder_hidden_states)], dim=1)
         v = torch.cat([attn.to_v(hidden_states), attn.add_v_proj(encoder_hidden_states)], dim=1)
-        h = attn.heads
-        out = merge_heads(F.scaled_dot_product_attention(split_heads(q, h), split_heads(k, h), split_heads(v, h)))
+        out = multihead_sdpa(q, k, v, attn.heads)
         visual = project_out(attn, out[:, :n])
         audio = attn.to_add_out(out[:, n:]) if getattr(attn, "to_add_out", None) is not None else None
         return visual, audio
-
-
-def _attention(dim: int, heads: int, head_dim: int) -> Attention:
-    return Attention(dim, heads=heads, dim_head=head_dim, bias=False, out_bias=True, processor=SDPAProcessor())
 
 
 class JointAudioBlock(nn.Module):
@@ -81,9 +76,9 @@ class JointAudioBlock(nn.Module):
         head_dim = dim // heads
         self.final = final
         self.norm1 = EmoAdaLayerNorm(dim, drop_rate)
-        self.attn1 = _attention(dim, heads, head_dim)
+        self.attn1 = _attention(dim, heads, head_dim=head_dim)
         self.audio_norm1 = EmoAdaLayerNorm(audio_dim, drop_rate)
-        self.audio_attn1 = _attention(audio_dim, heads, head_dim)  # audio_dim -> Ci -> audio_dim
+        self.audio_attn1 = _attention(audio_dim, heads, head_dim=head_dim)  # audio_dim -> Ci -> audio_dim
         self.norm2 = EmoAdaLayerNorm(dim, drop_rate)
         self.audio_norm2 = EmoAdaLayerNorm(audio_dim, drop_rate)
         self.attn2 = Attention(dim, heads=heads, dim_head=head_dim, bias=False, out_bias=True,
@@ -123,10 +118,9 @@ class JointAudioModule(nn.Module):
         self.proj_out = nn.Conv2d(inner, channels, 1)
 
     def forward(self, x: torch.Tensor, audio: torch.Tensor, emotion: torch.Tensor):
-        n, _, hh, ww = x.shape
-        t = self.proj_in(self.norm(x)).permute(0, 2, 3, 1).reshape(n, hh * ww, -1)
-        t, a = self.transformer_blocks[0](t, audio, emotion)
-        out = self.proj_out(t.reshape(n, hh, ww, -1).permute(0, 3, 1, 2).contiguous()) + x
+        _, _, hh, ww = x.shape
+        t, a = self.transformer_blocks[0](_tokens(self.proj_in(self.norm(x))), audio, emotion)
+        out = self.proj_out(_grid(t, hh, ww)) + x
         return out, (None if a is None else a + audio)
 
 

@@ -427,7 +427,7 @@ class TalkingHeadPipeline:
                         with stage("encode"):
                             motion = self.encode(frames[-M:].to(torch.float32) * 2 - 1)
                     timings["clips"].append(time.perf_counter() - tc)
-                publisher.finish()
+                publisher.wait()  # the last clip published (its failure raised)
             finally:
                 publisher.close()
             finish_run(self, run, accelerator, sidecar, timings, t0)

@@ -32,7 +32,7 @@ def _compute_like(threads: int, flush: bool) -> None:
 class ClipPublisher:
     """``publish(latents, keep) -> frames`` run in submission order; in the background when
     ``background`` (then :meth:`submit` returns None and a failure of the worker is raised by the
-    next :meth:`submit` or by :meth:`finish`). ``timings["wait"]`` collects the seconds the caller
+    next :meth:`submit` or by :meth:`wait`; :meth:`close` always stops the worker). ``timings["wait"]`` collects the seconds the caller
     spent waiting for the worker."""
 
     def __init__(self, publish: Callable[[torch.Tensor, int], torch.Tensor], background: bool, timings: dict):
@@ -44,18 +44,15 @@ class ClipPublisher:
                                             initargs=(torch.get_num_threads(), flushes_denormals()))
         self._pending: Future | None = None
 
-    @property
-    def background(self) -> bool:
-        return self._pool is not None
-
     def submit(self, latents: torch.Tensor, keep: int) -> torch.Tensor | None:
         if self._pool is None:
             return self._publish(latents, keep)
-        self._wait()  # one clip in flight at most
+        self.wait()  # one clip in flight at most
         self._pending = self._pool.submit(self._publish, latents, keep)
         return None
 
-    def _wait(self) -> None:
+    def wait(self) -> None:
+        """Until the clip in the worker is published (raising its failure)."""
         pending, self._pending = self._pending, None
         if pending is not None:
             t0 = time.perf_counter()
@@ -63,13 +60,6 @@ class ClipPublisher:
                 pending.result()
             finally:
                 self._timings["wait"] = self._timings.get("wait", 0.0) + time.perf_counter() - t0
-
-    def finish(self) -> None:
-        """Wait for the last clip (raising its failure) and stop the worker."""
-        try:
-            self._wait()
-        finally:
-            self.close()
 
     def close(self) -> None:
         """Stop the worker after the clip it holds (its failure, if any, is dropped: for the error
