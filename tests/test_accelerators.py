@@ -4,7 +4,7 @@ LightningCP are individually right, and state never leaks between runs."""
 import numpy as np
 import pytest
 import torch
-from tiny_pipeline import randomized_tiny_pipeline
+from tiny_pipeline import DEGENERATE, randomized_tiny_pipeline
 
 from talkfast.accelerators import (
     DFA,
@@ -56,17 +56,10 @@ def baseline(pipe, inputs):
     return run(pipe, inputs)
 
 
-def every_step(method, **kw):
-    return AccelConfig(method, CachingConfig(keys=KeySchedule("uniform", interval=1), **kw))
-
-
 @pytest.mark.parametrize("cfg", [
-    every_step("lightningcp"),
-    every_step("deepcache"),
-    every_step("fasterdiffusion", noise_injection=0.0),
-    every_step("lightningcp").replace(dfa=DFAConfig(temporal=True)),
+    *DEGENERATE.values(),
     AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("explicit", steps=tuple(range(STEPS))))),
-], ids=["lightningcp", "deepcache", "fasterdiffusion", "lightningcp+dfa", "explicit-all"])
+], ids=[*DEGENERATE.keys(), "explicit-all"])
 def test_every_step_a_key_step_equals_the_baseline(pipe, inputs, baseline, cfg):
     acc = build_accelerator(cfg)
     out = run(pipe, inputs, acc)

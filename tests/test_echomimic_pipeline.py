@@ -17,6 +17,7 @@ import torch
 from diffusers import AutoencoderKL
 from test_echomimic import TINY_ECHO, randomized, write_folder
 from test_whisper_features import DIMS, openai_state_dict
+from tiny_pipeline import every_step
 
 from talkfast.accelerators import build_accelerator
 from talkfast.accelerators.base import CapturePlan, gather_frames
@@ -133,17 +134,13 @@ def _frames(pipe, speech, acc=None, steps=4, guidance=None):
     return torch.cat(pieces)
 
 
-def _every_step(method, **kw):
-    return AccelConfig(method, CachingConfig(keys=KeySchedule("uniform", interval=1), **kw))
-
-
 @torch.no_grad()
 def test_every_accelerator_degenerate_setting_equals_the_windowed_baseline(echo_folder, speech):
     root, _ = echo_folder
     pipe = load_pipeline(root, device="cpu", dtype="fp32")
     base = _frames(pipe, speech)
-    for cfg in (_every_step("lightningcp"), _every_step("deepcache"), _every_step("fasterdiffusion", noise_injection=0.0),
-                _every_step("lightningcp", forecast=1, guidance_reuse=True),
+    for cfg in (every_step("lightningcp"), every_step("deepcache"), every_step("fasterdiffusion", noise_injection=0.0),
+                every_step("lightningcp", forecast=1, guidance_reuse=True),
                 AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("explicit", steps=(0, 1, 2, 3))))):
         acc = build_accelerator(cfg)
         torch.testing.assert_close(_frames(pipe, speech, acc), base, rtol=0, atol=0)
@@ -187,7 +184,7 @@ def test_dfa_and_reference_removal_on_the_windows(echo_folder, speech, monkeypat
     pipe = load_pipeline(root, device="cpu", dtype="fp32")
     base = _frames(pipe, speech)
     dfa = DFAConfig(temporal=True)
-    every = build_accelerator(_every_step("lightningcp").replace(dfa=dfa, drop_ref=True, drop_ref_layers=()))
+    every = build_accelerator(every_step("lightningcp").replace(dfa=dfa, drop_ref=True, drop_ref_layers=()))
     torch.testing.assert_close(_frames(pipe, speech, every), base, rtol=0, atol=0)
 
     lengths, original = [], DFA.foreground

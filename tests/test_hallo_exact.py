@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers.models.attention_processor import Attention
-from tiny_pipeline import randomized_tiny_pipeline
+from tiny_pipeline import DEGENERATE, randomized_tiny_pipeline
 
 from talkfast.accelerators import (
     DFA,
@@ -320,16 +320,7 @@ class AllForegroundDFA(DFA):
         super().begin(pipeline, None)  # regions None -> every token is foreground
 
 
-def every_step(method, **kw):
-    return AccelConfig(method, CachingConfig(keys=KeySchedule("uniform", interval=1), **kw))
-
-
-@pytest.mark.parametrize("cfg", [
-    every_step("lightningcp"),
-    every_step("deepcache"),
-    every_step("fasterdiffusion", noise_injection=0.0),
-    every_step("lightningcp").replace(dfa=DFAConfig(temporal=True)),
-], ids=["lightningcp", "deepcache", "fasterdiffusion", "lightningcp+dfa"])
+@pytest.mark.parametrize("cfg", DEGENERATE.values(), ids=DEGENERATE.keys())
 def test_every_step_a_key_step_equals_the_baseline(pipe, inputs, baseline, cfg):
     acc = build_accelerator(cfg)
     torch.testing.assert_close(run(pipe, inputs, acc), baseline, rtol=0, atol=0)

@@ -129,3 +129,19 @@ def test_cli_sets_wait_policy_before_torch_and_thread_count(args) -> None:
     seen = json.loads(run.stdout.strip().splitlines()[-1])
     assert seen["before_torch"] == threads.WAIT_ENVIRONMENT
     assert seen["threads"] == (1 if args else seen["cores"])
+
+
+def test_generate_leaves_a_core_for_the_decoder_unless_the_user_chose() -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert threads.leave_core_for_decode(None, torch.device("cpu"), environ={}, cores=3) == 2
+        assert torch.get_num_threads() == 2
+        assert threads.leave_core_for_decode(None, torch.device("cpu"), environ={}, cores=1) is None  # one core: keep it
+        assert threads.leave_core_for_decode(4, torch.device("cpu"), environ={}, cores=8) is None  # --threads 4
+        assert threads.leave_core_for_decode(None, torch.device("cpu"), environ={"OMP_NUM_THREADS": "3"}, cores=8) is None
+        assert threads.leave_core_for_decode(None, torch.device("cuda"), environ={}, cores=8) is None
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

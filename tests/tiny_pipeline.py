@@ -1,9 +1,25 @@
 """The tiny randomized pipeline shared by the accelerator and parallel tests (a plain module, not a
-fixture: tests/test_parallel.py also runs as a torchrun worker script outside pytest)."""
+fixture: tests/test_parallel.py also runs as a torchrun worker script outside pytest), and the
+degenerate accelerator settings every model family's tests run."""
 
 import torch
 
+from talkfast.accelerators import AccelConfig, CachingConfig, DFAConfig, KeySchedule
 from talkfast.pipeline.loader import load_pipeline
+
+
+def every_step(method: str, **caching) -> AccelConfig:
+    """``method`` with every step a key step: its degenerate setting, which must equal the baseline."""
+    return AccelConfig(method, CachingConfig(keys=KeySchedule("uniform", interval=1), **caching))
+
+
+# The degenerate setting of every caching method (and LightningCP + DFA incl. temporal attention).
+DEGENERATE = {
+    "lightningcp": every_step("lightningcp"),
+    "deepcache": every_step("deepcache"),
+    "fasterdiffusion": every_step("fasterdiffusion", noise_injection=0.0),
+    "lightningcp+dfa": every_step("lightningcp").replace(dfa=DFAConfig(temporal=True)),
+}
 
 
 def randomized_tiny_pipeline():

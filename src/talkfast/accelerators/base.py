@@ -234,7 +234,9 @@ def scatter_frames(total: torch.Tensor, per: torch.Tensor, frames: torch.Tensor,
 
 
 class CapturePlan(StagePlan):
-    """Runs everything; keeps the hidden state entering stage ``index`` (and the skips).
+    """Runs everything; keeps the hidden state entering stage ``index`` (and the skips, and with
+    ``keep_audio`` the audio stream: MEMO's joint audio modules carry one, which the modules after
+    the cut read).
 
     On a windowed predictor (:mod:`talkfast.sampling.windows`) each window call gets its own
     capture (``for_window``); the windows' features are added up per absolute frame and divided by
@@ -242,10 +244,11 @@ class CapturePlan(StagePlan):
     one of the L frames of each of the K items, as a call over all L frames would.
     """
 
-    def __init__(self, index: int, keep_skips: bool = False):
-        self.index, self.keep_skips = index, keep_skips
+    def __init__(self, index: int, keep_skips: bool = False, keep_audio: bool = False):
+        self.index, self.keep_skips, self.keep_audio = index, keep_skips, keep_audio
         self.h: torch.Tensor | None = None
         self.skips: list[torch.Tensor] | None = None
+        self.audio: torch.Tensor | None = None  # (K*F, T, D): the audio stream entering stage index
         self.layout: ItemLayout | None = None  # the key call's items (set by the accelerator)
         self.length: int | None = None  # windowed: frames per item of h
         self.shared: SharedState | None = None  # told which window runs (for the DFA processors)
@@ -258,8 +261,12 @@ class CapturePlan(StagePlan):
             self.h = state.h
             if self.keep_skips:
                 self.skips = list(state.skips)
+            if self.keep_audio:
+                self.audio = state.audio
 
     def for_window(self, window: int, frames: torch.Tensor, length: int) -> CapturePlan:
+        if self.keep_audio:
+            raise NotImplementedError("a carried audio stream is not kept per frame on the windowed path")
         self._fold()
         self.length = length
         if self.shared is not None:
@@ -330,6 +337,8 @@ class ShallowPlan(StagePlan):
             state.h = expand_items(self.cache.h, state.frames, idx)
         if self.cache.skips is not None:
             state.skips = [expand_items(s, state.frames, idx) for s in self.cache.skips]
+        if self.cache.audio is not None:  # the key step's audio stream (it depends on the noisy latent)
+            state.audio = expand_items(self.cache.audio, state.frames, idx)
 
 
 class WindowShallowPlan(StagePlan):
@@ -363,4 +372,4 @@ class WindowShallowPlan(StagePlan):
 
 def key_prediction(scheduler, output: torch.Tensor, latents: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0_hat, eps_hat) of a key step's guided output."""
-    return split_prediction(scheduler, output, latents, int(t))
+    return split_prediction(scheduler, output, latents, t)

@@ -28,7 +28,7 @@ import torch
 
 from ..models.unet import StagePlan
 from ..sampling.loop import StepAction
-from ..sampling.scheduler import noise_to, output_for, previous_timestep, split_prediction
+from ..sampling.scheduler import input_timestep, noise_to, output_for, split_prediction
 from .base import (Accelerator, CapturePlan, ShallowPlan, cut_points, expand_items, gather_frames, key_items,
                    key_prediction)
 from .schedule import KeySchedule
@@ -152,7 +152,8 @@ class LightningCP(Accelerator):
         self.shared.window = None  # a windowed predictor sets it per window call (for_window)
         if action.full:
             self.shared.phase = "key"
-            self.capture = CapturePlan(u, keep_skips=self.decoder_only)
+            self.capture = CapturePlan(u, keep_skips=self.decoder_only,
+                                       keep_audio=self.net.cfg.unet.audio_module == "joint")
             self.capture.shared = self.shared
             t = float(self.scheduler.timesteps[action.steps[0]])
             self.history = (self.history + [(t, self.capture)])[-3:]
@@ -242,15 +243,15 @@ class LightningCP(Accelerator):
             return output
         if index == self.key_index + 1 and (self.cfg.estimation or self.cfg.adaptive):
             return output  # this step's input was the true latent already
-        t = int(self.scheduler.timesteps[index])
+        t = self.scheduler.timesteps[index]
         x0, _ = split_prediction(self.scheduler, output, own, t)
         return output_for(self.scheduler, x0, start, t)
 
     def estimate(self, step: int) -> torch.Tensor:
-        """Input latent of ``step`` from the key step's prediction: where chained DDIM steps with
-        that fixed (x0, eps) would put it (the scheduler's own previous-timestep rule)."""
-        t_before = int(self.scheduler.timesteps[step - 1])
-        return noise_to(self.scheduler, self.x0, self.eps, previous_timestep(self.scheduler, t_before))
+        """Input latent of ``step`` from the key step's prediction: where chained scheduler steps
+        with that fixed (x0, eps) would put it (DDIM with eta 0 and the scheduler's own
+        previous-timestep rule; flow-matching Euler: the straight line z_k + (sigma - sigma_k) v_k)."""
+        return noise_to(self.scheduler, self.x0, self.eps, input_timestep(self.scheduler, step))
 
     def batch_latents(self, action: StepAction, latents: torch.Tensor) -> torch.Tensor:
         if self.cfg.adaptive:

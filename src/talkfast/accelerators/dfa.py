@@ -77,7 +77,12 @@ class DFAProcessor:
             self._mean = mean.reshape(-1, *mean.shape[2:])  # (K * L, T-or-P, C), as gather_frames reads
         return gather_frames(self._mean, self._sums.shape[1], idx, frames)
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kw):
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 memory_groups: tuple[int, ...] | None = None, **kw):
+        """``memory_groups``: passed on to a memory motion module's processor (MEMO), which in a
+        reduced call reads its memory at the foreground positions only."""
+        if memory_groups is not None:
+            kw["memory_groups"] = memory_groups
         shared: SharedState = self.owner.shared
         if shared.phase == "key":
             out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kw)
@@ -116,7 +121,9 @@ class DFAProcessor:
                 if windowed else expand_items(self.cache, length, idx).reshape(items, length, frames, c))
         fg = self.owner.foreground(length, hidden_states.device)
         x = hidden_states.reshape(items, length, frames, c).index_select(1, fg)
-        part = self.inner(attn, x.reshape(-1, frames, c)).reshape(items, -1, frames, c)
+        if memory_groups is not None:
+            kw["positions"] = fg
+        part = self.inner(attn, x.reshape(-1, frames, c), **kw).reshape(items, -1, frames, c)
         return base.index_copy(1, fg, part.to(base.dtype)).reshape(rows, frames, c)
 
 

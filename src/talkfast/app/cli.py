@@ -29,7 +29,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, e.g. 40 for hallo)")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 disables)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--fps", type=int, default=None, help="output frame rate (default: 25; 24 for EchoMimic)")
+    p.add_argument("--fps", type=int, default=None, help="output frame rate (default: 25; 24 for EchoMimic, 30 for MEMO)")
     p.add_argument("--size", type=int, default=None, help="output side in pixels (default: the model's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16")
@@ -37,10 +37,15 @@ def _add_generate(sub) -> None:
                    help="model folder: a Hallo pretrained_models folder (hallo/net.pth, sd-vae-ft-mse/, "
                         "wav2vec/wav2vec2-base-960h/), an EchoMimic pretrained_weights folder (denoising_unet.pth, "
                         "motion_module.pth, reference_unet.pth, face_locator.pth, audio_processor/whisper_tiny.pt, "
-                        "sd-vae-ft-mse/) or a talkfast model folder")
+                        "sd-vae-ft-mse/), a MEMO checkpoint folder (reference_net/, diffusion_net/, image_proj/, "
+                        "audio_proj/, sd-vae-ft-mse/, wav2vec2-base-960h/) or a talkfast model folder")
     p.add_argument("--variant", choices=["default", "acc", "pose", "pose_acc"], default=None,
                    help="EchoMimic checkpoints: which released weights and settings (default: 30 steps, CFG 2.5; "
                         "acc: 6 steps, CFG 1)")
+    p.add_argument("--emotion", default=None,
+                   help="MEMO checkpoints: the emotion of the speech, one of angry, disgusted, fearful, happy, "
+                        "neutral, other, sad, surprised, unknown (default: neutral; MEMO's own emotion2vec "
+                        "labelling is not available offline)")
     p.add_argument("--random-weights", action="store_true", help="random weights (a smoke test; the video is noise)")
     p.add_argument("--model", default="small", help="preset for --random-weights: small, tiny")
     p.add_argument("--pose-weight", type=float, default=1.0)
@@ -148,7 +153,7 @@ def cmd_generate(args) -> int:
         par = ParallelRun.from_env(args.parallel, args.device)
         args.device, args.quiet = par.device, args.quiet or par.rank != 0
     pipe = load_pipeline(args.checkpoint, random_weights=args.random_weights, preset=args.model,
-                         device=args.device, dtype=args.dtype, variant=args.variant)
+                         device=args.device, dtype=args.dtype, variant=args.variant, emotion=args.emotion)
     choice = args.accel_choice
     if getattr(pipe, "windowed", False) and args.accel == "auto" and accel == choice.accel:
         # no tuned or documented setting for EchoMimic's windowed path: auto is no acceleration
@@ -161,6 +166,9 @@ def cmd_generate(args) -> int:
                            seed=args.seed, fps=fps,
                            motion_scale=(args.pose_weight, args.face_weight, args.lip_weight),
                            motion_source=args.motion_source)
+    if pipe.resolve(opts).motion_source != "pixels" and not getattr(pipe, "windowed", False):
+        # a core for decoding clip k while clip k+1 samples (not where the next clip needs the pixels)
+        threads.leave_core_for_decode(args.threads, pipe.device)
     bar = None
 
     def progress(done: int, total: int) -> None:

@@ -168,11 +168,37 @@ def _echomimic_folder(root: Path) -> str:
     return "EchoMimic weights folder: " + "; ".join(parts)
 
 
+def _memo_folder(root: Path) -> str:
+    """MEMO's checkpoint folder: the four network files' headers checked key by key against the
+    ``memo`` preset on ``meta`` with MEMO's strictness (:func:`talkfast.models.memo_checkpoint.
+    match_memo_folders`); the VAE and wav2vec2 folders reported when present."""
+    from ..errors import CheckpointError
+    from ..models.config import get_preset
+    from ..models.memo_checkpoint import MEMO_VAE, MEMO_WAV2VEC, match_memo_folders, memo_weight_files
+    from ..models.net import build_net
+
+    found = {}
+    for sub, path in memo_weight_files(root).items():
+        try:
+            found[sub] = _header(path)
+        except Exception as err:
+            raise CheckpointError(f"cannot read {path}: {err}") from err
+    net = build_net(get_preset("memo"), device="meta")
+    ignored = match_memo_folders(net, found)
+    n, skipped = sum(len(v) for v in found.values()), sum(len(v) for v in ignored.values())
+    parts = [f"all {n - skipped} tensors, shapes match" + (f" ({skipped} extra keys ignored)" if skipped else "")]
+    for names, what in ((MEMO_VAE, "VAE"), (MEMO_WAV2VEC, "wav2vec2")):
+        sub = next((root / n for n in names if (root / n).is_dir()), None)
+        parts.append(_weights_folder(sub, what) if sub is not None else f"{what} MISSING ({names[0]}/)")
+    return "MEMO checkpoint: " + "; ".join(parts)
+
+
 def check_checkpoint(folder: str | Path) -> tuple[bool, str]:
     """Read a checkpoint folder's headers: every network key and shape, the VAE's (and wav2vec2's)
     config and weights header. Raises :class:`~talkfast.errors.CheckpointError` saying what is wrong."""
     from ..errors import CheckpointError
     from ..models.loading import find_hallo_checkpoint, is_echomimic_folder, read_model_json
+    from ..models.memo_checkpoint import is_memo_folder
 
     root = Path(folder).expanduser()
     if (root / "model.json").is_file():  # a talkfast model folder
@@ -184,6 +210,8 @@ def check_checkpoint(folder: str | Path) -> tuple[bool, str]:
             raise CheckpointError(f"cannot read {net}: {err}") from err
         parts = [_compare(found, meta["preset"], net), _weights_folder(root / "vae", "VAE")]
         return True, "talkfast model folder: " + "; ".join(parts)
+    if is_memo_folder(root):
+        return True, _memo_folder(root)
     if is_echomimic_folder(root):
         return True, _echomimic_folder(root)
     paths = find_hallo_checkpoint(root)

@@ -120,13 +120,36 @@ def prepare_environment(environ: MutableMapping[str, str] | None = None) -> dict
     return added
 
 
-def default_threads(environ: MutableMapping[str, str] | None = None) -> int:
-    """``OMP_NUM_THREADS`` when the user exported a valid count, else :func:`available_cores`."""
+def exported_threads(environ: MutableMapping[str, str] | None = None) -> int | None:
+    """A valid ``OMP_NUM_THREADS`` the user exported, else None."""
     env = os.environ if environ is None else environ
     value = env.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    if value.isdigit() and 1 <= int(value) <= MAX_THREADS:
-        return int(value)
-    return available_cores()
+    return int(value) if value.isdigit() and 1 <= int(value) <= MAX_THREADS else None
+
+
+def default_threads(environ: MutableMapping[str, str] | None = None) -> int:
+    """``OMP_NUM_THREADS`` when the user exported a valid count, else :func:`available_cores`."""
+    exported = exported_threads(environ)
+    return exported if exported is not None else available_cores()
+
+
+def leave_core_for_decode(threads: int | None, device, environ: MutableMapping[str, str] | None = None,
+                          cores: int | None = None) -> int | None:
+    """``generate``'s default on a CPU: torch keeps one core fewer than the process may use, so that
+    each clip is decoded and written on that core while the next clip samples
+    (:mod:`talkfast.pipeline.publish`). Measured on the 2-core VM with the embedded model
+    (README, Measured): 36.9 s with one torch thread and the decode beside it, 49.6 s with two and
+    the decode in line. Only when the user chose no count (``--threads``, ``OMP_NUM_THREADS``), on
+    a CPU device, with at least 2 cores; returns the count set, or None when nothing changed."""
+    import torch
+
+    if threads is not None or exported_threads(environ) is not None or getattr(device, "type", device) != "cpu":
+        return None
+    n = (cores if cores is not None else available_cores()) - 1
+    if n < 1:
+        return None
+    torch.set_num_threads(n)
+    return n
 
 
 def thread_count(text: str) -> int:
@@ -143,7 +166,8 @@ def thread_count(text: str) -> int:
 def add_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=thread_count, default=None, metavar="N",
                         help="CPU threads for torch in this process (default: OMP_NUM_THREADS if set, else the "
-                             "CPUs this process may use: affinity mask and cgroup quota)")
+                             "CPUs this process may use: affinity mask and cgroup quota; generate on a CPU keeps "
+                             "one of them for decoding each clip while the next one samples)")
 
 
 def apply(threads: int | None = None) -> int:

@@ -21,8 +21,10 @@ Targets:
   (``benchmarks/gpu_bench.py`` is the one-command form).
 - ``echomimic`` (``--model echomimic``): the same for EchoMimic v1: its windowed loop (windows of
   12, overlap 3, shift 2; 24 frames, 30 steps, CFG 2.5 by default) with random weights.
-- ``--device meta`` with ``hallo`` / ``echomimic``: FLOPs only, at full size, on a shapes-only
-  copy of the network (no memory, no compute, no timing): the FLOP ratios of every method.
+- ``memo`` (``--model memo``): the same for MEMO: one 16-frame clip, its memory motion modules
+  filled from random past frames, flow-matching Euler, 20 steps, CFG 3.5 by default.
+- ``--device meta`` with ``hallo`` / ``echomimic`` / ``memo``: FLOPs only, at full size, on a
+  shapes-only copy of the network (no memory, no compute, no timing): the FLOP ratios of every method.
 
 ``--checkpoint DIR`` benchmarks a talkfast model folder instead. When the model folder holds
 tuned settings (``talkfast tune``), each budget's setting is a row too (``tuned:balanced``, ...;
@@ -58,10 +60,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "bench", help="benchmark the accelerators against the baseline (speed, FLOPs, memory, quality)",
         description="Run the baseline and each accelerator on the same inputs and seed, after a warm-up; "
                     "write bench.md, bench.json and bench.png and print the table.")
-    p.add_argument("--target", "--model", dest="target", choices=["embedded", "hallo", "echomimic", "tiny"],
+    p.add_argument("--target", "--model", dest="target", choices=["embedded", "hallo", "echomimic", "memo", "tiny"],
                    default="embedded",
                    help="embedded: the embedded model (quality + CPU speed); tiny: the test model; "
-                        "hallo / echomimic: that preset with random weights, speed only (--device meta: FLOPs "
+                        "hallo / echomimic / memo: that preset with random weights, speed only (--device meta: FLOPs "
                         "at full size without computing) (default: embedded)")
     p.add_argument("--random-weights", action="store_true",
                    help="embedded target: the small preset with random weights")
@@ -84,10 +86,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--offset", type=int, default=0,
                    help="skip the first N samples of that order (e.g. a tune's --limit: other identities than it saw)")
     p.add_argument("--frames", type=int, default=None,
-                   help="hallo / echomimic target: frames (default: hallo 16, echomimic 24 = three windows)")
+                   help="hallo / echomimic / memo target: frames (default: hallo and memo 16, echomimic 24 = three windows)")
     p.add_argument("--size", type=int, default=None, help="frame side in pixels (default: the model's; hallo 512)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...; meta (hallo / echomimic): FLOPs only")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...; meta (hallo / echomimic / memo): FLOPs only")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16")
     p.add_argument("--controls", default="auto",
                    help="plain-DDIM fewer-step controls: 'auto' (step counts whose cost ratio spans the accelerated "
@@ -188,9 +190,9 @@ def _run(args) -> int:
     methods = bench.method_set(kind, keys, _intervals(args.sweep))
     import torch
 
-    speed_only = target in ("hallo", "echomimic")
+    speed_only = target in ("hallo", "echomimic", "memo")
     if args.device == "meta" and not speed_only:
-        raise ValueError("--device meta counts FLOPs of a speed-only target (--target hallo or echomimic)")
+        raise ValueError("--device meta counts FLOPs of a speed-only target (--target hallo, echomimic or memo)")
     device = torch.device("meta") if args.device == "meta" else resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, torch.device("cpu") if device.type == "meta" else device)
 
@@ -200,8 +202,8 @@ def _run(args) -> int:
 
         if target == "echomimic":
             (d_steps, d_cfg), d_frames = ECHOMIMIC_SAMPLING["default"], 2 * WINDOW_FRAMES
-        else:
-            (d_steps, d_cfg), d_frames = SAMPLING_DEFAULTS["hallo"], 16
+        else:  # hallo, memo: one 16-frame clip
+            (d_steps, d_cfg), d_frames = SAMPLING_DEFAULTS[target], 16
         if device.type == "cpu" and args.size is None:
             log(f"warning: the {target} preset at full size on CPU takes minutes per denoising step; this is meant "
                 "for a GPU (or --device meta for FLOPs, --size 64 for a reduced size)")

@@ -37,6 +37,7 @@ class SpeedSetup:
     # a windowed model (EchoMimic): the predictor depends on the scheduler's timesteps (the
     # windows shift per step), so it is made per run from them; ``predict`` is then None
     make_predict: Callable[[torch.Tensor], Callable] | None = None
+    sampler: str = "ddim"  # the scheduler kind (MEMO: "flow")
 
     def predictor(self, timesteps: torch.Tensor) -> Callable:
         return self.make_predict(timesteps) if self.make_predict is not None else self.predict
@@ -86,6 +87,9 @@ def speed_setup(net, *, frames: int | None = None, size: int | None = None, guid
     if cfg.audio_features == "whisper":
         return echomimic_speed_setup(net, frames=frames, size=size, guidance=guidance, seed=seed, device=device,
                                      dtype=dtype)
+    if cfg.unet.audio_module == "joint":
+        return memo_speed_setup(net, frames=frames, size=size, guidance=guidance, seed=seed, device=device,
+                                dtype=dtype)
     frames = frames or cfg.clip_frames
     size = size or cfg.image_size
     f = cfg.vae_scale_factor * 2 ** (cfg.unet.num_levels - 1)
@@ -169,14 +173,50 @@ def echomimic_speed_setup(net, *, frames: int | None = None, size: int | None = 
     return SpeedSetup(net, None, noise, por, frames, size, make_predict)
 
 
+@torch.no_grad()
+def memo_speed_setup(net, *, frames: int | None = None, size: int | None = None, guidance: float = 3.5,
+                     seed: int = 0, device=None, dtype=None) -> SpeedSetup:
+    """The MEMO form of :func:`speed_setup`, shaped like
+    :class:`~talkfast.pipeline.memo.MemoPipeline`'s: the reference net on a random reference latent
+    and 16 past frames with the [uncond, cond] image contexts (a zero identity, as the pipeline
+    without insightface), the memory modules' first-clip memory, random audio tokens per frame,
+    emotion 4 (neutral) and the pipeline's CFG predictor; flow-matching Euler steps."""
+    from ..io.image import load_image
+    from ..pipeline.generate import guided
+    from ..pipeline.memo import memo_model, memo_portrait
+
+    cfg = net.cfg
+    device = torch.device(device) if device is not None else net.device
+    dtype = dtype or net.dtype
+    frames = frames or cfg.clip_frames
+    size = size or cfg.image_size
+    f = cfg.vae_scale_factor * 2 ** (cfg.unet.num_levels - 1)
+    if size % f:
+        raise ValueError(f"size must be a multiple of {f} for the {cfg.name} model, got {size}")
+    por = memo_portrait(load_image(EXAMPLE_PORTRAIT), size, cfg)  # the whole image resized, its face regions
+    lat = size // cfg.vae_scale_factor
+    g = torch.Generator("cpu").manual_seed(seed)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g).to(device, dtype)
+
+    ctx = net.imageproj(torch.zeros(2, cfg.image_embed_dim, device=device, dtype=dtype))
+    net.write_reference(rnd(1 + cfg.motion_frames, cfg.latent_channels, lat, lat), ctx)
+    net.update_motion_memory(reset=True)
+    audio = rnd(1, frames, cfg.audio_tokens, cfg.unet.audio_attention_dim)
+    predict = guided(memo_model(net, ctx, audio, 4, guidance > 1.0, dtype), guidance)
+    noise = rnd(1, cfg.latent_channels, frames, lat, lat)
+    return SpeedSetup(net, predict, noise, por, frames, size, sampler="flow")
+
+
 def run_denoise(setup: SpeedSetup, acc: Accelerator, steps: int) -> torch.Tensor:
-    """One whole schedule of ``steps`` DDIM steps with the attached accelerator ``acc``; its
-    statistics are reset first (``begin``, as the pipeline does per generation)."""
+    """One whole schedule of ``steps`` steps of the setup's sampler with the attached accelerator
+    ``acc``; its statistics are reset first (``begin``, as the pipeline does per generation)."""
     from ..sampling.loop import denoise
     from ..sampling.scheduler import make_scheduler
 
     acc.begin(None, setup.portrait)  # drops the records; plug-ins (DFA) take the face regions
-    sched = make_scheduler(steps)
+    sched = make_scheduler(steps, kind=setup.sampler)
     with torch.no_grad():
         return denoise(setup.predictor(sched.timesteps), sched, setup.noise, acc)
 
@@ -364,15 +404,16 @@ def _run_speed_bench(preset, device, dtype, frames, steps, methods, size, guidan
         "skipped": skipped, "wall_seconds": time.perf_counter() - t_start,
         "controls": [r.steps for r in results if r.role == "control"], **_environment(dev),
     }
+    sampler = {"flow": "rectified-flow Euler"}.get(setup.sampler, "DDIM")
     if dev.type == "meta":
         meta["flops_on"] = "meta"
         return BenchResult(target or net.cfg.name, "speed", meta, results, [
             f"FLOPs only: the bare denoising loop (CFG x2 where guided, {setup.frames} frames, {setup.size}x{setup.size}, "
-            f"{steps} DDIM steps) on a shapes-only copy of the network on the meta device (torch.utils.flop_counter, "
+            f"{steps} {sampler} steps) on a shapes-only copy of the network on the meta device (torch.utils.flop_counter, "
             "first call of each signature counted, reused for the rest); no timing, no memory, quality n/a; "
             "ratio vs the baseline's FLOPs."])
     notes = [
-        f"speed only: the bare denoising loop (CFG x2, {setup.frames} frames, {setup.size}x{setup.size}, {steps} DDIM steps) "
+        f"speed only: the bare denoising loop (CFG x2, {setup.frames} frames, {setup.size}x{setup.size}, {steps} {sampler} steps) "
         "with random weights and synthetic conditioning; no VAE, no audio extractor; quality n/a.",
         "total s: wall-clock of the whole denoising loop" + (f", median of {repeats} runs" if repeats > 1 else "")
         + "; s/step: time inside model calls / steps" + (" (CUDA-synchronised per call)" if dev.type == "cuda" else "") + ".",

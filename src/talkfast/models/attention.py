@@ -190,6 +190,13 @@ class ReferenceState:
         self.motion.clear()
         self.layout = None
 
+    def record(self, key: str, tokens: torch.Tensor) -> None:
+        """While writing: keep the (G*S, L, C) ``tokens`` of the reference pass as ``banks[key]``."""
+        if self.mode == "write":
+            _, l, c = tokens.shape
+            bank = tokens if self.keep_graph else tokens.detach()
+            self.banks[key] = bank.reshape(self.groups, self.images, l, c).clone()
+
 
 class ReferenceWriteProcessor(SDPAProcessor):
     """Self-attention that also records its input tokens into ``state.banks[key]``."""
@@ -198,11 +205,7 @@ class ReferenceWriteProcessor(SDPAProcessor):
         self.state, self.key = state, key
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kw):
-        st = self.state
-        if st.mode == "write":
-            n, l, c = hidden_states.shape
-            bank = hidden_states if st.keep_graph else hidden_states.detach()
-            st.banks[self.key] = bank.reshape(st.groups, st.images, l, c).clone()
+        self.state.record(self.key, hidden_states)
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, **kw)
 
 

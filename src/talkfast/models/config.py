@@ -1,8 +1,9 @@
 """Model configuration: one module tree, sized by a dataclass, with named presets.
 
 The ``hallo`` preset reproduces the SD-1.5-sized Hallo network (its ``net.pth`` loads unchanged);
-``echomimic`` / ``echomimic_pose`` are EchoMimic v1 (antgroup/echomimic a53e970) in the same tree,
-selected by the switches below (no second UNet class); ``tiny`` is for unit tests; ``small`` is the
+``echomimic`` / ``echomimic_pose`` are EchoMimic v1 (antgroup/echomimic a53e970) and ``memo`` is
+MEMO (memoavatar/memo a5aee30) in the same tree, selected by the switches below (no second UNet
+class); ``tiny`` is for unit tests; ``small`` is the
 embedded default model trained on the synthetic corpus.
 Presets differ only in numbers and switches, never in the classes or the code path they build.
 """
@@ -62,6 +63,17 @@ class UNetConfig:
     # A motion module in the mid block (AnimateDiff ``motion_module_mid_block``; Hallo and
     # EchoMimic's inference_v2.yaml: true).
     motion_mid_block: bool = True
+    # Which audio modules (with ``audio_modules``): "hallo" = audio cross-attention gated by the
+    # full/face/lip masks; "joint" = MEMO's emotion-conditioned joint audio-visual attention, whose
+    # audio stream is carried from module to module through the whole UNet (models/memo_layers.py).
+    audio_module: str = "hallo"
+    # The motion modules' temporal attention: "softmax" (AnimateDiff) or "memory" (MEMO's linear
+    # attention with a long-term memory of the past frames: the reference net's features of those
+    # frames update the memory once per clip, every call reads it; models/memo_layers.py).
+    motion_attention: str = "softmax"
+    # The reference UNet's last transformer block stops after norm1 (MEMO's ``is_final_block``:
+    # its only product is the norm1 feature the denoiser reads; no attn1/attn2/ff/proj_out weights).
+    reference_tail_norm_only: bool = False
 
     def __post_init__(self) -> None:
         if len(self.down_attention) != len(self.block_out_channels):
@@ -70,6 +82,12 @@ class UNetConfig:
             raise ValueError(f"spatial_context must be 'image' or 'audio', not {self.spatial_context!r}")
         if self.spatial_context == "audio" and self.audio_modules:
             raise ValueError("audio tokens feed either the spatial cross-attention or the audio modules, not both")
+        if self.audio_module not in ("hallo", "joint"):
+            raise ValueError(f"audio_module must be 'hallo' or 'joint', not {self.audio_module!r}")
+        if self.motion_attention not in ("softmax", "memory"):
+            raise ValueError(f"motion_attention must be 'softmax' or 'memory', not {self.motion_attention!r}")
+        if self.motion_attention == "memory" and self.prepend_motion_frames:
+            raise ValueError("memory motion modules read the motion frames through their memory, not prepended")
         for c in self.block_out_channels:
             if c % self.norm_groups or c % self.heads:
                 raise ValueError(f"channel width {c} must divide by norm_groups and heads")
@@ -104,6 +122,7 @@ class ModelConfig:
     # all, and its whisper tokens go straight into attn2.
     image_projection: bool = True  # an ``imageproj`` child (face-identity embedding -> context tokens)
     audio_projection: bool = True  # an ``audioproj`` child (windowed audio features -> audio tokens)
+    face_locator: bool = True  # a ``face_locator`` child (MEMO has none: the first skip is conv_in(x))
 
     @property
     def latent_size(self) -> int:
@@ -211,7 +230,40 @@ ECHOMIMIC = ModelConfig(
 # The pose variants (animation_pose*.yaml): the face locator reads RGB landmark drawings.
 ECHOMIMIC_POSE = ECHOMIMIC.replace(name="echomimic_pose", face_locator_in=3)
 
-PRESETS: dict[str, ModelConfig] = {c.name: c for c in (HALLO, TINY, SMALL, ECHOMIMIC, ECHOMIMIC_POSE)}
+# MEMO (memoavatar/memo at a5aee30, configs/inference.yaml and the diffusion_net config in
+# memo_keys.json; echomimic_memo.md §2): Hallo's widths and reference/spatial layout (reference
+# tiled over frames, unconditional half without reference) with the reference features in the model
+# dtype (no fp16 banks), joint audio modules carrying the audio stream, memory linear attention in
+# all 21 motion modules (no prepended motion frames), 16 past frames, a reference net whose last
+# block stops after norm1, no face locator. 16-frame clips at 30 fps.
+MEMO = ModelConfig(
+    name="memo",
+    unet=UNetConfig(
+        tile_reference_groups=True,
+        fp16_reference_banks=False,
+        prepend_motion_frames=False,
+        run_plain_block_motion=True,
+        motion_mid_block=True,
+        audio_module="joint",
+        motion_attention="memory",
+        reference_tail_norm_only=True,
+    ),
+    clip_frames=16,
+    motion_frames=16,
+    face_locator=False,
+)
+
+# MEMO's switches at the tiny test width (tests write a MEMO-layout folder of this size).
+MEMO_TINY = MEMO.replace(
+    name="memo_tiny",
+    unet=dataclasses.replace(MEMO.unet, block_out_channels=(16, 32, 32, 32), heads=2, norm_groups=4,
+                             cross_attention_dim=16, audio_attention_dim=16, time_proj_dim=16, time_embed_dim=32,
+                             motion_heads=2),
+    image_size=64, clip_frames=4, motion_frames=3, image_embed_dim=8, image_tokens=2, audio_layers=2,
+    audio_feature_dim=8, audio_hidden=16, audio_tokens=4,
+)
+
+PRESETS: dict[str, ModelConfig] = {c.name: c for c in (HALLO, TINY, SMALL, ECHOMIMIC, ECHOMIMIC_POSE, MEMO, MEMO_TINY)}
 
 
 def get_preset(name: str) -> ModelConfig:

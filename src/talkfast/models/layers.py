@@ -150,12 +150,15 @@ class TemporalBlock(nn.Module):
         self.ff = FeedForward(dim, activation_fn="geglu")
         self.ff_norm = nn.LayerNorm(dim)
 
-    def forward(self, t: torch.Tensor, frames: int) -> torch.Tensor:
+    def forward(self, t: torch.Tensor, frames: int, memory_groups: tuple[int, ...] | None = None) -> torch.Tensor:
+        """``memory_groups`` (one reference group per item): passed to the attention processors
+        of a memory motion module (MEMO), which read that group's long-term memory."""
         nf, hw, c = t.shape
         b = nf // frames
+        extra = {} if memory_groups is None else {"memory_groups": memory_groups}
         for attn, norm in zip(self.attention_blocks, self.norms):
             n = norm(t).reshape(b, frames, hw, c).transpose(1, 2).reshape(b * hw, frames, c)
-            n = attn(attn.pos_encoder(n))
+            n = attn(attn.pos_encoder(n), **extra)
             t = n.reshape(b, hw, frames, c).transpose(1, 2).reshape(nf, hw, c) + t
         return self.ff(self.ff_norm(t)) + t
 
@@ -168,22 +171,26 @@ class TemporalTransformer(nn.Module):
         self.transformer_blocks = nn.ModuleList([TemporalBlock(channels, heads, max_len)])
         self.proj_out = nn.Linear(channels, channels)
 
-    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frames: int, memory_groups: tuple[int, ...] | None = None) -> torch.Tensor:
         _, _, h, w = x.shape
         t = self.proj_in(_tokens(self.norm(x)))
-        t = self.transformer_blocks[0](t, frames)
+        t = self.transformer_blocks[0](t, frames, memory_groups)
         return _grid(self.proj_out(t), h, w) + x
 
 
 class MotionModule(nn.Module):
-    """AnimateDiff's vanilla temporal module (``motion_modules.j.temporal_transformer``)."""
+    """AnimateDiff's vanilla temporal module (``motion_modules.j.temporal_transformer``).
+
+    ``source``: the key of the reference feature that holds this layer's past frames (set on the
+    memory modules of MEMO, whose memory those frames update; None otherwise)."""
 
     def __init__(self, channels: int, heads: int, max_len: int, groups: int):
         super().__init__()
         self.temporal_transformer = TemporalTransformer(channels, heads, max_len, groups)
+        self.source: str | None = None
 
-    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        return self.temporal_transformer(x, frames)
+    def forward(self, x: torch.Tensor, frames: int, memory_groups: tuple[int, ...] | None = None) -> torch.Tensor:
+        return self.temporal_transformer(x, frames, memory_groups)
 
 
 class FaceLocator(nn.Module):

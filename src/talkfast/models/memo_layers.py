@@ -7,8 +7,18 @@ with ``use_audio_module``, memo/models/attention_processor.py ``JointAttnProcess
 ``MemoryLinearAttnProcessor``); every line is our own and uses diffusers' ``Attention``,
 ``FeedForward`` and ``LabelEmbedding`` for the layers.
 
-Not yet wired into :class:`~talkfast.models.unet.TalkingUNet` (issue 16 is open): these are the
-pieces, each pinned by a hand-computed case in tests/test_memo_layers.py.
+:class:`~talkfast.models.unet.TalkingUNet` builds them where the ``memo`` preset's switches say
+(``audio_module="joint"``, ``motion_attention="memory"``, ``reference_tail_norm_only``); each is
+pinned by a hand-computed case in tests/test_memo_layers.py.
+
+How the memory runs here: MEMO's processors update their memory inside the first denoising call
+of a clip (``update_past_memory`` at step 0; reset and rebuilt at every call of the first clip,
+``is_new_audio``) from the past frames' reference features, which do not depend on the noisy
+latent. talkfast makes that update once per clip, right after the reference pass
+(:meth:`TalkingHeadNet.update_motion_memory`), and every denoising call only reads the memory: the
+same memory at every call of every clip (in the first clip a rebuild from the same frames gives
+the same memory), the motion-frame projections computed once per clip instead of at every call of
+the first clip, and no call of a clip is special (a step-caching accelerator may reduce step 0).
 """
 
 from __future__ import annotations
@@ -21,8 +31,8 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import LabelEmbedding
 from torch import nn
 
-from .attention import multihead_sdpa, project_out
-from .layers import _attention, _grid, _tokens
+from .attention import ReferenceState, gather_rows, merge_heads, multihead_sdpa, project_out
+from .layers import MotionModule, _attention, _grid, _tokens
 
 EMOTIONS = 9  # emotion classes; index 9 (the 10th embedding row) is the unconditional "no emotion"
 MEMORY_DECAY = 0.9  # MemoryLinearAttnProcessor.decay
@@ -161,3 +171,112 @@ def memory_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
     if memory.kv is not None:
         kv, z = decay * memory.kv + kv, decay * memory.z + z
     return torch.einsum("bfi,bij->bfj", q, kv) / torch.einsum("bfi,boi->bfo", q, z).clamp(min=1e-10)
+
+
+def _head_rows(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(R, F, heads * d) -> (R * heads, F, d), rows in (r, head) order (diffusers' head_to_batch_dim)."""
+    r, f, inner = x.shape
+    return x.reshape(r, f, heads, inner // heads).permute(0, 2, 1, 3).reshape(r * heads, f, inner // heads)
+
+
+class MemoryAttnProcessor:
+    """MEMO's temporal attention (``MemoryLinearAttnProcessor``): :func:`memory_linear_attention`
+    of the frames of each row, with this block's long-term memory. The memory holds G reference
+    groups (CFG halves) of R rows each (R = pixels x heads), made by :meth:`remember`; a call reads
+    for each of its items the rows of the group ``memory_groups`` names (several steps or one CFG
+    half in a call tile the memory along the batch)."""
+
+    def __init__(self):
+        self.memory = LinearMemory()
+        self.groups = 0
+
+    def reset(self) -> None:
+        self.memory.reset()
+        self.groups = 0
+
+    def remember(self, motion_k: torch.Tensor, motion_v: torch.Tensor, groups: int) -> None:
+        """Fold the past frames of ``groups`` groups into the memory: (G*R, M, d) keys (softmaxed
+        over the M frames) and values."""
+        if self.memory.kv is not None and self.groups != groups:
+            raise RuntimeError(f"the memory holds {self.groups} reference groups, this update {groups}")
+        self.memory.update(motion_k, motion_v)
+        self.groups = groups
+
+    def rows(self, memory_groups: tuple[int, ...] | None, heads: int,
+             positions: torch.Tensor | None = None) -> LinearMemory:
+        """The memory rows of a call whose items read the groups ``memory_groups``; ``positions``
+        (DFA on the temporal attention): only those token positions of each item."""
+        mem = self.memory
+        if mem.kv is None or memory_groups is None:
+            return LinearMemory()  # no memory yet: the frames of the call alone
+        parts = []
+        for t in (mem.kv, mem.z):
+            per = t.reshape(self.groups, -1, heads, *t.shape[1:])  # (G, positions, heads, ., d)
+            if positions is not None:
+                per = per.index_select(1, positions)
+            parts.append(gather_rows(per, memory_groups).reshape(-1, *t.shape[1:]))
+        return LinearMemory(*parts)
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
+                 attention_mask=None, memory_groups: tuple[int, ...] | None = None,
+                 positions: torch.Tensor | None = None):
+        if attention_mask is not None or encoder_hidden_states is not None:
+            raise NotImplementedError("memory attention is self-attention over frames without a mask")
+        h = attn.heads
+        q, k, v = (_head_rows(proj(hidden_states), h) for proj in (attn.to_q, attn.to_k, attn.to_v))
+        out = memory_linear_attention(q, k, v, self.rows(memory_groups, h, positions), attn.scale)
+        r, f, d = out.shape
+        return project_out(attn, merge_heads(out.reshape(r // h, h, f, d)))
+
+
+def use_memory_attention(module: MotionModule, source: str) -> None:
+    """Make ``module`` a MEMO memory motion module whose past frames are the reference feature
+    ``source``; ``module.memory`` lists its attention blocks' processors (which hold the memory,
+    whatever wraps them later)."""
+    module.source = source
+    module.memory = []
+    for attn in module.temporal_transformer.transformer_blocks[0].attention_blocks:
+        module.memory.append(MemoryAttnProcessor())
+        attn.set_processor(module.memory[-1])
+
+
+@torch.no_grad()
+def remember_frames(module: MotionModule, frames: torch.Tensor, reset: bool) -> None:
+    """Update every memory of a memory motion module from its past frames ``frames`` (G, M, L, C)
+    (G reference groups, M frames of L tokens, oldest first): MEMO's motion frames go through the
+    module's GroupNorm and proj_in, then per attention block through its LayerNorm to to_k/to_v,
+    with no positional encoding and never through the blocks' attention (memoavatar/memo a5aee30,
+    memo/models/motion_module.py ``TemporalLinearAttnTransformer``); ``reset`` empties the memory
+    first (a new audio)."""
+    tt = module.temporal_transformer
+    g, m, l, c = frames.shape
+    x = tt.proj_in(tt.norm(frames.reshape(g * m, l, c).transpose(1, 2)).transpose(1, 2))  # (G*M, L, C)
+    x = x.reshape(g, m, l, c).transpose(1, 2).reshape(g * l, m, c)
+    block = tt.transformer_blocks[0]
+    for attn, norm, proc in zip(block.attention_blocks, block.norms, module.memory):
+        n = norm(x)
+        k = torch.softmax(_head_rows(attn.to_k(n), attn.heads), dim=-2)
+        v = _head_rows(attn.to_v(n), attn.heads)
+        if reset:
+            proc.reset()
+        proc.remember(k, v, g)
+
+
+class ReferenceTail(nn.Module):
+    """The reference net's last transformer block in MEMO (``is_final_block``): GroupNorm ->
+    proj_in -> norm1, whose tokens it records; its output is never used, so it returns its input.
+    Keys: ``norm``, ``proj_in``, ``transformer_blocks.0.norm1``."""
+
+    def __init__(self, channels: int, groups: int, eps: float, key: str, state: ReferenceState):
+        super().__init__()
+        self.key, self.state = key, state
+        self.norm = nn.GroupNorm(groups, channels, eps=eps)
+        self.proj_in = nn.Conv2d(channels, channels, 1)
+        block = nn.Module()
+        block.norm1 = nn.LayerNorm(channels)
+        self.transformer_blocks = nn.ModuleList([block])
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        self.state.record(self.key, self.transformer_blocks[0].norm1(_tokens(self.proj_in(self.norm(x)))))
+        return x
+

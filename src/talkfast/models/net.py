@@ -1,6 +1,7 @@
 """``TalkingHeadNet``: Hallo's ``Net`` wrapper (five children, same key prefixes) plus the glue
 between the ReferenceNet writers and the denoising-UNet readers. Models without image or audio
-projection (EchoMimic) have no ``imageproj`` / ``audioproj`` child (the attribute is None)."""
+projection (EchoMimic) have no ``imageproj`` / ``audioproj`` child, MEMO has no ``face_locator``
+(the attribute is None)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from torch import nn
 
 from .attention import ReferenceReadProcessor, ReferenceState, ReferenceWriteProcessor
 from .config import ModelConfig
-from .layers import AudioProj, FaceLocator, ImageProj, SpatialTransformer
+from .layers import AudioProj, FaceLocator, ImageProj, MotionModule, SpatialTransformer
+from .memo_layers import remember_frames
 from .unet import TalkingUNet, UNetCond
 
 CHILDREN = ("reference_unet", "denoising_unet", "face_locator", "imageproj", "audioproj")
@@ -24,7 +26,8 @@ class TalkingHeadNet(nn.Module):
                                         bank_dtype=torch.float16 if u.fp16_reference_banks else None)
         self.reference_unet = TalkingUNet(u, "reference", self.ref_state)
         self.denoising_unet = TalkingUNet(u, "denoise", self.ref_state)
-        self.face_locator = FaceLocator(u.block_out_channels[0], cfg.face_locator_in, cfg.face_locator_channels)
+        self.face_locator = (FaceLocator(u.block_out_channels[0], cfg.face_locator_in, cfg.face_locator_channels)
+                             if cfg.face_locator else None)
         self.imageproj = (ImageProj(cfg.image_embed_dim, u.cross_attention_dim, cfg.image_tokens)
                           if cfg.image_projection else None)
         audio_in = cfg.audio_window * cfg.audio_layers * cfg.audio_feature_dim
@@ -99,6 +102,25 @@ class TalkingHeadNet(nn.Module):
 
     def clear_reference(self) -> None:
         self.ref_state.clear()
+
+    def memory_modules(self) -> list[MotionModule]:
+        """The denoiser's memory motion modules (MEMO's 21; none for the other models)."""
+        return [m for m in self.denoising_unet.modules() if isinstance(m, MotionModule) and m.source is not None]
+
+    @torch.no_grad()
+    def update_motion_memory(self, reset: bool) -> None:
+        """After :meth:`write_reference`: fold the past frames (images 1..S-1 of every reference
+        group) into each memory motion module's memory, emptied first when ``reset`` (a new audio:
+        MEMO's first clip). MEMO does this inside the first denoising call of each clip; the frames
+        do not depend on the noisy latent, so doing it here gives the same memory (see
+        :mod:`talkfast.models.memo_layers`)."""
+        banks = self.ref_state.banks
+        for module in self.memory_modules():
+            bank = banks.get(module.source)
+            if bank is None or bank.shape[1] < 2:
+                raise RuntimeError(f"no past frames for the memory of {module.source}: write the reference "
+                                   "(the reference image, then the past frames) first")
+            remember_frames(module, bank[:, 1:].to(self.dtype), reset)
 
     def denoise(self, sample: torch.Tensor, timestep, cond: UNetCond, plan=None) -> torch.Tensor:
         if cond.layout is not None:  # its index tensors are made here, outside a compiled UNet forward

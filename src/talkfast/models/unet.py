@@ -25,7 +25,8 @@ from torch import nn
 
 from .attention import ItemLayout, ReferenceState
 from .config import UNetConfig
-from .layers import AudioModule, MotionModule, SpatialTransformer
+from .layers import AudioModule, MotionModule, SpatialTransformer, _tokens
+from .memo_layers import JointAudioModule, ReferenceTail, use_memory_attention
 
 Masks = tuple[Sequence[torch.Tensor], Sequence[torch.Tensor], Sequence[torch.Tensor]]
 
@@ -41,6 +42,7 @@ class UNetCond:
     masks: (full, face, lip), each a list over resolution levels of (B, H_l*W_l) weights.
     face_feature: (B, C0, F or 1, h, w) FaceLocator output, added after conv_in.
     layout: which reference group each item reads and whether it uses reference K/V.
+    emotion: (B,) emotion class per item (MEMO's joint audio modules; 9 = none).
     """
 
     context: torch.Tensor | None = None
@@ -49,6 +51,7 @@ class UNetCond:
     face_feature: torch.Tensor | None = None
     layout: ItemLayout | None = None
     motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    emotion: torch.Tensor | None = None
 
 
 @dataclass
@@ -60,8 +63,12 @@ class RunState:
     context: torch.Tensor | None  # (B*F, T, D): what attn2 attends to (image or per-frame audio tokens)
     batch: int
     frames: int
-    audio: torch.Tensor | None = None  # (B*F, Ta, Da)
+    # (B*F, Ta, Da): the audio tokens; with joint audio modules (MEMO) the audio stream, which each
+    # module replaces by its output (None after the last)
+    audio: torch.Tensor | None = None
     masks: Masks | None = None  # per level (B*F, HW)
+    emotion: torch.Tensor | None = None  # (B,) joint audio modules' emotion per item
+    memory_groups: tuple[int, ...] | None = None  # memory motion modules: the group each item reads
     face_feature: torch.Tensor | None = None  # (B*F, C0, h, w)
     motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
     skips: list[torch.Tensor] = field(default_factory=list)
@@ -119,6 +126,10 @@ class TalkingUNet(nn.Module):
         context_dim = cfg.cross_attention_dim if self.has_cross_attention else None
         context_scale = cfg.spatial_context_scale if temporal else 1.0
         audio_modules = temporal and cfg.audio_modules
+        memory = temporal and cfg.motion_attention == "memory"
+        self.tail_key = None  # MEMO's reference net: the key of its last block (norm1 only)
+        if not temporal and cfg.reference_tail_norm_only:
+            self.tail_key = f"up_blocks.{cfg.num_levels - 1}.attentions.{cfg.layers_per_block}"
         ch = cfg.block_out_channels
         n = cfg.num_levels
         groups, eps = cfg.norm_groups, cfg.resnet_eps
@@ -128,17 +139,30 @@ class TalkingUNet(nn.Module):
                                  groups=groups, eps=eps, non_linearity="silu")
 
         def spatial(c, key):
+            if key == self.tail_key:
+                return ReferenceTail(c, groups, cfg.transformer_norm_eps, key, self.ref_state)
             return SpatialTransformer(c, cfg.heads, context_dim, groups, cfg.transformer_norm_eps, key, context_scale)
 
-        def audio(c, inner, level):
+        final_audio = f"up_blocks.{n - 1}.{cfg.layers_per_block}"
+
+        def audio(c, inner, level, where=""):
+            if cfg.audio_module == "joint":  # MEMO: the last module has no audio output
+                return JointAudioModule(c, inner, cfg.heads, cfg.audio_attention_dim, groups, final=where == final_audio)
             return AudioModule(c, inner, cfg.heads, cfg.audio_attention_dim, groups, cfg.transformer_norm_eps, level)
 
-        def motion(c):
-            return MotionModule(c, cfg.motion_heads, cfg.motion_max_len, groups)
+        def motion(c, source=""):
+            module = MotionModule(c, cfg.motion_heads, cfg.motion_max_len, groups)
+            if memory:  # MEMO: its past frames are this layer's reference feature
+                use_memory_attention(module, source)
+            return module
 
         self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
         self.time_proj = Timesteps(cfg.time_proj_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embedding = TimestepEmbedding(cfg.time_proj_dim, cfg.time_embed_dim)
+
+        def source(block: str, j: int, attn: bool) -> str:
+            """The reference feature of layer j: its attention's norm1 tokens, or (plain blocks) its resnet output."""
+            return f"{block}.attentions.{j}" if attn else f"{block}.resnets.{j}"
 
         self.down_blocks = nn.ModuleList()
         cout = ch[0]
@@ -151,7 +175,8 @@ class TalkingUNet(nn.Module):
                 attentions=[spatial(cout, f"down_blocks.{i}.attentions.{j}") for j in range(len(ins))] if attn else [],
                 # Hallo sizes the audio module's inner width from the layer's input channels.
                 audio_modules=[audio(cout, c, i) for c in ins] if attn and audio_modules else [],
-                motion_modules=[motion(cout) for _ in ins] if temporal else [],
+                motion_modules=[motion(cout, source(f"down_blocks.{i}", j, attn)) for j in range(len(ins))]
+                if temporal else [],
                 downsampler=Downsample2D(cout, use_conv=True, out_channels=cout, padding=1, name="op") if i < n - 1 else None,
             ))
 
@@ -160,7 +185,7 @@ class TalkingUNet(nn.Module):
             resnets=[resnet(cm, cm), resnet(cm, cm)],
             attentions=[spatial(cm, "mid_block.attentions.0")],
             audio_modules=[audio(cm, cm, n - 1)] if audio_modules else [],
-            motion_modules=[motion(cm)] if temporal and cfg.motion_mid_block else [],
+            motion_modules=[motion(cm, "mid_block.attentions.0")] if temporal and cfg.motion_mid_block else [],
         )
 
         self.up_blocks = nn.ModuleList()
@@ -180,8 +205,9 @@ class TalkingUNet(nn.Module):
             self.up_blocks.append(UNetBlock(
                 resnets=[resnet(c, cout) for c in ins],
                 attentions=[spatial(cout, f"up_blocks.{i}.attentions.{j}") for j in range(layers)] if attn else [],
-                audio_modules=[audio(cout, block_in, level) for _ in range(layers)] if attn and audio_modules else [],
-                motion_modules=[motion(cout) for _ in range(layers)] if temporal else [],
+                audio_modules=[audio(cout, block_in, level, f"up_blocks.{i}.{j}") for j in range(layers)]
+                if attn and audio_modules else [],
+                motion_modules=[motion(cout, source(f"up_blocks.{i}", j, attn)) for j in range(layers)] if temporal else [],
                 upsampler=Upsample2D(cout, use_conv=True, out_channels=cout) if i < n - 1 else None,
             ))
             prev = cout
@@ -193,7 +219,7 @@ class TalkingUNet(nn.Module):
         self.stages: list[Stage] = self._build_stages()
 
     # ------------------------------------------------------------------ stages
-    def _layer_fn(self, block: UNetBlock, j: int, plain: bool, pop_skip: bool, push_skip: bool):
+    def _layer_fn(self, block: UNetBlock, j: int, plain: bool, pop_skip: bool, push_skip: bool, name: str):
         res = block.resnets[j]
         attn = block.component("attentions", j)
         audio = block.component("audio_modules", j)
@@ -201,16 +227,22 @@ class TalkingUNet(nn.Module):
         if plain and not self.cfg.run_plain_block_motion:
             motion = None
         prepend = self.cfg.prepend_motion_frames and not plain
+        # MEMO's reference net also hands over the resnet outputs of its attention-free blocks
+        # (the past frames of the memory motion modules there)
+        record = f"{name}.resnets.{j}" if (self.role == "reference" and plain
+                                           and self.cfg.motion_attention == "memory") else None
 
         def run(s: RunState) -> None:
             h = s.h
             if pop_skip:
                 h = torch.cat([h, s.skips.pop()], dim=1)
             h = res(h, s.temb)
+            if record is not None:
+                self.ref_state.record(record, _tokens(h))
             if attn is not None:
                 h = attn(h, s.context)
             if audio is not None and s.audio is not None:
-                h = audio(h, s.audio, s.masks, s.motion_scale)
+                h = self._audio(audio, h, s)
             if motion is not None:
                 h = self._motion(motion, h, s, attn.key if (prepend and attn is not None) else None)
             s.h = h
@@ -219,7 +251,16 @@ class TalkingUNet(nn.Module):
 
         return run
 
+    @staticmethod
+    def _audio(module, h: torch.Tensor, s: RunState) -> torch.Tensor:
+        if isinstance(module, JointAudioModule):  # MEMO: the audio stream goes on to the next module
+            h, s.audio = module(h, s.audio, s.emotion)
+            return h
+        return module(h, s.audio, s.masks, s.motion_scale)
+
     def _motion(self, module: MotionModule, h: torch.Tensor, s: RunState, key: str | None) -> torch.Tensor:
+        if module.source is not None:  # a memory motion module (MEMO)
+            return module(h, s.frames, s.memory_groups)
         extra = self.ref_state.motion.get(key) if key is not None and self.ref_state.mode == "read" else None
         if extra is None:
             return module(h, s.frames)
@@ -237,14 +278,15 @@ class TalkingUNet(nn.Module):
         for i, block in enumerate(self.down_blocks):
             plain = not self.cfg.down_attention[i]
             for j in range(len(block.resnets)):
-                stages.append(Stage(f"down.{i}.{j}", self._layer_fn(block, j, plain, False, True)))
+                stages.append(Stage(f"down.{i}.{j}", self._layer_fn(block, j, plain, False, True, f"down_blocks.{i}")))
             if hasattr(block, "downsamplers"):
                 stages.append(Stage(f"down.{i}.sample", self._sampler_fn(block.downsamplers[0], True)))
         stages.append(Stage("mid", self._mid))
         up_attention = list(reversed(self.cfg.down_attention))
         for i, block in enumerate(self.up_blocks):
             for j in range(len(block.resnets)):
-                stages.append(Stage(f"up.{i}.{j}", self._layer_fn(block, j, not up_attention[i], True, False)))
+                stages.append(Stage(f"up.{i}.{j}", self._layer_fn(block, j, not up_attention[i], True, False,
+                                                                 f"up_blocks.{i}")))
             if hasattr(block, "upsamplers"):
                 stages.append(Stage(f"up.{i}.sample", self._sampler_fn(block.upsamplers[0], False)))
         if self.role == "denoise":
@@ -279,7 +321,7 @@ class TalkingUNet(nn.Module):
         h = mb.resnets[0](s.h, s.temb)
         h = mb.attentions[0](h, s.context)
         if len(mb.audio_modules) and s.audio is not None:
-            h = mb.audio_modules[0](h, s.audio, s.masks, s.motion_scale)
+            h = self._audio(mb.audio_modules[0], h, s)
         if len(mb.motion_modules):
             key = mb.attentions[0].key if self.cfg.prepend_motion_frames else None
             h = self._motion(mb.motion_modules[0], h, s, key)
@@ -331,9 +373,15 @@ class TalkingUNet(nn.Module):
                 if cond.audio.shape[:2] != (b, f):
                     raise ValueError(f"audio tokens {tuple(cond.audio.shape)} do not match batch {b} x {f} frames")
                 state.audio = cond.audio.reshape(b * f, *cond.audio.shape[2:])
-                if cond.masks is None:
-                    raise ValueError("audio conditioning needs the full/face/lip masks")
-                state.masks = tuple([m.repeat_interleave(f, 0) for m in kind] for kind in cond.masks)
+                if self.cfg.audio_module == "joint":
+                    if cond.emotion is None or cond.emotion.shape != (b,):
+                        got = None if cond.emotion is None else tuple(cond.emotion.shape)
+                        raise ValueError(f"this model's audio modules need one emotion per item, shape ({b},); got {got}")
+                    state.emotion = cond.emotion
+                else:
+                    if cond.masks is None:
+                        raise ValueError("audio conditioning needs the full/face/lip masks")
+                    state.masks = tuple([m.repeat_interleave(f, 0) for m in kind] for kind in cond.masks)
             if cond.face_feature is not None:
                 ff = cond.face_feature
                 ff = ff.expand(b, ff.shape[1], f, *ff.shape[3:]) if ff.shape[2] == 1 else ff
@@ -342,6 +390,8 @@ class TalkingUNet(nn.Module):
             rs.num_frames = f
             rs.layout = cond.layout if cond.layout is not None else ItemLayout((0,) * b, (True,) * b)
             rs.motion.clear()
+            if self.cfg.motion_attention == "memory":
+                state.memory_groups = rs.layout.group
         return state
 
     def forward(self, sample: torch.Tensor, timestep, cond: UNetCond, plan: StagePlan | None = None) -> torch.Tensor:

@@ -152,25 +152,29 @@ class StepSplitter:
 
     def _share_cache(self, plan: CapturePlan, n: int) -> None:
         """Broadcast a key step's cache from this half's owner to the other ranks of the half:
-        the captured hidden state, the skips (FasterDiffusion) and DFA's recorded outputs."""
+        the captured hidden state, the skips (FasterDiffusion), the audio stream (MEMO) and DFA's
+        recorded outputs."""
         src = self.half  # global rank of the owner
         procs = self._dfa_processors()
         owner = self.shard == 0
         if owner:
-            tensors = [x.contiguous() for x in (plan.h, *(plan.skips or []), *[p.cache for p in procs])]
-            meta = [None if plan.skips is None else len(plan.skips), [(tuple(x.shape), x.dtype) for x in tensors]]
+            audio = [] if plan.audio is None else [plan.audio]
+            tensors = [x.contiguous() for x in (plan.h, *(plan.skips or []), *audio, *[p.cache for p in procs])]
+            meta = [None if plan.skips is None else len(plan.skips), len(audio),
+                    [(tuple(x.shape), x.dtype) for x in tensors]]
         else:
-            meta = [None, None]
+            meta = [None, None, None]
         dist.broadcast_object_list(meta, src=src, group=self.half_group)
-        skips, shapes = meta
+        skips, audio_count, shapes = meta
         if not owner:
             tensors = [torch.empty(shape, dtype=dt, device=self.device) for shape, dt in shapes]
         for x in tensors:
             dist.broadcast(x, src=src, group=self.half_group)
         if owner:
             return
-        k = skips or 0
-        plan.h, plan.skips = tensors[0], (None if skips is None else list(tensors[1 : 1 + k]))
+        k = (skips or 0) + audio_count
+        plan.h, plan.skips = tensors[0], (None if skips is None else list(tensors[1 : 1 + (skips or 0)]))
+        plan.audio = tensors[k] if audio_count else None
         for proc, cache in zip(procs, tensors[1 + k :]):
             proc.cache = cache
         # what the owner's forward left in the reference state: the key step's item layout (read

@@ -40,7 +40,10 @@ from .publish import ClipPublisher
 log = logging.getLogger(__name__)
 
 # Sampling defaults per model preset: (steps, guidance).
-SAMPLING_DEFAULTS = {"hallo": (40, 3.5), "small": (15, 3.5), "tiny": (4, 2.0)}
+SAMPLING_DEFAULTS = {"hallo": (40, 3.5), "small": (15, 3.5), "tiny": (4, 2.0), "memo": (20, 3.5), "memo_tiny": (4, 3.5)}
+# Presets of released models that chain clips through decoded pixels and pair the reference net's
+# images with the image contexts in Hallo's interleaved order (MEMO does both the same way).
+RELEASED_CHAINING = ("hallo", "memo", "memo_tiny")
 # Ranges of the sampling options (GenerateOptions.resolved; the batch manifest's columns too).
 MAX_STEPS = 1000  # the scheduler's training timesteps
 MAX_GUIDANCE = 30.0
@@ -71,13 +74,13 @@ class GenerateOptions:
     seed: int = 42
     fps: int = 25
     motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    hallo_context_tiling: bool | None = None  # None: True for the hallo preset (as released), else False
+    hallo_context_tiling: bool | None = None  # None: True for the hallo and memo presets (as released), else False
     # Where the next clip's motion frames come from: "pixels" re-encodes the last decoded frames
     # (Hallo as released), "latents" reuses the last frames' sampled latents and skips the VAE round
     # trip, whose loss compounds from clip to clip with a small autoencoder; "reference" gives every
     # clip the portrait as its motion frames (no chaining: no drift, no continuity from the previous
     # clip). None: what the model folder's model.json names ("motion_source"), else "pixels" for
-    # the hallo preset and "latents" for the others.
+    # the hallo and memo presets and "latents" for the others.
     motion_source: str | None = None
 
     def resolved(self, preset: str, motion_source: str | None = None) -> "GenerateOptions":
@@ -87,9 +90,9 @@ class GenerateOptions:
         out.steps = self.steps if self.steps is not None else steps
         out.guidance = self.guidance if self.guidance is not None else guidance
         if out.hallo_context_tiling is None:
-            out.hallo_context_tiling = preset == "hallo"
+            out.hallo_context_tiling = preset in RELEASED_CHAINING
         if out.motion_source is None:
-            out.motion_source = motion_source or ("pixels" if preset == "hallo" else "latents")
+            out.motion_source = motion_source or ("pixels" if preset in RELEASED_CHAINING else "latents")
         if out.motion_source not in MOTION_SOURCES:
             raise ValueError(f"--motion-source must be one of {', '.join(MOTION_SOURCES)}, not {out.motion_source!r}")
         # every number finite and in range (NaN fails every comparison, so test "inside", not "outside")
@@ -182,7 +185,28 @@ class _StageClock:
 DECODE_PIXELS = 8 * 128 * 128  # pixels of the frames one VAE decoder call takes (see TalkingHeadPipeline.decode)
 
 
+def guided(model_output: Callable, guidance: float) -> Callable[[torch.Tensor, torch.Tensor, StagePlan | None], torch.Tensor]:
+    """``predict(latents, t, plan)``: the CFG combination ``u + guidance (c - u)`` of
+    ``model_output(latents, t, plan, halves)`` (raw outputs of the listed CFG halves, half-major),
+    or the conditional half alone when ``guidance`` <= 1. ``predict.model_output`` and
+    ``predict.guidance`` stay readable for wrappers that split the halves (guidance reuse,
+    :mod:`talkfast.parallel`)."""
+    cfg_on = guidance > 1.0
+
+    def predict(latents: torch.Tensor, t: torch.Tensor, plan: StagePlan | None) -> torch.Tensor:
+        if not cfg_on:
+            return model_output(latents, t, plan, (1,))
+        v_u, v_c = model_output(latents, t, plan, (0, 1)).chunk(2)
+        return v_u + guidance * (v_c - v_u)
+
+    predict.model_output = model_output
+    predict.guidance = guidance if cfg_on else None
+    return predict
+
+
 class TalkingHeadPipeline:
+    sampler = "ddim"  # the scheduler kind (talkfast.sampling.scheduler.make_scheduler)
+
     def __init__(self, net: TalkingHeadNet, vae: AutoencoderKL, audio: AudioConditioner, *,
                  device="cpu", dtype=torch.float32, identity: str = "pixels", source: str = "",
                  motion_source: str | None = None):
@@ -199,6 +223,10 @@ class TalkingHeadPipeline:
         # None: decode each clip on a worker thread while the next clip samples wherever that can
         # help (decode_in_background); True / False forces it on / off (where it is possible)
         self.background_decode: bool | None = None
+
+    def sidecar_extras(self) -> dict:
+        """Model-family settings the sidecar records (none here; MEMO: its emotion and sampler)."""
+        return {}
 
     def decode_in_background(self, opts: "GenerateOptions", clips: int) -> bool:
         """Whether :meth:`generate` decodes clip k while clip k+1 samples (:mod:`.publish`): never
@@ -295,16 +323,7 @@ class TalkingHeadPipeline:
             x, tt = (latents, t) if k == 1 else (torch.cat([latents] * k), torch.cat([t] * k))
             return net.denoise(x.to(dt), tt, cond, plan)
 
-        def predict(latents: torch.Tensor, t: torch.Tensor, plan: StagePlan | None) -> torch.Tensor:
-            if not cfg_on:
-                return model_output(latents, t, plan, (1,))
-            v_u, v_c = model_output(latents, t, plan, (0, 1)).chunk(2)
-            return v_u + guidance * (v_c - v_u)
-
-        # for wrappers that split the CFG halves (talkfast.parallel): predict == guide(model_output(...))
-        predict.model_output = model_output
-        predict.guidance = guidance if cfg_on else None
-        return predict
+        return guided(model_output, guidance)
 
     # ---------------------------------------------------------------- generation
     @torch.no_grad()
@@ -350,7 +369,7 @@ class TalkingHeadPipeline:
         frames_total = audio.num_frames(opts.fps)
         F, M = self.cfg.clip_frames, self.cfg.motion_frames
         clips = math.ceil(frames_total / F)
-        sched = make_scheduler(opts.steps)
+        sched = make_scheduler(opts.steps, kind=self.sampler)
         total_steps = clips * opts.steps
         done = 0
         t_prep = time.perf_counter() - t0
@@ -362,7 +381,8 @@ class TalkingHeadPipeline:
             "frames": frames_total, "clips": clips, "size": por.image.size[0], "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""), "face_detected": por.regions.detected,
             "face_box": list(por.regions.face.to_int()), "lip_box": list(por.regions.lip.to_int()),
-            "options": asdict(opts), **(extra_sidecar or {}),
+            "options": asdict(opts), "threads": torch.get_num_threads(), **self.sidecar_extras(),
+            **(extra_sidecar or {}),
         }
         with guarded_run(self, accelerator, por) as run:
             writer = None
@@ -381,6 +401,7 @@ class TalkingHeadPipeline:
             # with the portrait as every clip's motion frames the reference features never change:
             # the ReferenceNet runs once per generation instead of once per clip
             fixed_reference = opts.motion_source == "reference"
+            memory = bool(self.net.memory_modules())  # MEMO: the past frames update a long-term memory
 
             def publish(latents: torch.Tensor, count: int) -> torch.Tensor:
                 with stage("decode"):
@@ -409,6 +430,9 @@ class TalkingHeadPipeline:
                         with stage("reference"):
                             ref = torch.cat([source_latent, motion])
                             self.net.write_reference(ref, pc["context"], hallo_tiling=opts.hallo_context_tiling)
+                    if memory:  # every clip (MEMO: at its step 0), emptied for the first
+                        with stage("reference"):
+                            self.net.update_motion_memory(reset=c == 0)
                     with stage("audio"):
                         feats = self.audio.clip(audio, c * F, F, fps=opts.fps).to(self.device, self.dtype)
                         tokens = self.net.audioproj(feats[None])

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..models.config import get_preset
+from ..models.memo_checkpoint import is_memo_folder
 from ..models.loading import (
     EMBEDDED_DIR,
     build_random,
@@ -57,46 +58,83 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return dt
 
 
+def _weights_and_vae(what: str, root: Path, missing: list[str], load):
+    """``load()`` (a checkpoint loader whose result names its ``vae`` folder), with the pieces already
+    found missing reported in the same error, then the VAE from that folder."""
+    from diffusers import AutoencoderKL
+
+    try:
+        weights = load()
+    except CheckpointError as err:
+        if not missing:
+            raise
+        raise CheckpointError(f"{err}\nalso missing:\n  - " + "\n  - ".join(missing)) from err
+    if missing:
+        raise CheckpointError(f"incomplete {what} checkpoint in {root}; missing:\n  - " + "\n  - ".join(missing))
+    try:
+        vae = AutoencoderKL.from_pretrained(str(weights.vae), local_files_only=True)
+    except Exception as err:
+        raise CheckpointError(f"cannot load the VAE from {weights.vae}: {err}") from err
+    return weights, vae.eval().requires_grad_(False)
+
+
+def _missing_folder(root: Path, names: tuple[str, ...], what: str) -> list[str]:
+    """``[description]`` when none of ``root/name`` holds a config.json, else []."""
+    if any((root / v / "config.json").is_file() for v in names):
+        return []
+    return [f"{what} folder (config.json + weights): one of " + ", ".join(str(root / v) for v in names)]
+
+
 def load_echomimic_pipeline(root: str | Path, variant: str, device: torch.device, dtype: torch.dtype):
     """An :class:`~talkfast.pipeline.echomimic.EchoMimicPipeline` from EchoMimic's
     ``pretrained_weights`` folder: the variant's four .pth files, ``audio_processor/whisper_tiny.pt``
     and ``sd-vae-ft-mse/`` (one error lists every missing piece)."""
-    from diffusers import AutoencoderKL
-
     from ..audio.whisper import WhisperFeatures
     from ..models.loading import ECHOMIMIC_VAE, ECHOMIMIC_WHISPER
     from .echomimic import EchoMimicPipeline
 
     root = Path(root).expanduser()
     missing = [f"whisper-tiny checkpoint {root / ECHOMIMIC_WHISPER}"] if not (root / ECHOMIMIC_WHISPER).is_file() else []
-    if not any((root / v / "config.json").is_file() for v in ECHOMIMIC_VAE):
-        missing.append("SD VAE folder (config.json + weights): " + ", ".join(str(root / v) for v in ECHOMIMIC_VAE))
-    try:
-        weights = load_echomimic(root, variant)
-    except CheckpointError as err:
-        if not missing:
-            raise
-        raise CheckpointError(f"{err}\nalso missing:\n  - " + "\n  - ".join(missing)) from err
-    if missing:
-        raise CheckpointError(f"incomplete EchoMimic checkpoint in {root}; missing:\n  - " + "\n  - ".join(missing))
-    try:
-        vae = AutoencoderKL.from_pretrained(str(weights.vae), local_files_only=True)
-    except Exception as err:
-        raise CheckpointError(f"cannot load the VAE from {weights.vae}: {err}") from err
+    missing += _missing_folder(root, ECHOMIMIC_VAE, "SD VAE")
+    weights, vae = _weights_and_vae("EchoMimic", root, missing, lambda: load_echomimic(root, variant))
     whisper = WhisperFeatures(weights.whisper, device=device, dtype=dtype)
-    return EchoMimicPipeline(weights.net, vae.eval().requires_grad_(False), whisper, variant=variant, device=device,
-                             dtype=dtype, source=str(root))
+    return EchoMimicPipeline(weights.net, vae, whisper, variant=variant, device=device, dtype=dtype, source=str(root))
+
+
+def load_memo_pipeline(root: str | Path, device: torch.device, dtype: torch.dtype, emotion: str | None = None):
+    """A :class:`~talkfast.pipeline.memo.MemoPipeline` from MEMO's checkpoint folder (its four
+    network folders, an SD VAE folder and a wav2vec2-base-960h folder; one error lists every
+    missing piece)."""
+    from ..models.memo_checkpoint import MEMO_VAE, MEMO_WAV2VEC, load_memo
+    from .memo import MEMO_FPS, MemoPipeline, emotion_index
+
+    emotion = emotion_index(emotion if emotion is not None else "neutral")  # before any weights are read
+    root = Path(root).expanduser()
+    missing = _missing_folder(root, MEMO_VAE, "SD VAE (e.g. sd-vae-ft-mse)")
+    missing += _missing_folder(root, MEMO_WAV2VEC, "wav2vec2-base-960h")
+    weights, vae = _weights_and_vae("MEMO", root, missing, lambda: load_memo(root))
+    audio = AudioConditioner("wav2vec2", model_dir=weights.wav2vec, fps=MEMO_FPS, device=device)
+    return MemoPipeline(weights.net, vae, audio, device=device, dtype=dtype, source=str(root), emotion=emotion)
 
 
 def load_pipeline(checkpoint: str | Path | None = None, *, random_weights: bool = False, preset: str = "small",
                   device: str = "auto", dtype: str = "auto", seed: int = 0,
-                  variant: str | None = None) -> TalkingHeadPipeline:
-    """``checkpoint``: a talkfast model folder (model.json), a Hallo ``pretrained_models`` folder
-    or an EchoMimic ``pretrained_weights`` folder (``variant``: default, acc, pose, pose_acc; None:
-    default). Neither and not ``random_weights``: the embedded default model."""
+                  variant: str | None = None, emotion: str | None = None) -> TalkingHeadPipeline:
+    """``checkpoint``: a talkfast model folder (model.json), a Hallo ``pretrained_models`` folder,
+    an EchoMimic ``pretrained_weights`` folder (``variant``: default, acc, pose, pose_acc; None:
+    default) or a MEMO checkpoint folder (``emotion``: the emotion of the speech, default neutral).
+    Neither and not ``random_weights``: the embedded default model."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    if checkpoint is not None and not (Path(checkpoint) / "model.json").exists() and is_echomimic_folder(checkpoint):
+    talkfast_folder = checkpoint is not None and (Path(checkpoint) / "model.json").exists()
+    memo = checkpoint is not None and not talkfast_folder and is_memo_folder(checkpoint)
+    if emotion is not None and not memo:
+        raise ValueError("--emotion is for MEMO checkpoint folders only")
+    if memo:
+        if variant is not None:
+            raise ValueError("--variant is for EchoMimic pretrained_weights folders only")
+        return load_memo_pipeline(checkpoint, dev, dt, emotion)
+    if checkpoint is not None and not talkfast_folder and is_echomimic_folder(checkpoint):
         return load_echomimic_pipeline(checkpoint, variant or "default", dev, dt)
     if variant is not None:
         raise ValueError("--variant is for EchoMimic pretrained_weights folders only")

@@ -22,6 +22,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from ..models.unet import StagePlan
+from .scheduler import scheduler_step
 
 # predict(latents (n, C, F, h, w), timesteps (n,), stage_plan) -> guided model output (n, C, F, h, w)
 Predictor = Callable[[torch.Tensor, torch.Tensor, "StagePlan | None"], torch.Tensor]
@@ -154,12 +155,13 @@ def _padded(inputs: torch.Tensor, t: torch.Tensor, size: int) -> tuple[torch.Ten
 
 def denoise(
     predict: Predictor,
-    scheduler: DDIMScheduler,
+    scheduler,
     latents: torch.Tensor,
     planner: StepPlanner | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Run the whole schedule from ``latents`` (1, C, F, h, w); returns the final latents.
+    ``scheduler``: DDIM or flow matching (:mod:`talkfast.sampling.scheduler`).
 
     For a reduced action the planner supplies one input latent per step (``batch_latents``); the
     outputs are applied one after the other. With ``chain(action)`` True (the default of the
@@ -202,7 +204,7 @@ def denoise(
                 o = adjust(action, j, o, own, start)
             planner.after_step(action, j, o, start)
             start = planner.pre_step(j, start)
-            latents = scheduler.step(o, timesteps[j], start, eta=0.0).prev_sample
+            latents = scheduler_step(scheduler, o, j, start)
             if on_step is not None:
                 on_step(j)
         i = steps[-1] + 1

@@ -1,11 +1,24 @@
-"""DDIM as Hallo configures it (hallo_family.md §5), built from diffusers' DDIMScheduler."""
+"""The samplers of the model families, built from diffusers' schedulers, and what the one
+denoising loop and the accelerators need of them (one step, and the split of a model output into
+the clean-sample and noise predictions it implies).
+
+- DDIM as Hallo configures it (hallo_family.md §5; EchoMimic the same): diffusers' DDIMScheduler.
+- Rectified-flow Euler as MEMO runs it (echomimic_memo.md §2.5; memoavatar/memo a5aee30,
+  ``inference.py``: ``FlowMatchEulerDiscreteScheduler()`` with its defaults): diffusers'
+  FlowMatchEulerDiscreteScheduler for the timesteps (``linspace(1000, 1, S)``, floats) and sigmas
+  (``t / 1000``, then 0); the model predicts the velocity v = eps - x0 of x_sigma = sigma eps +
+  (1 - sigma) x0. Its update is diffusers' ``step`` (z + (sigma_next - sigma) v in fp32, stored in
+  the model dtype), computed here from the step index: diffusers' ``step`` keeps a step counter
+  inside the scheduler, which one scheduler shared by every clip (and a reduced step applied out
+  of its call) would have to reset; tests/test_sampling.py checks the two agree.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
 
 @dataclass(frozen=True)
@@ -22,14 +35,49 @@ class SchedulerConfig:
     set_alpha_to_one: bool = True
 
 
-def make_scheduler(num_steps: int, cfg: SchedulerConfig = SchedulerConfig(), device=None) -> DDIMScheduler:
-    """A DDIMScheduler with ``num_steps`` inference steps set. Its ``step`` uses the previous
-    timestep ``t - num_train_timesteps // num_steps`` (Hallo's rule), with alpha_prev = 1 below 0."""
+SAMPLERS = ("ddim", "flow")
+
+
+def make_scheduler(num_steps: int, cfg: SchedulerConfig = SchedulerConfig(), device=None, kind: str = "ddim"):
+    """A scheduler with ``num_steps`` inference steps set. ``kind`` "ddim": a DDIMScheduler whose
+    ``step`` uses the previous timestep ``t - num_train_timesteps // num_steps`` (Hallo's rule),
+    with alpha_prev = 1 below 0. "flow": MEMO's FlowMatchEulerDiscreteScheduler (defaults)."""
     if num_steps < 1:
         raise ValueError("steps must be at least 1")
-    sched = DDIMScheduler(**asdict(cfg))
+    if kind == "flow":
+        sched = FlowMatchEulerDiscreteScheduler()
+    elif kind == "ddim":
+        sched = DDIMScheduler(**asdict(cfg))
+    else:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not {kind!r}")
     sched.set_timesteps(num_steps, device=device)
     return sched
+
+
+def is_flow(sched) -> bool:
+    return isinstance(sched, FlowMatchEulerDiscreteScheduler)
+
+
+def _sigma(sched, t) -> float:
+    """Flow matching: the noise level of timestep ``t`` (t / num_train_timesteps; MEMO's shift is 1)."""
+    return float(t) / sched.config.num_train_timesteps
+
+
+def scheduler_step(sched, output: torch.Tensor, index: int, sample: torch.Tensor) -> torch.Tensor:
+    """The latent after step ``index`` (timestep ``sched.timesteps[index]``) from ``sample``."""
+    if is_flow(sched):
+        d = sched.sigmas[index + 1] - sched.sigmas[index]  # a 0-d tensor, as diffusers computes it
+        return (sample.to(torch.float32) + d * output).to(output.dtype)
+    return sched.step(output, sched.timesteps[index], sample, eta=0.0).prev_sample
+
+
+def input_timestep(sched, index: int):
+    """The timestep at which the latent entering step ``index`` (> 0) lies, by the sampler's own
+    rule: DDIM (Hallo) ``t_{index-1} - num_train_timesteps // S``, which is ``timesteps[index]`` or
+    one off it; flow matching ``timesteps[index]``."""
+    if is_flow(sched):
+        return float(sched.timesteps[index])
+    return previous_timestep(sched, int(sched.timesteps[index - 1]))
 
 
 def previous_timestep(sched: DDIMScheduler, t: int) -> int:
@@ -38,11 +86,16 @@ def previous_timestep(sched: DDIMScheduler, t: int) -> int:
 
 def alpha_bar(sched: DDIMScheduler, t: int) -> float:
     """Cumulative alpha at ``t``; at ``t < 0`` the final alpha (1 with set_alpha_to_one)."""
+    t = int(t)
     return float(sched.alphas_cumprod[t]) if t >= 0 else float(sched.final_alpha_cumprod)
 
 
-def split_prediction(sched: DDIMScheduler, model_output: torch.Tensor, sample: torch.Tensor, t: int):
-    """(x0_hat, eps_hat) from a model output at timestep ``t``, for eps-, v- or x0-prediction."""
+def split_prediction(sched, model_output: torch.Tensor, sample: torch.Tensor, t):
+    """(x0_hat, eps_hat) from a model output at timestep ``t``, for eps-, v- or x0-prediction
+    (DDIM), or the flow velocity: x0 = z - sigma v, eps = z + (1 - sigma) v."""
+    if is_flow(sched):
+        s = _sigma(sched, t)
+        return sample - s * model_output, sample + (1 - s) * model_output
     a = alpha_bar(sched, t)
     sa, sb = a**0.5, (1 - a) ** 0.5
     kind = sched.config.prediction_type
@@ -55,15 +108,21 @@ def split_prediction(sched: DDIMScheduler, model_output: torch.Tensor, sample: t
     raise ValueError(f"unsupported prediction type {kind!r}")
 
 
-def noise_to(sched: DDIMScheduler, x0: torch.Tensor, eps: torch.Tensor, t: int) -> torch.Tensor:
-    """The deterministic (eta 0) point at timestep ``t`` on the path through (x0, eps)."""
+def noise_to(sched, x0: torch.Tensor, eps: torch.Tensor, t) -> torch.Tensor:
+    """The deterministic (eta 0) point at timestep ``t`` on the path through (x0, eps); flow
+    matching: sigma eps + (1 - sigma) x0 (the straight line of the Euler steps with a fixed v)."""
+    if is_flow(sched):
+        s = _sigma(sched, t)
+        return s * eps + (1 - s) * x0
     a = alpha_bar(sched, t)
     return a**0.5 * x0 + (1 - a) ** 0.5 * eps
 
 
-def output_for(sched: DDIMScheduler, x0: torch.Tensor, sample: torch.Tensor, t: int) -> torch.Tensor:
+def output_for(sched, x0: torch.Tensor, sample: torch.Tensor, t) -> torch.Tensor:
     """The model output that, at ``sample`` and timestep ``t``, predicts ``x0`` (the inverse of
     :func:`split_prediction` for a given x0; its eps follows from the sample)."""
+    if is_flow(sched):
+        return (sample - x0) / _sigma(sched, t)
     a = alpha_bar(sched, t)
     sa, sb = a**0.5, (1 - a) ** 0.5
     kind = sched.config.prediction_type
