@@ -42,6 +42,10 @@ def _add_generate(sub) -> None:
     p.add_argument("--variant", choices=["default", "acc", "pose", "pose_acc"], default=None,
                    help="EchoMimic checkpoints: which released weights and settings (default: 30 steps, CFG 2.5; "
                         "acc: 6 steps, CFG 1)")
+    p.add_argument("--pose", default=None,
+                   help="EchoMimic --variant pose / pose_acc: the head pose per frame, a folder of EchoMimic's "
+                        "landmark files (0.pkl, 1.pkl, ... or .npy), of drawn frames (0.png, ...), or a video of "
+                        "drawn frames; at least as many frames as the video")
     p.add_argument("--emotion", default=None,
                    help="MEMO checkpoints: the emotion of the speech, one of angry, disgusted, fearful, happy, "
                         "neutral, other, sad, surprised, unknown (default: neutral; MEMO's own emotion2vec "
@@ -179,10 +183,14 @@ def cmd_generate(args) -> int:
             bar = tqdm(total=total, unit="step", desc="denoising", dynamic_ncols=True)
         bar.update(done - bar.n)
 
+    if args.pose is not None:
+        if not getattr(pipe, "pose", False):
+            raise ValueError("--pose is for EchoMimic checkpoints with --variant pose or pose_acc")
+        extra["pose"] = args.pose
     try:
         acc = build_accelerator(accel) if accel.method != "off" else None
         if par is not None:
-            extra = par.generate_kwargs(pipe)
+            extra.update(par.generate_kwargs(pipe))
         extra["extra_sidecar"] = {**extra.get("extra_sidecar", {}), "accel_choice": choice.describe()}
         output = args.output if par is None or par.rank == 0 else None
         result = pipe.generate(args.source_image, args.driving_audio, output, opts, size=args.size,

@@ -29,8 +29,15 @@ Other differences: the noise is drawn in fp32 from talkfast's seeded CPU generat
 (EchoMimic draws fp16 from ``torch.manual_seed(420)``); the portrait crop is resized with PIL's
 bilinear filter (EchoMimic: ``cv2.resize``); with no face found the portrait is centre-cropped
 and the mask is all ones (EchoMimic keeps the uncropped source); the window outputs are always
-divided by the counter (see :mod:`talkfast.sampling.windows`). The pose variants need per-frame
-landmark drawings, which this path does not take yet.
+divided by the counter (see :mod:`talkfast.sampling.windows`).
+
+Pose variants (``infer_audio2vid_pose.py`` / ``pipeline_echo_mimic_pose.py``): the FaceLocator reads
+per-frame face-mesh drawings instead of the face mask (:mod:`talkfast.face.pose`: EchoMimic's
+``N.pkl`` landmark files drawn as its FaceMeshVisualizer draws them, or drawn frames), one feature
+per frame, gathered at each window's frames (zeros for the unconditional half); the noise is not
+clamped and the windows shift by 3 per step. The pose input must cover the video (EchoMimic would
+fail on a shorter one); talkfast says so before any work. EchoMimic's pose script caps the video
+at 240 frames (``-L``); here the cap is the chunk length, as for the other variants.
 
 Accelerators: the caching methods run on the windowed path through the plan hooks of
 :class:`~talkfast.sampling.windows.WindowedPredictor`. A key step's cached deep feature (f_U31 for
@@ -62,6 +69,7 @@ from .. import __version__
 from ..errors import InputError
 from ..face.detect import FaceRegions, detect_face
 from ..face.masks import echomimic_crop_rect, echomimic_face_mask
+from ..face.pose import PoseSequence
 from ..io.audio import load_audio
 from ..io.image import load_image, square_crop, to_tensor, to_uint8
 from ..io.video import VideoWriter, check_output_path, remove_stale_temporaries
@@ -115,16 +123,21 @@ def echomimic_portrait(image: Image.Image, size: int) -> EchoPortrait:
 
 def window_model(net, tokens: torch.Tensor, face: torch.Tensor, guided: bool, dtype: torch.dtype):
     """``window_output(x (n, C, f, h, w), t (n,), plan, halves, frames (n, f))`` for EchoMimic's net:
-    per-frame audio [zeros; tokens[frames]], face feature [0; F], one call on the listed halves."""
-    zero_face = torch.zeros_like(face)
+    per-frame audio [zeros; tokens[frames]], face feature [0; F], one call on the listed halves.
+    ``face`` (1, C0, 1, h, w): the face mask's feature for every frame; (1, C0, L, h, w): a feature
+    per frame (the pose variants' drawings), gathered at the window's frames."""
+    per_frame = face.shape[2] > 1
 
     def run(x: torch.Tensor, t: torch.Tensor, plan, halves: tuple[int, ...], frames: torch.Tensor) -> torch.Tensor:
         n, k = x.shape[0], len(halves)
-        tok = tokens[frames.to(tokens.device)]  # (n, f, T, D)
+        idx = frames.to(tokens.device)
+        tok = tokens[idx]  # (n, f, T, D)
         zeros = torch.zeros_like(tok)
+        feat = (face[0][:, idx].permute(1, 0, 2, 3, 4) if per_frame  # (n, C0, f, h, w)
+                else face.expand(n, -1, -1, -1, -1))
         cond = UNetCond(
             audio=torch.cat([tok if h else zeros for h in halves]),
-            face_feature=torch.cat([(face if h else zero_face).expand(n, -1, -1, -1, -1) for h in halves]),
+            face_feature=torch.cat([feat if h else torch.zeros_like(feat) for h in halves]),
             layout=half_layout(n, halves, guided))
         xx, tt = (x, t) if k == 1 else (torch.cat([x] * k), torch.cat([t] * k))
         return net.denoise(xx.to(dtype), tt, cond, plan)
@@ -176,12 +189,15 @@ class EchoMimicPipeline(TalkingHeadPipeline):
                  progress: Callable[[int, int], None] | None = None,
                  on_clip: Callable[[torch.Tensor], None] | None = None, extra_sidecar: dict | None = None,
                  regions=None, wrap_predictor: Callable[[Callable], Callable] | None = None,
-                 overwrite: bool = False) -> GenerationResult:
+                 overwrite: bool = False, pose=None) -> GenerationResult:
         """As :meth:`TalkingHeadPipeline.generate`; ``on_clip`` receives each decoded piece of frames.
-        ``regions`` is not used (EchoMimic detects the face itself)."""
-        if self.pose:
-            raise InputError(f"the EchoMimic {self.variant!r} variant needs per-frame pose drawings, which "
-                             "talkfast does not take yet; use --variant default or acc")
+        ``regions`` is not used (EchoMimic detects the face itself). ``pose`` (the pose variants
+        only, and needed there): a :class:`~talkfast.face.pose.PoseSequence` source, a folder of
+        per-frame landmark files or drawings, or a video of drawings."""
+        if self.pose != (pose is not None):
+            raise InputError(f"the EchoMimic {self.variant!r} variant needs a pose input (--pose: per-frame landmarks "
+                             "or drawings)" if self.pose else
+                             f"a pose input is for the pose variants (--variant pose or pose_acc), not {self.variant!r}")
         t0 = time.perf_counter()
         opts = self.resolve(options)
         size = self.check_size(size)
@@ -194,6 +210,13 @@ class EchoMimicPipeline(TalkingHeadPipeline):
         por = echomimic_portrait(image, size)
         stream = self.audio.stream(audio)
         frames_total = stream.num_frames(opts.fps)
+        poses = None
+        if self.pose:
+            poses = pose if isinstance(pose, PoseSequence) else PoseSequence(pose, size)
+            if len(poses) < frames_total:
+                raise InputError(f"the pose input {poses.path} has {len(poses)} frames; {audio.duration:.2f} s of "
+                                 f"audio at {opts.fps} fps needs {frames_total} (give more pose frames or a "
+                                 "shorter recording)")
         chunk = max(1, self.max_frames)
         starts = list(range(0, frames_total, chunk))
         sched = make_scheduler(opts.steps)
@@ -207,6 +230,7 @@ class EchoMimicPipeline(TalkingHeadPipeline):
             "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
             "face_detected": por.regions.detected, "face_box": list(por.regions.face.to_int()),
             "windows": {"frames": WINDOW_FRAMES, "overlap": WINDOW_OVERLAP, "shift": self.shift},
+            "pose": None if poses is None else {"source": str(poses.path), "frames": len(poses)},
             "options": asdict(opts), **(extra_sidecar or {}),
         }
         with guarded_run(self, accelerator, por) as run:
@@ -223,11 +247,16 @@ class EchoMimicPipeline(TalkingHeadPipeline):
                 ref_latent = self.encode(por.pixels[None])
             with stage("reference"):  # once per video (EchoMimic: at step 0)
                 self.net.write_reference(ref_latent, None)
-            with stage("prepare"):
-                face = self.net.face_locator(por.mask.to(self.device, self.dtype)[None]).unsqueeze(2)
+            if poses is None:
+                with stage("prepare"):
+                    face = self.net.face_locator(por.mask.to(self.device, self.dtype)[None]).unsqueeze(2)
             for s in starts:
                 tc = time.perf_counter()
                 length = min(chunk, frames_total - s)
+                if poses is not None:  # the chunk's drawings, one FaceLocator feature per frame
+                    with stage("prepare"):
+                        drawn = poses.frames(s, length).to(self.device, self.dtype)
+                        face = self.net.face_locator(drawn).permute(1, 0, 2, 3).unsqueeze(0)  # (1, C0, L, h, w)
                 with stage("audio"):
                     tokens = stream.clip(s, length, opts.fps).to(self.device, self.dtype)
                 predict = self.make_window_predictor(face, tokens, opts.guidance, sched.timesteps, length)
