@@ -241,3 +241,28 @@ def test_doctor_reads_an_echomimic_folder(echo_folder, capsys):
     code = main(["doctor", "--checkpoint", str(root)])
     out = capsys.readouterr().out
     assert code != 0 and "reference_unet.pth" in out and key in out
+
+
+def test_tune_writes_beside_an_echomimic_folder_and_generate_uses_it(echo_folder, speech, tmp_path, capsys):
+    """The tuner on another project's checkpoint: calibration samples given, the picks written to
+    talkfast_tuned.json in that folder (model.json is a talkfast folder's), and --accel auto then
+    runs the tuned setting on EchoMimic's windows."""
+    from talkfast.accelerators.tuned import read_tuned, tuned_file
+
+    root, _ = echo_folder
+    assert tuned_file(root) == root / "talkfast_tuned.json"
+    assert tuned_file(root, "acc") == root / "talkfast_tuned_acc.json"
+    assert main(["tune", "--checkpoint", str(root), "--out", str(tmp_path / "t"), "-q"]) == 2  # no samples
+    assert "--sample IMAGE AUDIO" in capsys.readouterr().err
+    code = main(["tune", "--checkpoint", str(root), "--sample", str(PORTRAIT), str(speech), "--steps", "4",
+                 "--max-settings", "2", "--out", str(tmp_path / "t"), "-q"])
+    assert code == 0, capsys.readouterr().err
+    tuned = read_tuned(root)
+    assert set(tuned) == {"quality", "balanced", "fast"} and tuned["balanced"]["steps"] <= 4
+    assert read_tuned(root, "acc") == {}  # another variant: its own file
+    out = tmp_path / "tuned.mp4"
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(root), "-s", str(PORTRAIT), "-a", str(speech), "-o", str(out), "-q"]) == 0
+    assert "tuned for this model" in capsys.readouterr().out
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["accel_choice"]["source"] == "tuned" and side["options"]["steps"] == tuned["balanced"]["steps"]

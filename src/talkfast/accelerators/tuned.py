@@ -1,7 +1,10 @@
 """Named quality budgets, and what ``--accel quality|balanced|fast|auto`` means for a model.
 
 ``talkfast tune`` measures settings (step count x accelerator) on calibration samples and writes,
-per budget, the fastest one that meets it into the model folder's ``model.json``::
+per budget, the fastest one that meets it into the model folder's ``model.json`` (a folder of
+another project's checkpoint, Hallo, EchoMimic or MEMO, has none: its settings go into
+``talkfast_tuned.json`` there, ``talkfast_tuned_<variant>.json`` for an EchoMimic variant other
+than the default; :func:`tuned_file`)::
 
     "tuned": {"balanced": {"steps": 6, "accel": {...AccelConfig.describe()...},
                            "name": "ddim@6", "measured": {...}, "date": "2026-12-01T12:00:00+00:00"}, ...}
@@ -111,11 +114,24 @@ class Choice:
         return f"accel {name}: preset: {what}"
 
 
-def read_tuned(folder: str | Path | None) -> dict:
-    """The ``tuned`` entry of ``folder/model.json`` ({} when there is no folder, file or entry)."""
+TUNED_FILE = "talkfast_tuned{}.json"
+
+
+def tuned_file(folder: str | Path, variant: str | None = None) -> Path:
+    """Where ``folder``'s tuned settings live: its ``model.json`` (a talkfast model folder), else
+    ``talkfast_tuned.json`` (``talkfast_tuned_<variant>.json`` for a non-default EchoMimic variant:
+    each variant has its own weights and step count)."""
+    folder = Path(folder)
+    if (folder / "model.json").is_file():
+        return folder / "model.json"
+    return folder / TUNED_FILE.format("" if variant in (None, "default") else f"_{variant}")
+
+
+def read_tuned(folder: str | Path | None, variant: str | None = None) -> dict:
+    """The ``tuned`` entry of :func:`tuned_file` ({} when there is no folder, file or entry)."""
     if folder is None:
         return {}
-    path = Path(folder) / "model.json"
+    path = tuned_file(folder, variant)
     if not path.is_file():
         return {}
     try:
@@ -127,37 +143,38 @@ def read_tuned(folder: str | Path | None) -> dict:
 
 
 def model_folder(checkpoint: str | Path | None, random_weights: bool = False) -> Path | None:
-    """The talkfast model folder a run uses (the embedded model's without ``checkpoint``), or
-    None (random weights; a Hallo checkpoint, which has no model.json)."""
+    """The model folder a run uses (the embedded model's without ``checkpoint``; a talkfast folder
+    or another project's checkpoint folder), or None (random weights)."""
     if random_weights:
         return None
     if checkpoint is None:
         from ..models.loading import EMBEDDED_DIR
 
         return EMBEDDED_DIR
-    folder = Path(checkpoint)
-    return folder if (folder / "model.json").is_file() else None
+    folder = Path(checkpoint).expanduser()
+    return folder if folder.is_dir() else None
 
 
 def folder_of(pipe) -> Path | None:
-    """The talkfast model folder a loaded pipeline came from (its ``source``), or None."""
+    """The model folder a loaded pipeline came from (its ``source``), or None (random weights)."""
     source = str(getattr(pipe, "source", "") or "")
     if not source or source.startswith("random:"):
         return None
     folder = Path(source)
-    return folder if (folder / "model.json").is_file() else None
+    return folder if folder.is_dir() else None
 
 
-def resolve(name: str, folder: str | Path | None, steps: int | None = None) -> Choice:
+def resolve(name: str, folder: str | Path | None, steps: int | None = None, variant: str | None = None) -> Choice:
     """``name``: auto, quality, balanced, fast (the model's tuned setting, else the preset with a
-    warning) or off. ``steps`` given: it wins over a tuned step count."""
+    warning) or off. ``steps`` given: it wins over a tuned step count. ``variant``: an EchoMimic
+    folder's variant (its own tuned settings)."""
     name = (name or "auto").strip()
     if name not in NAMES:
         raise ValueError(f"unknown --accel {name!r}; choose from {', '.join(NAMES)}")
     if name == "off":
         return Choice("off", get_preset("off"), steps, "preset")
     budget = AUTO if name == "auto" else name
-    entry = read_tuned(folder).get(budget)
+    entry = read_tuned(folder, variant).get(budget)
     if isinstance(entry, dict) and isinstance(entry.get("accel"), dict):
         try:
             accel = AccelConfig.from_dict(entry["accel"])
@@ -170,10 +187,15 @@ def resolve(name: str, folder: str | Path | None, steps: int | None = None) -> C
     return _fallback(name, budget, folder, why, steps)
 
 
+def resolve_for(name: str, pipe, steps: int | None = None) -> Choice:
+    """:func:`resolve` for a loaded pipeline: the folder it came from and its variant (EchoMimic)."""
+    return resolve(name, folder_of(pipe), steps, getattr(pipe, "variant", None))
+
+
 def _fallback(name: str, budget: str, folder, why: str | None, steps: int | None) -> Choice:
     accel = PRESETS[budget]
     where = (f"model folder {folder} {why}" if folder is not None
-             else "this model (random weights or a Hallo checkpoint) has no tuned settings")
+             else "this model (random weights) has no tuned settings")
     warning = f"warning: {where}; --accel {name} uses the documented preset '{budget}' ({describe_setting(None, accel)})"
     if folder is not None:
         hint = "talkfast tune" + (f" --checkpoint {folder}" if not _is_embedded(folder) else "")

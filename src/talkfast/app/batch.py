@@ -290,7 +290,7 @@ def add_parser(sub) -> None:
     g.add_argument("--accel", default="auto",
                    help="auto (= balanced), quality, balanced, fast (the model's tuned setting, else the preset), "
                         "or off (default: auto)")
-    g.add_argument("--fps", type=int, default=25)
+    g.add_argument("--fps", type=int, default=None, help="frame rate (default: the model's: 25; EchoMimic 24, MEMO 30)")
     g.add_argument("--size", type=int, default=None, help="output side in pixels (default: the model's)")
     m = p.add_argument_group("model (as for generate)")
     m.add_argument("--checkpoint", default=None, help="a Hallo pretrained_models folder or a talkfast model folder")

@@ -104,7 +104,7 @@ def accel_config(args):
     from ..accelerators.tuned import model_folder, resolve
 
     choice = resolve(args.accel, model_folder(getattr(args, "checkpoint", None), getattr(args, "random_weights", False)),
-                     getattr(args, "steps", None))
+                     getattr(args, "steps", None), getattr(args, "variant", None))
     args.accel_choice = choice  # what --accel resolved to (printed and stored in the sidecar by generate)
     cfg = choice.accel
     caching = cfg.caching
@@ -159,15 +159,16 @@ def cmd_generate(args) -> int:
     pipe = load_pipeline(args.checkpoint, random_weights=args.random_weights, preset=args.model,
                          device=args.device, dtype=args.dtype, variant=args.variant, emotion=args.emotion)
     choice = args.accel_choice
-    if getattr(pipe, "windowed", False) and args.accel == "auto" and accel == choice.accel:
-        # no tuned or documented setting for EchoMimic's windowed path: auto is no acceleration
+    if (getattr(pipe, "windowed", False) and args.accel == "auto" and accel == choice.accel
+            and choice.source != "tuned"):
+        # EchoMimic's windowed path without tuned settings (talkfast tune --checkpoint): no documented
+        # preset fits it, so auto is no acceleration
         from ..accelerators.tuned import resolve
 
         choice = args.accel_choice = resolve("off", None, args.steps)
         accel = choice.accel
-    fps = args.fps if args.fps is not None else getattr(pipe, "default_fps", 25)
     opts = GenerateOptions(steps=args.steps if args.steps is not None else choice.steps, guidance=args.cfg,
-                           seed=args.seed, fps=fps,
+                           seed=args.seed, fps=args.fps,  # None: the pipeline's frame rate
                            motion_scale=(args.pose_weight, args.face_weight, args.lip_weight),
                            motion_source=args.motion_source)
     if pipe.resolve(opts).motion_source != "pixels" and not getattr(pipe, "windowed", False):

@@ -137,7 +137,7 @@ class DemoEngine:
     """Holds the pipeline (or loads it on first use with ``loader``), a lock so that only one
     generation runs at a time, and the temporary output folder."""
 
-    def __init__(self, source, *, out_dir: str | Path | None = None, seed: int = 42, fps: int = 25,
+    def __init__(self, source, *, out_dir: str | Path | None = None, seed: int = 42, fps: int | None = None,
                  default_steps: int | None = None):
         from ..pipeline.generate import TalkingHeadPipeline
 
@@ -197,14 +197,14 @@ class DemoEngine:
         n_seed = self._whole(seed, "Seed", 0, 2**63 - 1) if seed is not None else self.seed
 
         from ..accelerators import build_accelerator
-        from ..accelerators.tuned import folder_of, resolve
+        from ..accelerators.tuned import resolve_for
         from ..pipeline.generate import GenerateOptions
 
         with self._lock:
             pipe = self._pipeline_locked()
             # the model's tuned setting for the budget (its own steps unless the slider was moved off
             # the model's default), else the documented preset
-            choice = resolve(preset, folder_of(pipe), None if n_steps in (None, self.default_steps()) else n_steps)
+            choice = resolve_for(preset, pipe, None if n_steps in (None, self.default_steps()) else n_steps)
             if choice.source == "tuned":
                 n_steps = choice.steps
             out = self.out_dir / f"talk-{next(self._count):04d}-{preset}.mp4"
@@ -223,7 +223,8 @@ class DemoEngine:
             report = speed_report(acc.summary(), wall, self.off_step_seconds)
             if preset == "off" and report.get("seconds_per_full_step"):
                 self.off_step_seconds = report["seconds_per_full_step"]  # the baseline for later estimates
-        text = format_report(report, preset=preset, frames=result.frames, clips=result.clips, fps=self.fps,
+        text = format_report(report, preset=preset, frames=result.frames, clips=result.clips,
+                             fps=result.sidecar["options"]["fps"],
                              weights=getattr(pipe, "source", ""))
         text += "\n\n" + choice.text() + (f"\n\n_{choice.warning.removeprefix('warning: ')}_" if choice.warning else "")
         return DemoResult(out, text, report, result.sidecar)

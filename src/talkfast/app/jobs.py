@@ -70,7 +70,7 @@ def run_batch(items: list[BatchItem], pipe, defaults: dict[str, Any], *, report_
     """Generate every item with ``pipe`` (loaded once by the caller); never raises for one item's
     failure. ``defaults`` holds the settings an item does not set (keys of :data:`SETTINGS`)."""
     from ..accelerators import build_accelerator
-    from ..accelerators.tuned import folder_of, resolve
+    from ..accelerators.tuned import resolve_for
     from ..io.video import remove_stale_temporaries, write_json_atomic
     from ..pipeline.generate import GenerateOptions
 
@@ -109,12 +109,12 @@ def run_batch(items: list[BatchItem], pipe, defaults: dict[str, Any], *, report_
                     log.warning("%s exists but is not a finished video (%s); generating it again", item.output, what)
             if not skip:
                 # --accel auto|quality|balanced|fast: the model's tuned setting (talkfast.accelerators.tuned)
-                choice = resolve(settings.get("accel") or "auto", folder_of(pipe), settings.get("steps"))
+                choice = resolve_for(settings.get("accel") or "auto", pipe, settings.get("steps"))
                 if choice.warning and choice.warning not in warned:
                     warned.add(choice.warning)
                     log.warning("%s", choice.warning.removeprefix("warning: "))
                 opts = GenerateOptions(steps=choice.steps, guidance=settings.get("cfg"),
-                                       seed=settings.get("seed", 42), fps=settings.get("fps", 25))
+                                       seed=settings.get("seed", 42), fps=settings.get("fps"))
                 acc = build_accelerator(choice.accel) if choice.accel.method != "off" else None
                 result = pipe.generate(item.image, item.audio, item.output, opts, size=settings.get("size"),
                                        accelerator=acc, overwrite=overwrite,

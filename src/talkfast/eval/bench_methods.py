@@ -106,13 +106,14 @@ def control_steps(base_steps: int, speedups: Sequence[float], most: int = 6) -> 
     return sorted(out)
 
 
-def tuned_methods(folder) -> list[BenchMethod]:
-    """The settings ``talkfast tune`` stored in a model folder (model.json ``tuned``), one row per
+def tuned_methods(folder, variant: str | None = None) -> list[BenchMethod]:
+    """The settings ``talkfast tune`` stored for a model folder (:func:`~talkfast.accelerators.tuned.
+    tuned_file`; ``variant``: an EchoMimic folder's), one row per
     distinct setting, named after its budgets (``tuned:balanced``, ``tuned:balanced=fast``)."""
     from ..accelerators.tuned import BUDGETS, read_tuned
 
     groups: dict[str, tuple[list[str], int | None, AccelConfig]] = {}
-    for budget, entry in read_tuned(folder).items():
+    for budget, entry in read_tuned(folder, variant).items():
         if budget not in BUDGETS or not isinstance(entry, dict):
             continue
         try:

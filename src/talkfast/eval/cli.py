@@ -228,7 +228,7 @@ def _run(args) -> int:
             from ..accelerators.tuned import folder_of
 
             base_steps = pipe.resolve(opts).steps  # a budget whose pick is the baseline itself adds no row
-            methods = methods + [m for m in bench.tuned_methods(folder_of(pipe))
+            methods = methods + [m for m in bench.tuned_methods(folder_of(pipe), getattr(pipe, "variant", None))
                                  if not (m.is_plain and m.steps in (None, base_steps))]
         if args.corpus is not None:
             cases = bench.corpus_cases(args.corpus, args.split, args.limit, args.offset)
@@ -238,7 +238,7 @@ def _run(args) -> int:
             what = f"{len(cases)} {args.split} samples of {args.corpus}" + (f" from the {args.offset + 1}th on" if args.offset else "")
         else:
             if seconds is None:
-                seconds = pipe.cfg.clip_frames / opts.fps
+                seconds = pipe.cfg.clip_frames / pipe.resolve(opts).fps
             cases = [bench.example_case(seconds)]
             what = f"{seconds:g} s of the bundled speech"
         log(f"{target}: model {pipe.cfg.name} ({pipe.source}) on {pipe.device} {str(pipe.dtype).replace('torch.', '')}, "

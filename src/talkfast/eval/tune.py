@@ -279,11 +279,20 @@ def tuned_entries(result: TuneResult, space: str = "") -> dict[str, dict]:
     return out
 
 
-def write_tuned(folder: str | Path, entries: dict[str, dict]) -> Path:
-    """Replace the ``tuned`` entry of ``folder/model.json`` (the rest kept), atomically; a folder
-    that cannot be written is an :class:`OutputError` naming the file (``--no-write`` avoids it)."""
-    path = Path(folder) / "model.json"
-    data = json.loads(path.read_text())
+def write_tuned(folder: str | Path, entries: dict[str, dict], variant: str | None = None) -> Path:
+    """Replace the ``tuned`` entry of the folder's :func:`~talkfast.accelerators.tuned.tuned_file`
+    (``model.json``, the rest of it kept; or ``talkfast_tuned.json`` beside another project's
+    checkpoint), atomically; a folder that cannot be written is an :class:`OutputError` naming the
+    file (``--no-write`` avoids it)."""
+    from ..accelerators.tuned import tuned_file
+
+    path = tuned_file(folder, variant)
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
     data["tuned"] = entries
     try:
         return write_json_atomic(path, data)

@@ -26,9 +26,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "tune", help="measure settings on calibration samples; store the fastest per quality budget in the model folder",
         description="Measure the model's default-step baseline and a search space of step counts x accelerator "
                     "settings; per budget (quality >= 36 dB, balanced >= 33 dB, fast >= 30 dB vs the baseline, lip "
-                    "sync >= baseline - 0.02) write the fastest setting that meets it into model.json ('tuned'), "
-                    "which --accel quality|balanced|fast|auto then uses. Resumable: measured settings are cached in --out.")
-    p.add_argument("--checkpoint", default=None, help="a talkfast model folder (default: the embedded model)")
+                    "sync >= baseline - 0.02) write the fastest setting that meets it into model.json ('tuned'; "
+                    "beside a Hallo, EchoMimic or MEMO checkpoint: talkfast_tuned.json), which --accel "
+                    "quality|balanced|fast|auto then uses. Resumable: measured settings are cached in --out.")
+    p.add_argument("--checkpoint", default=None,
+                   help="a talkfast model folder, or a Hallo / EchoMimic / MEMO checkpoint folder (with --sample or "
+                        "--corpus) (default: the embedded model)")
+    p.add_argument("--variant", default=None, choices=["default", "acc", "pose", "pose_acc"],
+                   help="EchoMimic checkpoints: the variant to tune (each keeps its own tuned settings)")
     p.add_argument("--random-weights", action="store_true", help="the small preset with random weights: speed only, writes nothing")
     p.add_argument("--corpus", default=None, help="corpus folder (default: the model's training corpus, built once)")
     p.add_argument("--corpus-cache", default=None, help="where a default corpus is built (default: ~/.cache/talkfast)")
@@ -102,7 +107,8 @@ def _trimmed(cases, seconds: float):
 
 def _command(args) -> str:
     words = ["talkfast", "tune"]
-    for flag, value in (("--checkpoint", args.checkpoint), ("--corpus", args.corpus), ("--steps", args.steps),
+    for flag, value in (("--checkpoint", args.checkpoint), ("--variant", args.variant), ("--corpus", args.corpus),
+                        ("--steps", args.steps),
                         ("--cfg", args.cfg), ("--seconds", args.seconds), ("--refine", args.refine),
                         ("--max-settings", args.max_settings),
                         ("--repeats", args.repeats if args.repeats != 1 else None)):
@@ -138,11 +144,14 @@ def _run(args) -> int:
 
     folder = model_folder(args.checkpoint, args.random_weights)
     if args.checkpoint is not None and folder is None:
-        raise InputError(f"--checkpoint {args.checkpoint}: tune writes into a talkfast model folder (with model.json); "
-                         "this is not one")
+        raise InputError(f"--checkpoint {args.checkpoint} is not a folder")
+    if (folder is not None and not (folder / "model.json").is_file() and not args.sample
+            and args.corpus is None):
+        raise InputError(f"{folder} is another project's checkpoint, which has no talkfast corpus: give calibration "
+                         "samples with --sample IMAGE AUDIO (repeatable) or --corpus DIR")
     cases, what = _cases(args, log)  # every input problem before the model load
     pipe = load_pipeline(args.checkpoint, random_weights=args.random_weights, preset="small",
-                         device=args.device, dtype=args.dtype, seed=args.seed)
+                         device=args.device, dtype=args.dtype, seed=args.seed, variant=args.variant)
     opts = pipe.resolve(GenerateOptions(steps=args.steps, guidance=args.cfg, seed=args.seed))
     settings = search_space(args.space, opts.steps)
     if args.max_settings is not None:
@@ -172,7 +181,7 @@ def _run(args) -> int:
     else:
         from ..paths import display_path
 
-        result.meta["written"] = display_path(tune.write_tuned(folder, entries))
+        result.meta["written"] = display_path(tune.write_tuned(folder, entries, getattr(pipe, "variant", None)))
         log(f"wrote the tuned settings ({', '.join(entries)}) into {result.meta['written']}")
     paths = tune.write_report(result, args.out, command, screening)
     log("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -163,12 +163,12 @@ class EchoMimicPipeline(TalkingHeadPipeline):
         self.max_frames = int(max_frames)
 
     def resolve(self, options: GenerateOptions | None = None) -> GenerateOptions:
-        o = options or GenerateOptions(fps=ECHOMIMIC_FPS)
+        o = options or GenerateOptions()
         steps, guidance = ECHOMIMIC_SAMPLING[self.variant]
         o = replace(o, steps=steps if o.steps is None else o.steps,
                     guidance=guidance if o.guidance is None else o.guidance,
                     hallo_context_tiling=False, motion_source="reference")
-        return o.resolved(self.cfg.name)
+        return o.resolved(self.cfg.name, fps=self.default_fps)
 
     def make_window_predictor(self, face: torch.Tensor, tokens: torch.Tensor, guidance: float, timesteps,
                               length: int) -> WindowedPredictor:

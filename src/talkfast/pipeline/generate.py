@@ -72,7 +72,7 @@ class GenerateOptions:
     steps: int | None = None  # None: the preset's default
     guidance: float | None = None
     seed: int = 42
-    fps: int = 25
+    fps: int | None = None  # None: the pipeline's (25; EchoMimic 24, MEMO 30)
     motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
     hallo_context_tiling: bool | None = None  # None: True for the hallo and memo presets (as released), else False
     # Where the next clip's motion frames come from: "pixels" re-encodes the last decoded frames
@@ -83,10 +83,12 @@ class GenerateOptions:
     # the hallo and memo presets and "latents" for the others.
     motion_source: str | None = None
 
-    def resolved(self, preset: str, motion_source: str | None = None) -> "GenerateOptions":
-        """Every None filled in: the preset's defaults, and ``motion_source`` when the model names one."""
+    def resolved(self, preset: str, motion_source: str | None = None, fps: int = 25) -> "GenerateOptions":
+        """Every None filled in: the preset's defaults, ``motion_source`` when the model names one,
+        ``fps`` (the pipeline's frame rate)."""
         steps, guidance = SAMPLING_DEFAULTS.get(preset, (25, 3.5))
         out = GenerateOptions(**asdict(self))
+        out.fps = self.fps if self.fps is not None else fps
         out.steps = self.steps if self.steps is not None else steps
         out.guidance = self.guidance if self.guidance is not None else guidance
         if out.hallo_context_tiling is None:
@@ -101,7 +103,7 @@ class GenerateOptions:
         if not (isinstance(out.guidance, (int, float)) and 1.0 <= out.guidance <= MAX_GUIDANCE):
             raise ValueError(f"--cfg must be a number from 1.0 (1.0 disables guidance) to {MAX_GUIDANCE:g}, "
                              f"got {out.guidance!r}")
-        if not 1 <= out.fps <= 120:
+        if isinstance(out.fps, bool) or not isinstance(out.fps, int) or not 1 <= out.fps <= 120:
             raise ValueError("--fps must be between 1 and 120")
         if isinstance(out.seed, bool) or not isinstance(out.seed, int) or not 0 <= out.seed < 2**63:
             raise ValueError(f"--seed must be an integer from 0 to 2**63 - 1, got {out.seed!r}")
@@ -206,6 +208,7 @@ def guided(model_output: Callable, guidance: float) -> Callable[[torch.Tensor, t
 
 class TalkingHeadPipeline:
     sampler = "ddim"  # the scheduler kind (talkfast.sampling.scheduler.make_scheduler)
+    default_fps = 25
 
     def __init__(self, net: TalkingHeadNet, vae: AutoencoderKL, audio: AudioConditioner, *,
                  device="cpu", dtype=torch.float32, identity: str = "pixels", source: str = "",
@@ -242,7 +245,7 @@ class TalkingHeadPipeline:
 
     def resolve(self, options: "GenerateOptions | None" = None) -> "GenerateOptions":
         """``options`` (default: all defaults) completed for this model."""
-        return (options or GenerateOptions()).resolved(self.cfg.name, self.motion_source)
+        return (options or GenerateOptions()).resolved(self.cfg.name, self.motion_source, self.default_fps)
 
     # ---------------------------------------------------------------- building blocks
     def check_size(self, size: int | None) -> int:
