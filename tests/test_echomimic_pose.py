@@ -211,3 +211,13 @@ def test_degenerate_accelerators_equal_the_pose_baseline(pose_folder, name):
     acc = build_accelerator(dataclasses.replace(DEGENERATE[name]))
     torch.testing.assert_close(_run(pipe, speech, poses, acc), base, rtol=0, atol=0)
     acc.detach()
+
+
+def test_pose_acc_variant_runs_six_steps_without_guidance(pose_folder):
+    root, speech, poses = pose_folder
+    write_folder(randomized(TOY_POSE, seed=5), root, "pose_acc")
+    pipe = load_pipeline(root, device="cpu", dtype="fp32", variant="pose_acc")
+    res = pipe.generate(PORTRAIT, speech, None, pose=poses)
+    o = res.sidecar["options"]
+    assert (pipe.variant, o["steps"], o["guidance"], o["fps"]) == ("pose_acc", 6, 1.0, 24)
+    assert res.sidecar["window_calls"] == 6 * 2 and res.sidecar["windows"]["shift"] == 3
