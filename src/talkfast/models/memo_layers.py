@@ -279,4 +279,3 @@ class ReferenceTail(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         self.state.record(self.key, self.transformer_blocks[0].norm1(_tokens(self.proj_in(self.norm(x)))))
         return x
-
