@@ -233,6 +233,25 @@ def test_memo_folder_loads_strictly_and_generates(memo_folder, tmp_path):
     assert res.sidecar["model"] == "memo_tiny" and res.sidecar["emotion"] == "happy"
 
 
+def test_generate_cli_on_a_memo_folder_with_the_balanced_preset(memo_folder, tmp_path, capsys):
+    from talkfast.app.cli import main
+
+    root, _ = memo_folder
+    speech, rate = sf.read(PORTRAIT.parent / "speech.wav", dtype="float32")
+    short = tmp_path / "speech.wav"
+    sf.write(short, speech[: int(0.25 * rate)], rate)  # 8 frames at 30 fps: two clips
+    out = tmp_path / "memo.mp4"
+    code = main(["generate", "--checkpoint", str(root), "-s", str(PORTRAIT), "-a", str(short), "-o", str(out),
+                 "--steps", "8", "--accel", "balanced", "--emotion", "sad", "-q"])
+    assert code == 0, capsys.readouterr().err
+    side = json.loads(out.with_suffix(".json").read_text())
+    summary = side["accelerator"]["summary"]
+    assert side["emotion"] == "sad" and side["options"]["fps"] == 30 and summary["reduced_steps"] > 0
+    assert side["accelerator"]["config"]["dfa"] is not None and probe_video(out).num_frames == 8
+    assert main(["generate", "--checkpoint", str(root), "-o", str(tmp_path / "x.mp4"), "--emotion", "bored", "-q"]) == 2
+    assert "--emotion must be one of" in capsys.readouterr().err
+
+
 def test_memo_folder_names_every_bad_key_and_ignores_extra_ones(memo_folder, caplog):
     root, net = memo_folder
     path = root / "diffusion_net" / "diffusion_pytorch_model.safetensors"

@@ -138,8 +138,8 @@ def leave_core_for_decode(threads: int | None, device, environ: MutableMapping[s
     """``generate``'s default on a CPU: torch keeps one core fewer than the process may use, so that
     each clip is decoded and written on that core while the next clip samples
     (:mod:`talkfast.pipeline.publish`). Measured on the 2-core VM with the embedded model
-    (README, Measured): 36.9 s with one torch thread and the decode beside it, 49.6 s with two and
-    the decode in line. Only when the user chose no count (``--threads``, ``OMP_NUM_THREADS``), on
+    (README, Measured): 36.9 s with one torch thread and the decode beside it vs 49.6 s with two
+    and the decode in line (2026-12-03); 19-25 s vs 21-28 s, three runs each (2026-12-05). Only when the user chose no count (``--threads``, ``OMP_NUM_THREADS``), on
     a CPU device, with at least 2 cores; returns the count set, or None when nothing changed."""
     import torch
 
