@@ -1,10 +1,9 @@
 """Accelerators on the tiny preset: degenerate settings equal the baseline, the pieces of
 LightningCP are individually right, and state never leaks between runs."""
 
-import numpy as np
 import pytest
 import torch
-from tiny_pipeline import DEGENERATE, randomized_tiny_pipeline
+from tiny_pipeline import DEGENERATE, generated_frames, randomized_tiny_pipeline, tone_inputs
 
 from talkfast.accelerators import (
     DFA,
@@ -17,12 +16,10 @@ from talkfast.accelerators import (
     build_accelerator,
 )
 from talkfast.io.audio import Audio
-from talkfast.io.image import load_image
 from talkfast.pipeline.generate import GenerateOptions
 from talkfast.pipeline.loader import load_pipeline
 from talkfast.sampling.scheduler import make_scheduler, previous_timestep
 
-PORTRAIT = "src/talkfast/assets/examples/portrait.png"
 STEPS = 8
 
 
@@ -33,22 +30,11 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def inputs():
-    sr = 16000
-    t = np.arange(int(0.3 * sr)) / sr  # 8 frames: several chained clips of the tiny model
-    wave = (0.3 * np.sin(2 * np.pi * 220 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    return load_image(root / PORTRAIT), Audio(wave, sr, sr, 1)
+    return tone_inputs(0.3)  # 8 frames: several chained clips of the tiny model
 
 
 def run(pipe, inputs, acc=None, steps=STEPS, seed=42):
-    frames = []
-    img, audio = inputs
-    pipe.generate(img, audio, None, GenerateOptions(steps=steps, seed=seed), accelerator=acc, on_clip=frames.append)
-    if acc is not None:
-        acc.detach()
-    return torch.cat(frames)
+    return generated_frames(pipe, inputs, acc, steps, seed)
 
 
 @pytest.fixture(scope="module")

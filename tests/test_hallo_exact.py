@@ -7,13 +7,11 @@ of (b s) rows viewed with b = the call's items, slot s=0 taken as a 3-D tensor a
 
 import dataclasses
 import math
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from diffusers.models.attention_processor import Attention
-from tiny_pipeline import DEGENERATE, randomized_tiny_pipeline
+from tiny_pipeline import DEGENERATE, generated_frames, randomized_tiny_pipeline, tone_inputs
 
 from talkfast.accelerators import (
     DFA,
@@ -26,7 +24,6 @@ from talkfast.accelerators import (
     build_accelerator,
 )
 from talkfast.io.audio import Audio
-from talkfast.io.image import load_image
 from talkfast.models.attention import ItemLayout, ReferenceReadProcessor, ReferenceState
 from talkfast.models.config import HALLO, SMALL, TINY
 from talkfast.models.net import build_net
@@ -34,7 +31,6 @@ from talkfast.models.unet import UNetCond
 from talkfast.pipeline.generate import GenerateOptions, TalkingHeadPipeline, half_layout
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-PORTRAIT = Path(__file__).resolve().parents[1] / "src/talkfast/assets/examples/portrait.png"
 
 
 def with_switches(cfg, tile=True, fp16=True):
@@ -265,19 +261,10 @@ def pipe(plain_pipe):
 
 @pytest.fixture(scope="module")
 def inputs():
-    sr = 16000
-    t = np.arange(int(0.5 * sr)) / sr  # 13 frames: 4 clips of the tiny model
-    wave = (0.3 * np.sin(2 * np.pi * 220 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
-    return load_image(PORTRAIT), Audio(wave, sr, sr, 1)
+    return tone_inputs(0.5)  # 13 frames: 4 clips of the tiny model
 
 
-def run(pipe, inputs, acc=None, steps=8):
-    frames = []
-    img, audio = inputs
-    pipe.generate(img, audio, None, GenerateOptions(steps=steps), accelerator=acc, on_clip=frames.append)
-    if acc is not None:
-        acc.detach()
-    return torch.cat(frames)
+run = generated_frames
 
 
 @pytest.fixture(scope="module")

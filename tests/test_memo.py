@@ -12,21 +12,18 @@ import logging
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from safetensors.torch import save_file
-from tiny_pipeline import DEGENERATE
+from tiny_pipeline import DEGENERATE, generated_frames, tone_inputs
 
 import talkfast.models.memo_checkpoint as memo_checkpoint
 from talkfast.accelerators import AccelConfig, CachingConfig, DFAConfig, KeySchedule, build_accelerator
 from talkfast.accelerators.base import CapturePlan, ShallowPlan
 from talkfast.accelerators.caching import LightningCP
 from talkfast.errors import CheckpointError
-from talkfast.io.audio import Audio
-from talkfast.io.image import load_image
 from talkfast.io.video import probe_video
 from talkfast.models import loading
 from talkfast.models.attention import ItemLayout
@@ -299,19 +296,11 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def inputs():
-    sr = 16000
-    t = np.arange(int(0.3 * sr)) / sr  # 9 frames at 30 fps: three chained clips
-    wave = (0.3 * np.sin(2 * np.pi * 220 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
-    return load_image(PORTRAIT), Audio(wave, sr, sr, 1)
+    return tone_inputs(0.3)  # 9 frames at 30 fps: three chained clips
 
 
-def _run(pipe, inputs, acc=None, steps=6):
-    frames = []
-    img, audio = inputs
-    pipe.generate(img, audio, None, GenerateOptions(fps=30, steps=steps), accelerator=acc, on_clip=frames.append)
-    if acc is not None:
-        acc.detach()
-    return torch.cat(frames)
+def _run(pipe, inputs, acc=None):
+    return generated_frames(pipe, inputs, acc, steps=6)
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,18 @@
 fixture: tests/test_parallel.py also runs as a torchrun worker script outside pytest), and the
 degenerate accelerator settings every model family's tests run."""
 
+from pathlib import Path
+
+import numpy as np
 import torch
 
 from talkfast.accelerators import AccelConfig, CachingConfig, DFAConfig, KeySchedule
+from talkfast.io.audio import Audio
+from talkfast.io.image import load_image
+from talkfast.pipeline.generate import GenerateOptions
 from talkfast.pipeline.loader import load_pipeline
+
+PORTRAIT = Path(__file__).resolve().parents[1] / "src/talkfast/assets/examples/portrait.png"
 
 
 def every_step(method: str, **caching) -> AccelConfig:
@@ -31,3 +39,22 @@ def randomized_tiny_pipeline():
         for prm in p.net.parameters():
             prm.copy_(torch.randn(prm.shape, generator=g) * 0.1)
     return p
+
+
+def tone_inputs(seconds: float):
+    """The bundled portrait and ``seconds`` of an amplitude-modulated 220 Hz tone at 16 kHz."""
+    sr = 16000
+    t = np.arange(int(seconds * sr)) / sr
+    wave = (0.3 * np.sin(2 * np.pi * 220 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    return load_image(PORTRAIT), Audio(wave, sr, sr, 1)
+
+
+def generated_frames(pipe, inputs, acc=None, steps: int = 8, seed: int = 42) -> torch.Tensor:
+    """Every frame ``pipe`` makes of ``inputs`` (nothing written), with ``acc`` attached for the run
+    and detached after it."""
+    frames = []
+    img, audio = inputs
+    pipe.generate(img, audio, None, GenerateOptions(steps=steps, seed=seed), accelerator=acc, on_clip=frames.append)
+    if acc is not None:
+        acc.detach()
+    return torch.cat(frames)
