@@ -182,7 +182,7 @@ def memo_speed_setup(net, *, frames: int | None = None, size: int | None = None,
     without insightface), the memory modules' first-clip memory, random audio tokens per frame,
     emotion 4 (neutral) and the pipeline's CFG predictor; flow-matching Euler steps."""
     from ..io.image import load_image
-    from ..pipeline.generate import guided
+    from ..sampling.loop import guided
     from ..pipeline.memo import memo_model, memo_portrait
 
     cfg = net.cfg

@@ -31,7 +31,7 @@ from ..io.video import VideoWriter, check_output_path, remove_stale_temporaries
 from ..models.attention import ItemLayout
 from ..models.net import TalkingHeadNet
 from ..models.unet import StagePlan, UNetCond
-from ..sampling.loop import StepPlanner, denoise
+from ..sampling.loop import StepPlanner, denoise, guided
 from ..sampling.scheduler import make_scheduler
 from . import MOTION_SOURCES
 from .conditioning import AudioConditioner, Portrait, prepare_portrait
@@ -185,25 +185,6 @@ class _StageClock:
 
 
 DECODE_PIXELS = 8 * 128 * 128  # pixels of the frames one VAE decoder call takes (see TalkingHeadPipeline.decode)
-
-
-def guided(model_output: Callable, guidance: float) -> Callable[[torch.Tensor, torch.Tensor, StagePlan | None], torch.Tensor]:
-    """``predict(latents, t, plan)``: the CFG combination ``u + guidance (c - u)`` of
-    ``model_output(latents, t, plan, halves)`` (raw outputs of the listed CFG halves, half-major),
-    or the conditional half alone when ``guidance`` <= 1. ``predict.model_output`` and
-    ``predict.guidance`` stay readable for wrappers that split the halves (guidance reuse,
-    :mod:`talkfast.parallel`)."""
-    cfg_on = guidance > 1.0
-
-    def predict(latents: torch.Tensor, t: torch.Tensor, plan: StagePlan | None) -> torch.Tensor:
-        if not cfg_on:
-            return model_output(latents, t, plan, (1,))
-        v_u, v_c = model_output(latents, t, plan, (0, 1)).chunk(2)
-        return v_u + guidance * (v_c - v_u)
-
-    predict.model_output = model_output
-    predict.guidance = guidance if cfg_on else None
-    return predict
 
 
 class TalkingHeadPipeline:

@@ -37,8 +37,9 @@ from PIL import Image
 
 from ..face.detect import detect_face
 from ..models.unet import UNetCond
+from ..sampling.loop import guided
 from .conditioning import Portrait, _portrait
-from .generate import TalkingHeadPipeline, guided, half_layout
+from .generate import TalkingHeadPipeline, half_layout
 
 MEMO_FPS = 30
 # emotion2vec+'s nine classes in the order of its labels (the classifier's outputs; 9 = no emotion)

@@ -28,6 +28,25 @@ from .scheduler import scheduler_step
 Predictor = Callable[[torch.Tensor, torch.Tensor, "StagePlan | None"], torch.Tensor]
 
 
+def guided(model_output: Callable, guidance: float) -> Predictor:
+    """``predict(latents, t, plan)``: the CFG combination ``u + guidance (c - u)`` of
+    ``model_output(latents, t, plan, halves)`` (raw outputs of the listed CFG halves, half-major),
+    or the conditional half alone when ``guidance`` <= 1. ``predict.model_output`` and
+    ``predict.guidance`` (None without CFG) stay readable for wrappers that split the halves
+    (guidance reuse, :mod:`talkfast.parallel`)."""
+    cfg_on = guidance > 1.0
+
+    def predict(latents: torch.Tensor, t: torch.Tensor, plan: StagePlan | None) -> torch.Tensor:
+        if not cfg_on:
+            return model_output(latents, t, plan, (1,))
+        v_u, v_c = model_output(latents, t, plan, (0, 1)).chunk(2)
+        return v_u + guidance * (v_c - v_u)
+
+    predict.model_output = model_output
+    predict.guidance = guidance if cfg_on else None
+    return predict
+
+
 @dataclass(frozen=True)
 class StepAction:
     """``steps``: indices into the scheduler's timesteps, run by one model call.

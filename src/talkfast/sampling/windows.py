@@ -32,6 +32,8 @@ from collections.abc import Callable
 
 import torch
 
+from .loop import guided
+
 # window_output(latents (n, C, f, h, w), timesteps (n,), plan, halves, frames (n, f)) -> raw
 # model output of the listed CFG halves, half-major: (len(halves) * n, C, f, h, w)
 WindowOutput = Callable[..., torch.Tensor]
@@ -67,8 +69,8 @@ class WindowedPredictor:
         self.length, self.shift = int(length), int(shift)
         self.windows = uniform_windows(self.length, size, overlap)
         self.step_of = {int(v): i for i, v in enumerate(torch.as_tensor(timesteps).tolist())}
-        self.cfg_on = guidance > 1.0
-        self.guidance = guidance if self.cfg_on else None
+        self._predict = guided(self.model_output, guidance)
+        self.guidance = self._predict.guidance
         self.calls = 0
 
     def step_index(self, t: torch.Tensor) -> list[int]:
@@ -110,7 +112,4 @@ class WindowedPredictor:
         return total / scale
 
     def __call__(self, latents: torch.Tensor, t: torch.Tensor, plan=None) -> torch.Tensor:
-        if not self.cfg_on:
-            return self.model_output(latents, t, plan, (1,))
-        v_u, v_c = self.model_output(latents, t, plan, (0, 1)).chunk(2)
-        return v_u + self.guidance * (v_c - v_u)
+        return self._predict(latents, t, plan)
