@@ -280,6 +280,11 @@ class TalkingHeadPipeline:
             "masks": tuple([m.to(dev, dt)[None] for m in kind] for kind in (por.masks.full, por.masks.face, por.masks.lip)),
         }
 
+    def audio_tokens(self, feats: torch.Tensor) -> torch.Tensor:
+        """One clip's audio features (F, ...) -> the projected audio tokens (1, F, T, D), in the
+        pipeline dtype (Hallo runs ``audioproj`` with the rest of the network)."""
+        return self.net.audioproj(feats[None].to(self.dtype))
+
     def make_predictor(self, pc: dict, audio_tokens: torch.Tensor, guidance: float,
                        motion_scale) -> Callable[[torch.Tensor, torch.Tensor, StagePlan | None], torch.Tensor]:
         """predict(latents (n,...), timesteps (n,), plan) -> CFG-combined model output (n,...);
@@ -418,8 +423,8 @@ class TalkingHeadPipeline:
                         with stage("reference"):
                             self.net.update_motion_memory(reset=c == 0)
                     with stage("audio"):
-                        feats = self.audio.clip(audio, c * F, F, fps=opts.fps).to(self.device, self.dtype)
-                        tokens = self.net.audioproj(feats[None])
+                        feats = self.audio.clip(audio, c * F, F, fps=opts.fps).to(self.device)
+                        tokens = self.audio_tokens(feats)
                     predict = self.make_predictor(pc, tokens, opts.guidance, opts.motion_scale)
                     if wrap_predictor is not None:
                         predict = wrap_predictor(predict)

@@ -30,6 +30,7 @@ cast; ``audio_proj`` runs in the pipeline dtype (MEMO: fp32 on the CPU, cast aft
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
@@ -78,6 +79,8 @@ class MemoPipeline(TalkingHeadPipeline):
 
     def __init__(self, net, vae, audio, *, device="cpu", dtype=torch.float32, source: str = "",
                  emotion: str | int = "neutral", motion_source: str | None = None):
+        # audio_proj stays in fp32 (a copy taken before the network is cast to ``dtype``)
+        self._audioproj32 = None if dtype == torch.float32 else copy.deepcopy(net.audioproj).to(device, torch.float32)
         super().__init__(net, vae, audio, device=device, dtype=dtype, identity="zeros", source=source,
                          motion_source=motion_source)
         self.emotion = emotion_index(emotion)
@@ -87,6 +90,15 @@ class MemoPipeline(TalkingHeadPipeline):
 
     def portrait(self, image, size: int | None = None, name: str = "portrait", regions=None) -> Portrait:
         return memo_portrait(image, self.check_size(size), self.cfg, self.identity, regions)
+
+    @torch.no_grad()
+    def audio_tokens(self, feats: torch.Tensor) -> torch.Tensor:
+        """``audio_proj`` in fp32 as MEMO runs it (``inference.py`` at a5aee30 never moves
+        ``audio_proj`` off the CPU or casts it: fp32 weights and input), the tokens cast to the
+        pipeline dtype after."""
+        if self._audioproj32 is None:
+            return self.net.audioproj(feats[None].float())
+        return self._audioproj32(feats[None].float()).to(self.dtype)
 
     @torch.no_grad()
     def portrait_conditioning(self, por: Portrait) -> dict:
