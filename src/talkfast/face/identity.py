@@ -39,9 +39,12 @@ Differences, on purpose:
 * Only the detector and the recognizer run on each face (``allowed_modules``): the originals also
   run the landmark and gender/age models, whose results never reach the embedding. Every ``.onnx``
   in the folder is still loaded, as in the originals, so a broken one fails here as it fails there.
-* insightface 2.1's SCRFD sorts candidates with a stable sort and runs a fixed-640 session built
-  from the same graph; 0.7.3 used ``argsort()[::-1]``. Only exactly tied detector scores can order
-  differently.
+* insightface 0.7.3 routes the detector (>= 5 outputs) to its ``RetinaFace`` class, 2.1 to
+  ``SCRFD``: the same decoding (mean 127.5, std 128, distance boxes and keypoints, NMS 0.4) for
+  rank-2 outputs like scrfd_10g_bnkps.onnx's. 2.1 sorts candidates with a stable sort and runs a
+  fixed-640 session built from the same graph; 0.7.3 used ``argsort()[::-1]``. Only exactly tied
+  detector scores can order differently. The recognizer path (``norm_crop``, ``blobFromImages``)
+  is unchanged between the two.
 * MEMO builds ``FaceAnalysis`` anew for every photo, Hallo once per run; the result is the same.
   Here one :class:`FaceIdentity` can embed many photos.
 * A folder holding an insightface 2.x model-package ``manifest.json`` would be read differently by
