@@ -362,7 +362,7 @@ def test_missing_package_is_named(two_faces, monkeypatch, module):
     assert isinstance(err, CheckpointError)
 
 
-def test_no_onnx_file_is_opened_twice_for_a_good_folder(two_faces):
+def test_folder_is_left_unchanged(two_faces):
     # The folder check itself leaves the folder as it was (no files written, e.g. no download zip).
     before = sorted(os.listdir(two_faces))
     FaceIdentity(two_faces, threads=1)
