@@ -25,7 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
-from talkfast.errors import CheckpointError
+from talkfast.errors import CheckpointError, InputError
 from talkfast.face.detect import Box, FaceRegions
 from talkfast.face.hallo_prep import (
     LIP_IDS, SILHOUETTE_IDS, HalloBoxes, expand_region, hallo_boxes, hallo_boxes_from_regions,
@@ -254,7 +254,7 @@ def test_real_landmarker_on_photos():
         assert boxes.detected and boxes.method == "mediapipe:face_landmarker"
         for name in ("chelsea", "coffee"):
             assert lm.landmarks(getattr(skimage_data, name)()) is None, name
-        with pytest.raises(Exception, match="RGB uint8"):
+        with pytest.raises(InputError, match="RGB uint8"):
             lm.landmarks(astronaut.astype(np.float32))
 
 
@@ -304,3 +304,31 @@ def test_truncated_real_bundle(tmp_path):
     cut.write_bytes(TASK.read_bytes()[: os.path.getsize(TASK) * 4 // 5])
     with pytest.raises(CheckpointError, match=r"cut\.task"):
         FaceLandmarker(cut)
+
+
+@needs_task
+def test_landmarks_match_mediapipe_called_as_hallo_does(tmp_path):
+    """Hallo's get_landmark re-done with MediaPipe's own API on files: landmarks_from_file is identical
+    (JPEG and PNG); landmarks() on PIL's decode is identical for the PNG."""
+    mp = pytest.importorskip("mediapipe")
+    skimage_data = pytest.importorskip("skimage.data")
+    photo = Image.fromarray(skimage_data.astronaut())
+    png, jpg = tmp_path / "a.png", tmp_path / "a.jpg"
+    photo.save(png)
+    photo.save(jpg, quality=90)
+    options = mp.tasks.vision.FaceLandmarkerOptions(
+        base_options=mp.tasks.BaseOptions(model_asset_path=str(TASK)),
+        running_mode=mp.tasks.vision.RunningMode.IMAGE)
+    with mp.tasks.vision.FaceLandmarker.create_from_options(options) as ref, FaceLandmarker(TASK) as lm:
+        for f in (png, jpg):
+            image = mp.Image.create_from_file(str(f))
+            faces = ref.detect(image).face_landmarks
+            expected = np.array([[p.x * image.width, p.y * image.height] for p in faces[0]])
+            np.testing.assert_array_equal(lm.landmarks_from_file(f), expected)
+            if f == png:
+                np.testing.assert_array_equal(lm.landmarks(np.asarray(Image.open(f).convert("RGB"))), expected)
+                assert hallo_face_boxes(Image.open(f), lm, path=f) == hallo_boxes(expected, (512, 512))
+        not_image = tmp_path / "x.jpg"
+        not_image.write_bytes(b"not an image")
+        with pytest.raises(InputError, match=r"x\.jpg"):
+            lm.landmarks_from_file(not_image)

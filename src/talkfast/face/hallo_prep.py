@@ -194,7 +194,7 @@ def hallo_boxes_from_regions(regions: FaceRegions, face_expand: float = FACE_EXP
 
 
 def hallo_face_boxes(image: Image.Image, landmarker, fallback: FaceRegions | Callable | None = None,
-                     *, source: str | None = None) -> HalloBoxes:
+                     *, source: str | None = None, path=None) -> HalloBoxes:
     """Hallo's boxes for a photo: MediaPipe landmarks via ``landmarker``
     (a :class:`~talkfast.face.landmarker.FaceLandmarker`), or the fallback.
 
@@ -205,10 +205,19 @@ def hallo_face_boxes(image: Image.Image, landmarker, fallback: FaceRegions | Cal
     and returns its portrait prior when it too finds nothing), through
     :func:`hallo_boxes_from_regions`. ``landmarker=None`` goes to the fallback directly (with the
     warning), for users without MediaPipe's model.
+
+    ``path``: the photo's file; when given, MediaPipe decodes that file itself, as Hallo does
+    (:meth:`~talkfast.face.landmarker.FaceLandmarker.landmarks_from_file`; JPEG decoders differ by a
+    few levels), and ``image`` must be that file opened with PIL.
     """
     rgb_image = image.convert("RGB")
-    where = source or "the image"
-    points = None if landmarker is None else landmarker.landmarks(np.asarray(rgb_image))
+    where = source or (str(path) if path is not None else "the image")
+    if landmarker is None:
+        points = None
+    elif path is not None:
+        points = landmarker.landmarks_from_file(path)
+    else:
+        points = landmarker.landmarks(np.asarray(rgb_image))
     if points is not None:
         return hallo_boxes(points, rgb_image.size, source=where)
     reason = "no MediaPipe face landmarker model was given" if landmarker is None else \
