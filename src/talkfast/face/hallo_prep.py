@@ -21,6 +21,9 @@ Matched, line for line in effect (numbers, rounding, libraries), with fudan-gene
   ``// 64``, ``/ 255``, flattened;
 * ``scripts/inference.py``: ``img_size`` = (width, height) = (512, 512).
 
+Kept as Hallo has it: a box that covers the whole photo (or an empty one) blurs to a constant map,
+which ``cv2.normalize`` turns into all zeros (then background = 255 everywhere).
+
 The PNG round trips are done in memory (``cv2.imencode`` / ``cv2.imdecode`` and ``PIL.Image.open`` of
 the encoded bytes), the same codecs as Hallo's files; for 8-bit grey images they are lossless.
 
