@@ -211,9 +211,9 @@ def check_checkpoint(folder: str | Path) -> tuple[bool, str]:
         parts = [_compare(found, meta["preset"], net), _weights_folder(root / "vae", "VAE")]
         return True, "talkfast model folder: " + "; ".join(parts)
     if is_memo_folder(root):
-        return True, _memo_folder(root)
+        return True, _memo_folder(root) + _preparation("memo", root)
     if is_echomimic_folder(root):
-        return True, _echomimic_folder(root)
+        return True, _echomimic_folder(root) + _preparation("echomimic", root)
     paths = find_hallo_checkpoint(root)
     try:
         found = _header(paths.net)
@@ -223,4 +223,13 @@ def check_checkpoint(folder: str | Path) -> tuple[bool, str]:
         raise CheckpointError(f"cannot read {paths.net}: {err}") from err
     parts = [_compare(found, "hallo", paths.net), _weights_folder(paths.vae, "VAE"),
              _weights_folder(paths.wav2vec, "wav2vec2")]
-    return True, "Hallo checkpoint: " + "; ".join(parts)
+    return True, "Hallo checkpoint: " + "; ".join(parts) + _preparation("hallo", root)
+
+
+def _preparation(family: str, root: Path) -> str:
+    """The input-preparation plan ``generate`` will follow for this folder: each step's model
+    found (the original's step runs) or missing (its fallback, and why)."""
+    from ..pipeline.recipes import plan_preparation
+
+    lines = plan_preparation(family, root).lines()
+    return "".join(f"\n       preparation {line}" for line in lines)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ class Portrait:
     masks: MaskSet
     locator_input: torch.Tensor  # (3, size, size) in {0, 1}
     identity: torch.Tensor  # (embed_dim,)
+    prep: dict = field(default_factory=dict)  # which preparation ran per step (the sidecar's "preparation")
 
 
 def identity_embedding(image: Image.Image, regions: FaceRegions, dim: int, kind: str) -> torch.Tensor:

@@ -371,6 +371,7 @@ class TalkingHeadPipeline:
             "dtype": str(self.dtype).replace("torch.", ""), "face_detected": por.regions.detected,
             "face_box": list(por.regions.face.to_int()), "lip_box": list(por.regions.lip.to_int()),
             "options": asdict(opts), "threads": torch.get_num_threads(), **self.sidecar_extras(),
+            **({"preparation": por.prep} if por.prep else {}),
             **(extra_sidecar or {}),
         }
         with guarded_run(self, accelerator, por) as run:

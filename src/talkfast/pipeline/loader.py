@@ -22,6 +22,9 @@ from ..models.loading import (
 from . import MOTION_SOURCES
 from .conditioning import AudioConditioner
 from .generate import TalkingHeadPipeline
+from .hallo import HalloPipeline
+from .preparation import Preparation
+from .recipes import plan_preparation
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +104,8 @@ def load_echomimic_pipeline(root: str | Path, variant: str, device: torch.device
     return EchoMimicPipeline(weights.net, vae, whisper, variant=variant, device=device, dtype=dtype, source=str(root))
 
 
-def load_memo_pipeline(root: str | Path, device: torch.device, dtype: torch.dtype, emotion: str | None = None):
+def load_memo_pipeline(root: str | Path, device: torch.device, dtype: torch.dtype, emotion: str | None = None,
+                       prep: dict[str, str] | None = None):
     """A :class:`~talkfast.pipeline.memo.MemoPipeline` from MEMO's checkpoint folder (its four
     network folders, an SD VAE folder and a wav2vec2-base-960h folder; one error lists every
     missing piece)."""
@@ -110,20 +114,24 @@ def load_memo_pipeline(root: str | Path, device: torch.device, dtype: torch.dtyp
 
     emotion = emotion_index(emotion if emotion is not None else "neutral")  # before any weights are read
     root = Path(root).expanduser()
+    plan = plan_preparation("memo", root, prep)
     missing = _missing_folder(root, MEMO_VAE, "SD VAE (e.g. sd-vae-ft-mse)")
     missing += _missing_folder(root, MEMO_WAV2VEC, "wav2vec2-base-960h")
     weights, vae = _weights_and_vae("MEMO", root, missing, lambda: load_memo(root))
     audio = AudioConditioner("wav2vec2", model_dir=weights.wav2vec, fps=MEMO_FPS, device=device)
-    return MemoPipeline(weights.net, vae, audio, device=device, dtype=dtype, source=str(root), emotion=emotion)
+    return MemoPipeline(weights.net, vae, audio, device=device, dtype=dtype, source=str(root), emotion=emotion,
+                        prep=Preparation(plan))
 
 
 def load_pipeline(checkpoint: str | Path | None = None, *, random_weights: bool = False, preset: str = "small",
                   device: str = "auto", dtype: str = "auto", seed: int = 0,
-                  variant: str | None = None, emotion: str | None = None) -> TalkingHeadPipeline:
+                  variant: str | None = None, emotion: str | None = None,
+                  prep: dict[str, str] | None = None) -> TalkingHeadPipeline:
     """``checkpoint``: a talkfast model folder (model.json), a Hallo ``pretrained_models`` folder,
     an EchoMimic ``pretrained_weights`` folder (``variant``: default, acc, pose, pose_acc; None:
     default) or a MEMO checkpoint folder (``emotion``: the emotion of the speech, default neutral).
-    Neither and not ``random_weights``: the embedded default model."""
+    Neither and not ``random_weights``: the embedded default model. ``prep``: {step: path or 'none'}
+    (``--prep``) overriding where the family's preparation models are read (:mod:`.recipes`)."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     talkfast_folder = checkpoint is not None and (Path(checkpoint) / "model.json").exists()
@@ -133,7 +141,7 @@ def load_pipeline(checkpoint: str | Path | None = None, *, random_weights: bool 
     if memo:
         if variant is not None:
             raise ValueError("--variant is for EchoMimic pretrained_weights folders only")
-        return load_memo_pipeline(checkpoint, dev, dt, emotion)
+        return load_memo_pipeline(checkpoint, dev, dt, emotion, prep)
     if checkpoint is not None and not talkfast_folder and is_echomimic_folder(checkpoint):
         return load_echomimic_pipeline(checkpoint, variant or "default", dev, dt)
     if variant is not None:
@@ -147,9 +155,13 @@ def load_pipeline(checkpoint: str | Path | None = None, *, random_weights: bool 
         audio = AudioConditioner("mel", device=dev)
         return TalkingHeadPipeline(net, vae, audio, device=dev, dtype=dt, identity="pixels", source=f"random:{preset}")
     if checkpoint is not None and not (Path(checkpoint) / "model.json").exists():
+        plan = plan_preparation("hallo", checkpoint, prep)  # a bad --prep before the weights are read
         net, vae, w2v = load_hallo(checkpoint)
         audio = AudioConditioner("wav2vec2", model_dir=w2v, device=dev)
-        return TalkingHeadPipeline(net, vae, audio, device=dev, dtype=dt, identity="zeros", source=str(checkpoint))
+        return HalloPipeline(net, vae, audio, prep=Preparation(plan), device=dev, dtype=dt, source=str(checkpoint))
+    if prep:
+        raise ValueError("--prep is for Hallo, EchoMimic and MEMO checkpoint folders (the embedded model and "
+                         "talkfast folders keep their own preparation)")
     folder = Path(checkpoint) if checkpoint is not None else EMBEDDED_DIR
     net, vae, meta = load_embedded(folder)
     audio = AudioConditioner(net.cfg.audio_features, device=dev)

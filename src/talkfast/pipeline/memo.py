@@ -78,18 +78,25 @@ class MemoPipeline(TalkingHeadPipeline):
     default_fps = MEMO_FPS
 
     def __init__(self, net, vae, audio, *, device="cpu", dtype=torch.float32, source: str = "",
-                 emotion: str | int = "neutral", motion_source: str | None = None):
+                 emotion: str | int = "neutral", motion_source: str | None = None, prep=None):
         # audio_proj stays in fp32 (a copy taken before the network is cast to ``dtype``)
         self._audioproj32 = None if dtype == torch.float32 else copy.deepcopy(net.audioproj).to(device, torch.float32)
         super().__init__(net, vae, audio, device=device, dtype=dtype, identity="zeros", source=source,
                          motion_source=motion_source)
         self.emotion = emotion_index(emotion)
+        self.prep = prep  # a .preparation.Preparation (MEMO's folder), or None: no identity model
 
     def sidecar_extras(self) -> dict:
         return {"emotion": EMOTIONS[self.emotion], "sampler": "rectified-flow Euler"}
 
     def portrait(self, image, size: int | None = None, name: str = "portrait", regions=None) -> Portrait:
-        return memo_portrait(image, self.check_size(size), self.cfg, self.identity, regions)
+        """MEMO's ``preprocess_image``: the whole photo resized, and insightface's embedding of the
+        original photo as the image context (zeros without the model or a face)."""
+        por = memo_portrait(image, self.check_size(size), self.cfg, self.identity, regions)
+        if self.prep is not None:
+            por.identity, rec = self.prep.identity(image, self.cfg.image_embed_dim)
+            por.prep = {"identity": rec}
+        return por
 
     @torch.no_grad()
     def audio_tokens(self, feats: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,40 @@
+"""Hallo's generation path with Hallo's own input preparation (hallo 8fd7c57,
+``hallo/datasets/image_processor.py``, ``scripts/inference.py``).
+
+The network, sampler and clip chaining are :class:`~.generate.TalkingHeadPipeline`'s with the
+``hallo`` preset. The photo goes through Hallo's preparation (:mod:`.preparation`): the whole photo
+squashed to the model size (no crop), MediaPipe's face and lip boxes -> FaceLocator input and soft
+masks (:mod:`talkfast.face.hallo_prep`), insightface's embedding of the original photo as the image
+context (:mod:`talkfast.face.identity`); a step whose model is not in the folder takes its
+fallback, named in a warning and in the sidecar (:mod:`.recipes`).
+"""
+
+from __future__ import annotations
+
+from .conditioning import Portrait
+from .generate import TalkingHeadPipeline
+from .preparation import Preparation
+
+
+class HalloPipeline(TalkingHeadPipeline):
+    """A Hallo checkpoint folder behind the pipeline interface, with Hallo's input preparation."""
+
+    def __init__(self, net, vae, audio, *, prep: Preparation, **kwargs):
+        super().__init__(net, vae, audio, identity="zeros", **kwargs)
+        self.prep = prep
+
+    def portrait(self, image, size: int | None = None, name: str = "portrait", regions=None) -> Portrait:
+        """Hallo's ``ImageProcessor.preprocess``: ``regions`` (known raw face/lip boxes of the photo,
+        e.g. the synthetic corpus) replace the landmarker and are expanded as Hallo's boxes are."""
+        size = self.check_size(size)
+        if regions is not None:
+            from ..face.hallo_prep import hallo_face_prep
+
+            face = hallo_face_prep(image, regions, size)
+            record = {"landmarks": {"ran": "given regions"}}
+        else:
+            face, rec = self.prep.hallo_face(image, size, source=name)
+            record = {"landmarks": rec}
+        ident, record["identity"] = self.prep.identity(image, self.cfg.image_embed_dim)
+        return Portrait(image=face.image, pixels=face.pixels, regions=face.regions.rescaled((size, size)),
+                        masks=face.masks, locator_input=face.locator_input, identity=ident, prep=record)
