@@ -368,5 +368,7 @@ def test_wave_errors(e2v):
         E.sample_emotions(torch.full((100,), float("nan")), e2v, clf)
     with pytest.raises(InputError, match="shape"):
         E.sample_emotions(torch.zeros(1, 2, 100), e2v, clf)
+    with pytest.raises(InputError, match=r"\(channels, N\)"):
+        E.sample_emotions(np.zeros((32000, 2), np.float32), e2v, clf)
     with pytest.raises(InputError, match="too short"):
         E.sample_emotions(torch.randn(40), e2v, clf)

@@ -99,6 +99,8 @@ def _first_channel(wave) -> torch.Tensor:
     else:
         raise InputError(f"expected the 16 kHz waveform as a numpy array or torch tensor, got {type(wave).__name__}")
     if t.ndim == 2:
+        if t.shape[0] > t.shape[1]:
+            raise InputError(f"a 2-D waveform must be (channels, N) as torchaudio reads it, got shape {tuple(t.shape)}")
         t = t[0]
     if t.ndim != 1:
         raise InputError(f"expected a waveform of shape (N,) or (channels, N), got shape {tuple(t.shape)}")
