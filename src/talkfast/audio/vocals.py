@@ -139,6 +139,11 @@ class MDXModel:
                     f"{digest}); only Kim_Vocal_2.onnx ({KIM_VOCAL_2_MD5}) is known. Use the original "
                     "Kim_Vocal_2.onnx, or pass its parameters (MDXParams) explicitly."
                 )
+        if params.primary_stem != "Vocals":
+            raise CheckpointError(
+                f"vocal separator model {path} separates {params.primary_stem!r} as its primary stem; only "
+                "models whose primary stem is 'Vocals' (as Kim_Vocal_2) are supported"
+            )
         self.path = path
         self.params = params
         try:
@@ -360,7 +365,11 @@ def load_mix(path: Path) -> np.ndarray:
 
 
 def ffmpeg_resample(src: Path, dst: Path, rate: int = TARGET_RATE) -> Path:
-    """The originals' ``resample_audio``: ``ffmpeg -y -v error -i SRC -ar RATE DST`` (imageio-ffmpeg's binary)."""
+    """The originals' ``resample_audio``: ``ffmpeg -y -v error -i SRC -ar RATE DST`` (imageio-ffmpeg's binary).
+
+    ``-nostdin`` is added (ffmpeg must not read our stdin); it does not change the output. Channels
+    and the WAV muxer's default codec (16-bit PCM) are ffmpeg's defaults, as in the originals.
+    """
     try:
         import imageio_ffmpeg
 
@@ -397,16 +406,23 @@ def _check_chain(chain: str) -> None:
         raise ValueError(f"chain must be 'hallo' or 'memo', got {chain!r}")
 
 
-def separate_mix(mix: np.ndarray, model: Callable[[np.ndarray], np.ndarray], params: MDXParams, chain: Chain) -> np.ndarray:
+def separate_mix(
+    mix: np.ndarray,
+    model: Callable[[np.ndarray], np.ndarray],
+    params: MDXParams,
+    chain: Chain,
+    inplace: bool = False,
+) -> np.ndarray:
     """Separator steps on a loaded [2, N] float32 mix -> the int16 [N, 2] vocals audio-separator writes.
 
     Input peak step, demix (x compensate), the primary-source peak step, write_audio's peak step, the
     silent-output check, int16 truncation. ``chain`` picks 0.17.2 (hallo: cap 0.9) or 0.24.1 (memo: cap
-    0.9, raise to 0.6).
+    0.9, raise to 0.6). ``inplace=True`` lets the input peak step scale ``mix`` itself (saves a copy).
     """
     _check_chain(chain)
     min_peak = AMPLIFICATION_THRESHOLD if chain == "memo" else None
-    mix = normalize_peak(np.array(mix, dtype=np.float32), NORMALIZATION_THRESHOLD, min_peak)
+    mix = np.asarray(mix, dtype=np.float32) if inplace else np.array(mix, dtype=np.float32)
+    mix = normalize_peak(mix, NORMALIZATION_THRESHOLD, min_peak)
     source = demix(mix, model, params)
     if not np.any(source):
         raise InputError("the vocal separator found no vocals (its output is silent)")
@@ -440,7 +456,7 @@ def separate_to_wav(
     source_file = path
     if chain == "memo":
         source_file = ffmpeg_resample(path, workdir / f"{path.name.split('.')[0] or 'audio'}-16k.wav")
-    vocals = separate_mix(load_mix(source_file), model, model.params, chain)
+    vocals = separate_mix(load_mix(source_file), model, model.params, chain, inplace=True)
     model_name = model.path.name.split(".")[0]
     out = workdir / f"{source_file.stem}_({model.params.primary_stem})_{model_name}.wav"
     _write_wav_int16(out, vocals, SAMPLE_RATE)
