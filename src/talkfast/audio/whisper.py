@@ -37,16 +37,9 @@ segments a clip needs (a small cache of recent segments), so memory is bounded b
 Differences from EchoMimic:
 
 * The maths is the same (pre-LN blocks, exact GELU, LayerNorm eps 1e-5); openai scales q and k by
-  ``head_dim ** -0.25`` each where HF scales q by ``head_dim ** -0.5``, so fp32 results agree to
-  rounding.
-* Half precision (``dtype`` fp16 or bf16): EchoMimic runs the encoder on an fp16 mel with its
-  fp32 weights, cast to the input's dtype per op (``Linear``/``Conv1d`` of its ``whisper/model.py``),
-  ``LayerNorm`` computed in fp32 with the fp32 weights and cast back, the attention softmax in
-  fp32 on fp16 ``q @ k`` (q and k each scaled by ``head_dim ** -0.25`` first), and the fp32
-  positional table added in fp32 and cast back. transformers' encoder in fp16 would keep fp16
-  weights, run LayerNorm and softmax in fp16 and clamp hidden states, so in half precision the
-  weights stay fp32 and :func:`echomimic_encoder_states` computes EchoMimic's order of operations
-  from the transformers module's parameters instead (fp32 keeps the transformers forward).
+  ``head_dim ** -0.25`` each, HF q by ``head_dim ** -0.5``: fp32 results agree to rounding.
+* Half precision (fp16/bf16): EchoMimic's rules (fp32 weights cast per op, LayerNorm and softmax in
+  fp32), via :mod:`talkfast.audio.whisper_half`, not transformers' fp16 forward.
 * Features are returned as float32 (EchoMimic hands fp16 to the UNet); cast them as needed.
 * Audio shorter than 320 samples (one 50 Hz row) raises :class:`InputError` (EchoMimic crashes).
 
@@ -72,13 +65,13 @@ import torch
 import torch.nn.functional as F
 
 from talkfast.audio.features import SAMPLE_RATE, _as_waveform
+from talkfast.audio.whisper_half import echomimic_encoder_states
 from talkfast.errors import CheckpointError, InputError
 
 __all__ = [
     "FEATURE_RATE", "WhisperFeatures", "WhisperStream", "convert_openai_state_dict", "hf_to_openai_key",
     "load_whisper_encoder", "openai_to_hf_key", "whisper_config_from_dims", "whisper_frame_count",
     "whisper_log_mel", "whisper_mel_filters", "whisper_rows", "whisper_window_rows", "whisper_windows",
-    "echomimic_encoder_states",
 ]
 
 N_FFT = 400
@@ -340,45 +333,6 @@ def load_whisper_encoder(path, device="cpu", dtype: torch.dtype = torch.float32)
     encoder.load_state_dict({hf[len("encoder."):]: t for hf, (_, t) in found.items()}, strict=True)
     encoder.requires_grad_(False)
     return encoder.to(device=device, dtype=dtype).eval()
-
-
-def _cast_linear(m, x: torch.Tensor) -> torch.Tensor:
-    return F.linear(x, m.weight.to(x.dtype), None if m.bias is None else m.bias.to(x.dtype))
-
-
-def _fp32_norm(m, x: torch.Tensor) -> torch.Tensor:
-    return F.layer_norm(x.float(), m.normalized_shape, m.weight.float(), m.bias.float(), m.eps).to(x.dtype)
-
-
-@torch.no_grad()
-def echomimic_encoder_states(encoder, mel: torch.Tensor) -> torch.Tensor:
-    """EchoMimic's ``AudioEncoder.forward(x, include_embeddings=True)`` embeddings in ``mel``'s dtype:
-    ``(B, n_ctx, n_layers + 1, D)`` (the positional-embedded input and every block's output, before
-    ``ln_post``), computed from a transformers ``WhisperEncoder``'s (fp32) parameters with
-    EchoMimic's precision rules (``src/models/whisper/whisper/model.py`` at a53e970): weights cast
-    to the input dtype per op, LayerNorm in fp32, softmax in fp32 on the ``head_dim ** -0.25``-scaled
-    ``q @ k``, the positional table added in fp32. ``mel`` (B, n_mels, 2 * n_ctx)."""
-    dt = mel.dtype
-    x = F.gelu(F.conv1d(mel, encoder.conv1.weight.to(dt), encoder.conv1.bias.to(dt), padding=1))
-    x = F.gelu(F.conv1d(x, encoder.conv2.weight.to(dt), encoder.conv2.bias.to(dt), stride=2, padding=1))
-    x = x.permute(0, 2, 1)
-    x = (x + encoder.embed_positions.weight[: x.shape[1]]).to(dt)
-    states = [x]
-    for layer in encoder.layers:
-        att = layer.self_attn
-        h = _fp32_norm(layer.self_attn_layer_norm, x)
-        b, n, d = h.shape
-        heads = int(att.num_heads)
-        scale = (d // heads) ** -0.25
-        q = _cast_linear(att.q_proj, h).view(b, n, heads, -1).permute(0, 2, 1, 3) * scale
-        k = _cast_linear(att.k_proj, h).view(b, n, heads, -1).permute(0, 2, 3, 1) * scale
-        v = _cast_linear(att.v_proj, h).view(b, n, heads, -1).permute(0, 2, 1, 3)
-        w = torch.softmax((q @ k).float(), dim=-1).to(q.dtype)
-        x = x + _cast_linear(att.out_proj, (w @ v).permute(0, 2, 1, 3).flatten(start_dim=2))
-        h = _fp32_norm(layer.final_layer_norm, x)
-        x = x + _cast_linear(layer.fc2, F.gelu(_cast_linear(layer.fc1, h)))
-        states.append(x)
-    return torch.stack(states, dim=2)
 
 
 # ----------------------------------------------------------------------------------------------
