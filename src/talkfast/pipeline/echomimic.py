@@ -5,8 +5,9 @@ What EchoMimic does (antgroup/echomimic at a53e970: ``infer_audio2vid.py`` and
 pipeline_echo_mimic.py`` / ``pipeline_echo_mimic_acc.py`` for the loop; echomimic_memo.md §1.3-1.5):
 
 1. whisper-tiny tokens per video frame (:class:`~talkfast.audio.whisper.WhisperStream`), L frames;
-2. the face box -> a square crop of the portrait (x1.5 box) resized to the model size, and the
-   face mask (box + 10 %) cropped the same way (:func:`~talkfast.face.masks.echomimic_face_mask`)
+2. the face box (facenet-pytorch's MTCNN on the BGR photo, :mod:`talkfast.face.mtcnn`) -> a square
+   crop of the portrait (x1.5 box, ``crop_and_pad``) resized with ``cv2.resize`` to the model size,
+   and the face mask (box + 10 %) cropped the same way (:func:`echomimic_portrait`)
    -> FaceLocator feature F, broadcast over frames; the unconditional half gets zeros;
 3. the reference UNet runs once on the portrait latent with t = 0 and no context; its banks are
    copied to both CFG halves (``TalkingHeadNet.write_reference(..., None)``);
