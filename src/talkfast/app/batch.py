@@ -286,7 +286,7 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("defaults for items that do not set them")
     g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     g.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 disables)")
-    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--seed", type=int, default=None, help="noise seed (default: the model's: 42; 420 for EchoMimic)")
     g.add_argument("--accel", default="auto",
                    help="auto (= balanced), quality, balanced, fast (the model's tuned setting, else the preset), "
                         "or off (default: auto)")

@@ -28,7 +28,7 @@ def _add_generate(sub) -> None:
                    help="replace an existing output (or .json beside it) that talkfast did not write")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, e.g. 40 for hallo)")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 disables)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=None, help="noise seed (default: the model's: 42; 420 for EchoMimic)")
     p.add_argument("--fps", type=int, default=None, help="output frame rate (default: 25; 24 for EchoMimic, 30 for MEMO)")
     p.add_argument("--size", type=int, default=None, help="output side in pixels (default: the model's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")

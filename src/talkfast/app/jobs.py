@@ -114,7 +114,7 @@ def run_batch(items: list[BatchItem], pipe, defaults: dict[str, Any], *, report_
                     warned.add(choice.warning)
                     log.warning("%s", choice.warning.removeprefix("warning: "))
                 opts = GenerateOptions(steps=choice.steps, guidance=settings.get("cfg"),
-                                       seed=settings.get("seed", 42), fps=settings.get("fps"))
+                                       seed=settings.get("seed"), fps=settings.get("fps"))
                 acc = build_accelerator(choice.accel) if choice.accel.method != "off" else None
                 result = pipe.generate(item.image, item.audio, item.output, opts, size=settings.get("size"),
                                        accelerator=acc, overwrite=overwrite,

@@ -37,10 +37,9 @@ segments a clip needs (a small cache of recent segments), so memory is bounded b
 Differences from EchoMimic:
 
 * The maths is the same (pre-LN blocks, exact GELU, LayerNorm eps 1e-5); openai scales q and k by
-  ``head_dim ** -0.25`` each where HF scales q by ``head_dim ** -0.5``, so fp32 results agree to
-  rounding. EchoMimic runs the encoder in fp16 with fp32 weights cast per op, LayerNorm and softmax
-  in fp32; HF in fp16 keeps fp16 weights, runs LayerNorm in fp16 and clamps hidden states at the
-  fp16 maximum - 1000: agreement to fp16 rounding, not bitwise.
+  ``head_dim ** -0.25`` each, HF q by ``head_dim ** -0.5``: fp32 results agree to rounding.
+* Half precision (fp16/bf16): EchoMimic's rules (fp32 weights cast per op, LayerNorm and softmax in
+  fp32), via :mod:`talkfast.audio.whisper_half`, not transformers' fp16 forward.
 * Features are returned as float32 (EchoMimic hands fp16 to the UNet); cast them as needed.
 * Audio shorter than 320 samples (one 50 Hz row) raises :class:`InputError` (EchoMimic crashes).
 
@@ -66,6 +65,7 @@ import torch
 import torch.nn.functional as F
 
 from talkfast.audio.features import SAMPLE_RATE, _as_waveform
+from talkfast.audio.whisper_half import echomimic_encoder_states
 from talkfast.errors import CheckpointError, InputError
 
 __all__ = [
@@ -415,7 +415,10 @@ class WhisperFeatures(torch.nn.Module):
     def __init__(self, checkpoint: str | Path, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, *, fps: float = 24.0) -> None:
         super().__init__()
-        self.encoder = load_whisper_encoder(checkpoint, device=device, dtype=dtype)
+        # half precision: fp32 weights cast per op, as EchoMimic runs it (echomimic_encoder_states)
+        self.compute_dtype = dtype
+        self.encoder = load_whisper_encoder(checkpoint, device=device,
+                                            dtype=torch.float32 if self.half else dtype)
         cfg = self.encoder.config
         self.fps = _check_fps(fps)
         self.layers = int(cfg.encoder_layers) + 1
@@ -437,8 +440,13 @@ class WhisperFeatures(torch.nn.Module):
         return self.encoder.conv1.weight.device
 
     @property
+    def half(self) -> bool:
+        return self.compute_dtype in (torch.float16, torch.bfloat16)
+
+    @property
     def dtype(self) -> torch.dtype:
-        return self.encoder.conv1.weight.dtype
+        """The dtype the encoder computes in (its weights stay fp32 in half precision)."""
+        return self.compute_dtype if self.half else self.encoder.conv1.weight.dtype
 
     def log_mel(self, waveform) -> torch.Tensor:
         """Whole-file normalised log-mel ``(n_mels, N // 160)`` (step 2)."""
@@ -452,6 +460,8 @@ class WhisperFeatures(torch.nn.Module):
         if mel.ndim != 2 or not 0 < n <= self.segment_frames:
             raise InputError(f"expected a mel segment (n_mels, 1..{self.segment_frames}), got {tuple(mel.shape)}")
         x = F.pad(mel, (0, self.segment_frames - n))[None].to(device=self.device, dtype=self.dtype)
+        if self.half:
+            return echomimic_encoder_states(self.encoder, x)[0, : n // 2].float()
         captured = []
         hook = self.encoder.layer_norm.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
         try:

@@ -40,7 +40,7 @@ from talkfast.face.detect import Box, FaceRegions
 
 __all__ = [
     "MaskSet", "build_masks", "face_locator_image", "token_mask", "scaled_kernel",
-    "echomimic_crop_rect", "echomimic_face_mask",
+    "echomimic_crop_rect", "echomimic_face_mask", "echomimic_crop",
 ]
 
 
@@ -299,6 +299,7 @@ def echomimic_face_mask(
     dilation: float = 0.1,
     crop_dilation: float = 0.5,
     uint8: bool = False,
+    wrap: bool = False,
 ) -> torch.Tensor:
     """EchoMimic v1's FaceLocator input: float32 ``(1, H, W)`` in ``[0, 1]`` (``size`` an int or ``(W, H)``).
 
@@ -310,7 +311,9 @@ def echomimic_face_mask(
 
     **Deviation:** EchoMimic writes the rectangle by numpy slicing, so a padded start above or left
     of the image (a face near the top or left edge) is a negative index that wraps around and can
-    leave the mask wrong or empty. Here the rectangle is clipped to the image instead. EchoMimic
+    leave the mask wrong or empty. Here the rectangle is clipped to the image instead (``wrap=True``
+    writes it with EchoMimic's slice ``[rb - r_pad : re + r_pad, cb - c_pad : ce + c_pad]`` as it is,
+    negative starts included). EchoMimic
     also resizes an 8-bit 0/255 map (edges rounded to 1/255); by default this stays in float32
     (differences below 1/255, as in Hallo's masks above); ``uint8=True`` resizes the 0/255 map as
     EchoMimic does.
@@ -337,12 +340,37 @@ def echomimic_face_mask(
         raise ValueError(f"the face box {rounded} gives an empty crop of a {w}x{h} image")
     cb, rb, ce, re_ = rounded
     pad_r, pad_c = int((re_ - rb) * dilation), int((ce - cb) * dilation)
-    r0, r1 = max(rb - pad_r, 0), min(re_ + pad_r, h)  # clipped: EchoMimic wraps negative starts
-    c0, c1 = max(cb - pad_c, 0), min(ce + pad_c, w)
-    crop = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8 if uint8 else np.float32)
-    r0, r1 = min(max(r0 - y0, 0), y1 - y0), min(max(r1 - y0, 0), y1 - y0)
-    c0, c1 = min(max(c0 - x0, 0), x1 - x0), min(max(c1 - x0, 0), x1 - x0)
-    crop[r0:r1, c0:c1] = 255 if uint8 else 1.0
+    if wrap:  # EchoMimic's own slicing of the full-size map (a negative start counts from the end)
+        full = np.zeros((h, w), dtype=np.uint8 if uint8 else np.float32)
+        full[rb - pad_r : re_ + pad_r, cb - pad_c : ce + pad_c] = 255 if uint8 else 1.0
+        crop = full[y0:y1, x0:x1]
+    else:
+        r0, r1 = max(rb - pad_r, 0), min(re_ + pad_r, h)  # clipped: EchoMimic wraps negative starts
+        c0, c1 = max(cb - pad_c, 0), min(ce + pad_c, w)
+        crop = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8 if uint8 else np.float32)
+        r0, r1 = min(max(r0 - y0, 0), y1 - y0), min(max(r1 - y0, 0), y1 - y0)
+        c0, c1 = min(max(c0 - x0, 0), x1 - x0), min(max(c1 - x0, 0), x1 - x0)
+        crop[r0:r1, c0:c1] = 255 if uint8 else 1.0
     resized = cv2.resize(crop, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
     out = resized.astype(np.float32) / 255.0 if uint8 else np.clip(resized, 0.0, 1.0)
     return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))[None]
+
+
+def echomimic_crop(image: np.ndarray, box, size: int | tuple[int, int] = 512) -> np.ndarray | None:
+    """EchoMimic's reference crop of a uint8 ``(H, W)`` or ``(H, W, C)`` array: the square of
+    :func:`echomimic_crop_rect` (``crop_and_pad``'s slice) resized to ``size`` (an int or ``(W, H)``)
+    with ``cv2.resize``'s default bilinear filter (``INTER_LINEAR``), as ``infer_audio2vid.py`` does.
+    None without a face (EchoMimic then keeps the whole image; the pipeline squashes it)."""
+    arr = np.asarray(image)
+    if arr.ndim not in (2, 3) or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"expected an (H, W) or (H, W, C) image, got shape {arr.shape}")
+    out_w, out_h = (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(v) for v in size)
+    if out_w < 1 or out_h < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    rect = echomimic_crop_rect(box, (arr.shape[1], arr.shape[0]))
+    if rect is None:
+        return None
+    x0, y0, x1, y1 = rect
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"the face box {box!r} gives an empty crop of a {arr.shape[1]}x{arr.shape[0]} image")
+    return cv2.resize(np.ascontiguousarray(arr[y0:y1, x0:x1]), (out_w, out_h), interpolation=cv2.INTER_LINEAR)

@@ -5,8 +5,9 @@ What EchoMimic does (antgroup/echomimic at a53e970: ``infer_audio2vid.py`` and
 pipeline_echo_mimic.py`` / ``pipeline_echo_mimic_acc.py`` for the loop; echomimic_memo.md §1.3-1.5):
 
 1. whisper-tiny tokens per video frame (:class:`~talkfast.audio.whisper.WhisperStream`), L frames;
-2. the face box -> a square crop of the portrait (x1.5 box) resized to the model size, and the
-   face mask (box + 10 %) cropped the same way (:func:`~talkfast.face.masks.echomimic_face_mask`)
+2. the face box (facenet-pytorch's MTCNN on the BGR photo, :mod:`talkfast.face.mtcnn`) -> a square
+   crop of the portrait (x1.5 box, ``crop_and_pad``) resized with ``cv2.resize`` to the model size,
+   and the face mask (box + 10 %) cropped the same way (:func:`echomimic_portrait`)
    -> FaceLocator feature F, broadcast over frames; the unconditional half gets zeros;
 3. the reference UNet runs once on the portrait latent with t = 0 and no context; its banks are
    copied to both CFG halves (``TalkingHeadNet.write_reference(..., None)``);
@@ -26,10 +27,12 @@ before the next starts. Audio up to ``max_frames`` frames is therefore EchoMimic
 longer audio has no temporal coupling across a chunk boundary (a visible cut is possible there).
 
 Other differences: the noise is drawn in fp32 from talkfast's seeded CPU generator and then cast
-(EchoMimic draws fp16 from ``torch.manual_seed(420)``); the portrait crop is resized with PIL's
-bilinear filter (EchoMimic: ``cv2.resize``); with no face found the portrait is centre-cropped
-and the mask is all ones (EchoMimic keeps the uncropped source); the window outputs are always
-divided by the counter (see :mod:`talkfast.sampling.windows`).
+(EchoMimic draws fp16 from ``torch.manual_seed(420)``; the seed default is EchoMimic's 420 here
+too); the face box is MTCNN's (:mod:`talkfast.face.mtcnn`), the crop and mask EchoMimic's
+(:func:`echomimic_portrait`), except that a mask box past the top/left edge is clipped where
+EchoMimic's slice wraps; without guidance the window sums are not divided by the counter in the
+default/pose variants, and divided in the acc variants, as EchoMimic's pipelines do
+(:mod:`talkfast.sampling.windows`).
 
 Pose variants (``infer_audio2vid_pose.py`` / ``pipeline_echo_mimic_pose.py``): the FaceLocator reads
 per-frame face-mesh drawings instead of the face mask (:mod:`talkfast.face.pose`: EchoMimic's
@@ -62,16 +65,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
 from .. import __version__
-from ..errors import InputError
-from ..face.detect import FaceRegions, detect_face
-from ..face.masks import echomimic_crop_rect, echomimic_face_mask
+from ..errors import CheckpointError, InputError
+from ..face.detect import Box, FaceRegions, detect_face, lip_prior, portrait_prior
+from ..face.masks import echomimic_crop, echomimic_face_mask
+from ..face.mtcnn import echomimic_face_box, load_mtcnn
 from ..face.pose import PoseSequence
 from ..io.audio import load_audio
-from ..io.image import load_image, square_crop, to_tensor, to_uint8
+from ..io.image import load_image, to_tensor, to_uint8
 from ..io.video import VideoWriter, check_output_path, remove_stale_temporaries
 from ..models.unet import UNetCond
 from ..sampling.loop import StepPlanner, denoise
@@ -95,6 +100,7 @@ ECHOMIMIC_FPS = 24
 WINDOW_FRAMES, WINDOW_OVERLAP = 12, 3  # --context_frames, --context_overlap
 NOISE_CLAMP = 1.5
 MAX_FRAMES = 1200  # EchoMimic's -L default; here the chunk length
+ECHOMIMIC_SEED = 420  # infer_audio2vid*.py --seed default
 
 
 @dataclass
@@ -105,19 +111,54 @@ class EchoPortrait:
     regions: FaceRegions  # as detected on the source image
 
 
-def echomimic_portrait(image: Image.Image, size: int) -> EchoPortrait:
-    """EchoMimic's square face crop of ``image`` and its face mask, both ``size`` x ``size``."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        regions = detect_face(image)
-    for w in caught:
-        log.warning("portrait: %s", w.message)
-    rect = echomimic_crop_rect(regions, image.size)
-    if rect is None:
-        square = square_crop(image, size)
-    else:
-        square = image.crop(rect).resize((size, size), Image.Resampling.BILINEAR)
-    mask = echomimic_face_mask(regions, image.size, size)
+def _mtcnn_regions(rgb: np.ndarray, detector=None, source: str | None = None) -> FaceRegions:
+    """EchoMimic's face box (MTCNN on the BGR array, prob > 0.8, largest, np.round) as FaceRegions;
+    without facenet-pytorch: talkfast's Haar detector, with one warning."""
+    h, w = rgb.shape[:2]
+    try:
+        det = detector if detector is not None else load_mtcnn()
+    except CheckpointError as exc:
+        log.warning("portrait: %s; using talkfast's Haar face detector instead (the crop differs from EchoMimic's)",
+                    exc)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            regions = detect_face(rgb, source=source)
+        for c in caught:
+            log.warning("portrait: %s", c.message)
+        return regions
+    box = echomimic_face_box(np.ascontiguousarray(rgb[:, :, ::-1]), det)  # cv2.imread's BGR order
+    if box is None:
+        log.warning("portrait: no face found in %s; EchoMimic's fallback: the whole photo, an all-ones face mask",
+                    source or "the image")
+        face = portrait_prior(w, h)
+        return FaceRegions(face=face, lip=lip_prior(face), image_size=(w, h), detected=False, method="mtcnn:none")
+    face = Box(*box)  # EchoMimic's rounded box, in source pixels (not clipped: the crop clips)
+    return FaceRegions(face=face, lip=lip_prior(face).clip(w, h), image_size=(w, h), detected=True,
+                       method="mtcnn:facenet-pytorch")
+
+
+def echomimic_portrait(image: Image.Image, size: int, *, detector=None, source: str | None = None) -> EchoPortrait:
+    """EchoMimic's reference image and face mask, both ``size`` x ``size`` (``infer_audio2vid.py``):
+
+    * the face box of :func:`talkfast.face.mtcnn.echomimic_face_box` (facenet-pytorch's MTCNN on the
+      BGR array; ``detector`` an :class:`~talkfast.face.mtcnn.MTCNN`, default EchoMimic's);
+    * a face: the square of ``crop_and_pad`` resized with ``cv2.resize`` (bilinear,
+      :func:`~talkfast.face.masks.echomimic_crop`) and the 0/255 mask cropped and resized the same way
+      (:func:`~talkfast.face.masks.echomimic_face_mask` with ``uint8=True``), /255;
+    * no face: the whole photo squashed to ``size`` x ``size`` as the pipeline's ``VaeImageProcessor``
+      does (PIL Lanczos) and an all-ones mask (EchoMimic's all-255 mask at the photo's size, which
+      only fits the latent for a photo of the model size; here it has the model size);
+    * **kept deviation**: a face whose padded mask box starts above or left of the photo gets the
+      clipped rectangle, not EchoMimic's wrapped (often empty) slice (see ``echomimic_face_mask``).
+
+    Without facenet-pytorch the box is talkfast's Haar detector's (one warning).
+    """
+    rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    regions = _mtcnn_regions(rgb, detector, source)
+    crop = echomimic_crop(rgb, regions if regions.detected else None, size)
+    square = (Image.fromarray(crop) if crop is not None
+              else image.convert("RGB").resize((size, size), Image.Resampling.LANCZOS))
+    mask = echomimic_face_mask(regions, image.size, size, uint8=True)
     return EchoPortrait(square, to_tensor(square), mask, regions)
 
 
@@ -167,6 +208,7 @@ class EchoMimicPipeline(TalkingHeadPipeline):
         steps, guidance = ECHOMIMIC_SAMPLING[self.variant]
         o = replace(o, steps=steps if o.steps is None else o.steps,
                     guidance=guidance if o.guidance is None else o.guidance,
+                    seed=ECHOMIMIC_SEED if o.seed is None else o.seed,
                     hallo_context_tiling=False, motion_source="reference")
         return o.resolved(self.cfg.name, fps=self.default_fps)
 
@@ -175,7 +217,7 @@ class EchoMimicPipeline(TalkingHeadPipeline):
         """The step predictor over ``length`` frames; ``face`` (1, C0, 1, h, w), ``tokens`` (length, T, D)."""
         run = window_model(self.net, tokens, face, guidance > 1.0, self.dtype)
         return WindowedPredictor(run, timesteps, length, guidance, size=WINDOW_FRAMES, overlap=WINDOW_OVERLAP,
-                                 shift=self.shift)
+                                 shift=self.shift, average_unguided=self.variant.endswith("acc"))
 
     def initial_noise(self, frames: int, h: int, w: int, gen: torch.Generator) -> torch.Tensor:
         noise = torch.randn((1, self.cfg.latent_channels, frames, h, w), generator=gen)
@@ -207,7 +249,7 @@ class EchoMimicPipeline(TalkingHeadPipeline):
                     if output is not None else None)
         if out_path is not None and remove_stale_temporaries(out_path):
             log.warning("%s: removed the temporary files of an interrupted run", out_path)
-        por = echomimic_portrait(image, size)
+        por = echomimic_portrait(image, size, source=str(source_image) if isinstance(source_image, (str, Path)) else None)
         stream = self.audio.stream(audio)
         frames_total = stream.num_frames(opts.fps)
         poses = None

@@ -45,6 +45,7 @@ SAMPLING_DEFAULTS = {"hallo": (40, 3.5), "small": (15, 3.5), "tiny": (4, 2.0), "
 # images with the image contexts in Hallo's interleaved order (MEMO does both the same way).
 RELEASED_CHAINING = ("hallo", "memo", "memo_tiny")
 # Ranges of the sampling options (GenerateOptions.resolved; the batch manifest's columns too).
+DEFAULT_SEED = 42  # Hallo's scripts/inference.py and MEMO's inference.py (EchoMimic: ECHOMIMIC_SEED, 420)
 MAX_STEPS = 1000  # the scheduler's training timesteps
 MAX_GUIDANCE = 30.0
 MOTION_WEIGHTS = (0.0, 10.0)  # --pose-weight, --face-weight, --lip-weight
@@ -71,7 +72,7 @@ def half_layout(n: int, halves: tuple[int, ...], guided: bool = True) -> ItemLay
 class GenerateOptions:
     steps: int | None = None  # None: the preset's default
     guidance: float | None = None
-    seed: int = 42
+    seed: int | None = None  # None: the family's default (42; EchoMimic 420, set by its pipeline's resolve)
     fps: int | None = None  # None: the pipeline's (25; EchoMimic 24, MEMO 30)
     motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
     hallo_context_tiling: bool | None = None  # None: True for the hallo and memo presets (as released), else False
@@ -91,6 +92,7 @@ class GenerateOptions:
         out.fps = self.fps if self.fps is not None else fps
         out.steps = self.steps if self.steps is not None else steps
         out.guidance = self.guidance if self.guidance is not None else guidance
+        out.seed = self.seed if self.seed is not None else DEFAULT_SEED
         if out.hallo_context_tiling is None:
             out.hallo_context_tiling = preset in RELEASED_CHAINING
         if out.motion_source is None:

@@ -22,8 +22,10 @@ hooks ``for_window(window, frames, length)`` / ``after_windows()`` (the accelera
 caches) is asked for the plan of each window (``windows``: the window number, ``frames``: (n, f)
 absolute frame indices per item) and told when the call's windows are done.
 
-Difference from EchoMimic: without guidance its non-acc pipeline adds the windows up but never
-divides by the counter (the acc pipeline divides); here the average is always taken.
+Without guidance EchoMimic's non-acc pipelines (``pipeline_echo_mimic.py``,
+``pipeline_echo_mimic_pose.py``) add the windows up and never divide by the counter (frames in
+two windows get the sum of both outputs); the acc pipelines divide. ``average_unguided=False``
+reproduces the former; the default (True) always takes the average.
 """
 
 from __future__ import annotations
@@ -61,16 +63,19 @@ class WindowedPredictor:
     are the scheduler's (step i has timestep ``timesteps[i]``); ``guidance`` > 1 enables CFG.
     ``model_output(latents, t, plan, halves)`` is the window-averaged raw output of the listed
     halves (what guidance reuse and the CFG-splitting wrappers read); ``calls`` counts window calls.
+    ``average_unguided=False`` (EchoMimic's non-acc pipelines): without CFG the window outputs are
+    summed, not averaged.
     """
 
     def __init__(self, window_output: WindowOutput, timesteps, length: int, guidance: float, *,
-                 size: int = 12, overlap: int = 3, shift: int = 2) -> None:
+                 size: int = 12, overlap: int = 3, shift: int = 2, average_unguided: bool = True) -> None:
         self.window_output = window_output
         self.length, self.shift = int(length), int(shift)
         self.windows = uniform_windows(self.length, size, overlap)
         self.step_of = {int(v): i for i, v in enumerate(torch.as_tensor(timesteps).tolist())}
         self._predict = guided(self.model_output, guidance)
         self.guidance = self._predict.guidance
+        self.average_unguided = bool(average_unguided)
         self.calls = 0
 
     def step_index(self, t: torch.Tensor) -> list[int]:
@@ -108,6 +113,8 @@ class WindowedPredictor:
             counter[rows.to(latents.device), dev_idx] += 1
         if hooks and hasattr(plan, "after_windows"):
             plan.after_windows()
+        if self.guidance is None and not self.average_unguided:
+            return total  # EchoMimic's non-acc pipelines without CFG: noise_pred, never / counter
         scale = counter.repeat(k, 1)[:, None, :, None, None]
         return total / scale
 
