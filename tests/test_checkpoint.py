@@ -23,22 +23,27 @@ ROOT = Path(__file__).resolve().parents[1]
 TOY_HALLO = TINY.replace(name="hallo", audio_features="wav2vec2", audio_layers=2, audio_feature_dim=32)
 
 
-@pytest.fixture
-def hallo_folder(tmp_path, monkeypatch):
+def write_hallo_folder(root: Path, cfg, monkeypatch):
+    """A toy ``pretrained_models`` folder of the ``cfg`` model (loaded as 'hallo'); returns its net."""
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    monkeypatch.setattr(loading, "get_preset", lambda name: TOY_HALLO)
+    monkeypatch.setattr(loading, "get_preset", lambda name: cfg)
     torch.manual_seed(0)
-    net = loading.build_net(TOY_HALLO).eval().requires_grad_(False)
-    vae = AutoencoderKL(**loading.small_vae_config(TOY_HALLO))
-    (tmp_path / "hallo").mkdir()
-    torch.save(net.state_dict(), tmp_path / "hallo" / "net.pth")
-    vae.save_pretrained(tmp_path / "sd-vae-ft-mse")
+    net = loading.build_net(cfg).eval().requires_grad_(False)
+    vae = AutoencoderKL(**loading.small_vae_config(cfg))
+    (root / "hallo").mkdir(parents=True)
+    torch.save(net.state_dict(), root / "hallo" / "net.pth")
+    vae.save_pretrained(root / "sd-vae-ft-mse")
     w2v = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
                          conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2),
                          num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
-    Wav2Vec2Model(w2v).save_pretrained(tmp_path / "wav2vec" / "wav2vec2-base-960h")
-    return tmp_path, net
+    Wav2Vec2Model(w2v).save_pretrained(root / "wav2vec" / "wav2vec2-base-960h")
+    return net
+
+
+@pytest.fixture
+def hallo_folder(tmp_path, monkeypatch):
+    return tmp_path, write_hallo_folder(tmp_path, TOY_HALLO, monkeypatch)
 
 
 def test_hallo_folder_loads_strictly_and_generates(hallo_folder, tmp_path):

@@ -48,8 +48,14 @@ def _add_generate(sub) -> None:
                         "drawn frames; at least as many frames as the video")
     p.add_argument("--emotion", default=None,
                    help="MEMO checkpoints: the emotion of the speech, one of angry, disgusted, fearful, happy, "
-                        "neutral, other, sad, surprised, unknown (default: neutral; MEMO's own emotion2vec "
-                        "labelling is not available offline)")
+                        "neutral, other, sad, surprised, unknown, for the whole video (default: MEMO's own labels "
+                        "per clip from emotion2vec_plus_large and misc/audio_emotion_classifier where found, "
+                        "else neutral)")
+    p.add_argument("--prep", action="append", default=None, metavar="STEP=PATH",
+                   help="Hallo / EchoMimic / MEMO checkpoints: read a preparation step's model from PATH instead "
+                        "of the checkpoint folder, or STEP=none to skip it (its fallback runs); steps: landmarks "
+                        "(MediaPipe .task), identity (insightface models folder), vocals (Kim_Vocal_2.onnx), "
+                        "emotion (emotion2vec_plus_large folder), face_box (EchoMimic's MTCNN: none only)")
     p.add_argument("--random-weights", action="store_true", help="random weights (a smoke test; the video is noise)")
     p.add_argument("--model", default="small", help="preset for --random-weights: small, tiny")
     p.add_argument("--pose-weight", type=float, default=1.0)
@@ -148,6 +154,7 @@ def cmd_generate(args) -> int:
     from ..accelerators import build_accelerator
     from ..pipeline.generate import GenerateOptions
     from ..pipeline.loader import load_pipeline
+    from ..pipeline.recipes import parse_overrides
 
     accel = accel_config(args)
     par, extra = None, {}
@@ -157,7 +164,8 @@ def cmd_generate(args) -> int:
         par = ParallelRun.from_env(args.parallel, args.device)
         args.device, args.quiet = par.device, args.quiet or par.rank != 0
     pipe = load_pipeline(args.checkpoint, random_weights=args.random_weights, preset=args.model,
-                         device=args.device, dtype=args.dtype, variant=args.variant, emotion=args.emotion)
+                         device=args.device, dtype=args.dtype, variant=args.variant, emotion=args.emotion,
+                         prep=parse_overrides(args.prep))
     choice = args.accel_choice
     if (getattr(pipe, "windowed", False) and args.accel == "auto" and accel == choice.accel
             and choice.source != "tuned"):

@@ -21,6 +21,8 @@ package. A missing, unreadable, truncated or foreign file (not a MediaPipe task 
 
 from __future__ import annotations
 
+import atexit
+import weakref
 import zipfile
 from pathlib import Path
 
@@ -93,6 +95,7 @@ class FaceLandmarker:
         except Exception as err:  # MediaPipe raises RuntimeError / ValueError / OSError for bad bundles
             raise CheckpointError(f"MediaPipe cannot load the face landmarker model {self.path}: {err}") from err
         self._mp = mp
+        _OPEN.add(self)
 
     def landmarks(self, rgb: np.ndarray) -> np.ndarray | None:
         """Landmarks of the (single) face in an RGB ``uint8`` ``(H, W, 3)`` image.
@@ -132,6 +135,8 @@ class FaceLandmarker:
         return np.array([[p.x * width, p.y * height] for p in faces[0]], dtype=np.float64)
 
     def close(self) -> None:
+        """Release MediaPipe's graph (also done at interpreter exit for every landmarker still
+        open: MediaPipe's own finaliser fails once its C bindings are torn down)."""
         if getattr(self, "_landmarker", None) is not None:
             self._landmarker.close()
             self._landmarker = None
@@ -147,3 +152,12 @@ class FaceLandmarker:
             self.close()
         except Exception:  # noqa: BLE001 (interpreter shutdown)
             pass
+
+
+_OPEN: "weakref.WeakSet[FaceLandmarker]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_landmarkers() -> None:
+    for landmarker in list(_OPEN):
+        landmarker.close()

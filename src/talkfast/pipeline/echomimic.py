@@ -113,13 +113,17 @@ class EchoPortrait:
 
 def _mtcnn_regions(rgb: np.ndarray, detector=None, source: str | None = None) -> FaceRegions:
     """EchoMimic's face box (MTCNN on the BGR array, prob > 0.8, largest, np.round) as FaceRegions;
-    without facenet-pytorch: talkfast's Haar detector, with one warning."""
+    without facenet-pytorch: talkfast's Haar detector, with one warning (``detector="haar"``: the
+    Haar detector, the plan's fallback already said so)."""
     h, w = rgb.shape[:2]
     try:
+        if detector == "haar":
+            raise CheckpointError("MTCNN skipped (--prep face_box=none)")
         det = detector if detector is not None else load_mtcnn()
     except CheckpointError as exc:
-        log.warning("portrait: %s; using talkfast's Haar face detector instead (the crop differs from EchoMimic's)",
-                    exc)
+        if detector != "haar":
+            log.warning("portrait: %s; using talkfast's Haar face detector instead (the crop differs from "
+                        "EchoMimic's)", exc)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             regions = detect_face(rgb, source=source)
@@ -194,7 +198,7 @@ class EchoMimicPipeline(TalkingHeadPipeline):
     windowed = True  # its predictor runs shifting context windows (talkfast.sampling.windows)
 
     def __init__(self, net, vae, audio, *, variant: str = "default", device="cpu", dtype=torch.float32,
-                 source: str = "", max_frames: int = MAX_FRAMES):
+                 source: str = "", max_frames: int = MAX_FRAMES, prep=None):
         if variant not in ECHOMIMIC_SAMPLING:
             raise ValueError(f"unknown EchoMimic variant {variant!r}; choose one of {sorted(ECHOMIMIC_SAMPLING)}")
         super().__init__(net, vae, audio, device=device, dtype=dtype, identity="none", source=source)
@@ -202,6 +206,7 @@ class EchoMimicPipeline(TalkingHeadPipeline):
         self.pose = variant.startswith("pose")
         self.shift = 3 if self.pose else 2
         self.max_frames = int(max_frames)
+        self.prep = prep  # a .recipes.PrepPlan (EchoMimic's folder) or None: MTCNN where facenet-pytorch is installed
 
     def resolve(self, options: GenerateOptions | None = None) -> GenerateOptions:
         o = options or GenerateOptions()
@@ -249,7 +254,9 @@ class EchoMimicPipeline(TalkingHeadPipeline):
                     if output is not None else None)
         if out_path is not None and remove_stale_temporaries(out_path):
             log.warning("%s: removed the temporary files of an interrupted run", out_path)
-        por = echomimic_portrait(image, size, source=str(source_image) if isinstance(source_image, (str, Path)) else None)
+        haar = self.prep is not None and self.prep.path("face_box") is None
+        por = echomimic_portrait(image, size, source=str(source_image) if isinstance(source_image, (str, Path)) else None,
+                                 detector="haar" if haar else None)
         stream = self.audio.stream(audio)
         frames_total = stream.num_frames(opts.fps)
         poses = None
@@ -274,6 +281,8 @@ class EchoMimicPipeline(TalkingHeadPipeline):
             "windows": {"frames": WINDOW_FRAMES, "overlap": WINDOW_OVERLAP, "shift": self.shift},
             "pose": None if poses is None else {"source": str(poses.path), "frames": len(poses)},
             "options": asdict(opts), **(extra_sidecar or {}),
+            "preparation": {"face_box": {**(self.prep.record()["face_box"] if self.prep is not None else {}),
+                                         "method": por.regions.method, "face_found": por.regions.detected}},
         }
         with guarded_run(self, accelerator, por) as run:
             writer = None

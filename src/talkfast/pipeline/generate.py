@@ -282,15 +282,22 @@ class TalkingHeadPipeline:
             "masks": tuple([m.to(dev, dt)[None] for m in kind] for kind in (por.masks.full, por.masks.face, por.masks.lip)),
         }
 
+    def prepare_speech(self, audio, fps: float) -> tuple:
+        """``(speech, clip_emotions, record)``: the audio the features read (here the loaded audio
+        itself; Hallo and MEMO folders: the separated vocals), per-clip emotion labels (None) and
+        the sidecar's record of it (empty: talkfast's own models keep their own preparation)."""
+        return audio, None, {}
+
     def audio_tokens(self, feats: torch.Tensor) -> torch.Tensor:
         """One clip's audio features (F, ...) -> the projected audio tokens (1, F, T, D), in the
         pipeline dtype (Hallo runs ``audioproj`` with the rest of the network)."""
         return self.net.audioproj(feats[None].to(self.dtype))
 
     def make_predictor(self, pc: dict, audio_tokens: torch.Tensor, guidance: float,
-                       motion_scale) -> Callable[[torch.Tensor, torch.Tensor, StagePlan | None], torch.Tensor]:
+                       motion_scale, clip: int = 0) -> Callable[[torch.Tensor, torch.Tensor, StagePlan | None], torch.Tensor]:
         """predict(latents (n,...), timesteps (n,), plan) -> CFG-combined model output (n,...);
-        ``pc`` comes from :meth:`portrait_conditioning`."""
+        ``pc`` comes from :meth:`portrait_conditioning`; ``clip``: the clip's index (MEMO's
+        per-clip emotion)."""
         net, dt = self.net, self.dtype
         cfg_on = guidance > 1.0
         ctx_u, ctx_c = pc["context"][:1], pc["context"][1:]
@@ -357,6 +364,7 @@ class TalkingHeadPipeline:
             log.warning("%s: removed the temporary files of an interrupted run", out_path)
         por = self.portrait(image, size, name=str(source_image) if isinstance(source_image, (str, Path)) else "portrait",
                             regions=regions)
+        speech, clip_emotions, speech_record = self.prepare_speech(audio, opts.fps)
         frames_total = audio.num_frames(opts.fps)
         F, M = self.cfg.clip_frames, self.cfg.motion_frames
         clips = math.ceil(frames_total / F)
@@ -373,7 +381,7 @@ class TalkingHeadPipeline:
             "dtype": str(self.dtype).replace("torch.", ""), "face_detected": por.regions.detected,
             "face_box": list(por.regions.face.to_int()), "lip_box": list(por.regions.lip.to_int()),
             "options": asdict(opts), "threads": torch.get_num_threads(), **self.sidecar_extras(),
-            **({"preparation": por.prep} if por.prep else {}),
+            **({"preparation": {**por.prep, **speech_record}} if por.prep or speech_record else {}),
             **(extra_sidecar or {}),
         }
         with guarded_run(self, accelerator, por) as run:
@@ -390,6 +398,7 @@ class TalkingHeadPipeline:
             h = w = por.image.size[0] // self.cfg.vae_scale_factor
             with stage("prepare"):
                 pc = self.portrait_conditioning(por)
+            pc["emotions"] = clip_emotions
             # with the portrait as every clip's motion frames the reference features never change:
             # the ReferenceNet runs once per generation instead of once per clip
             fixed_reference = opts.motion_source == "reference"
@@ -426,9 +435,9 @@ class TalkingHeadPipeline:
                         with stage("reference"):
                             self.net.update_motion_memory(reset=c == 0)
                     with stage("audio"):
-                        feats = self.audio.clip(audio, c * F, F, fps=opts.fps).to(self.device)
+                        feats = self.audio.clip(speech, c * F, F, fps=opts.fps).to(self.device)
                         tokens = self.audio_tokens(feats)
-                    predict = self.make_predictor(pc, tokens, opts.guidance, opts.motion_scale)
+                    predict = self.make_predictor(pc, tokens, opts.guidance, opts.motion_scale, clip=c)
                     if wrap_predictor is not None:
                         predict = wrap_predictor(predict)
                     noise = torch.randn((1, self.cfg.latent_channels, F, h, w), generator=gen).to(self.device, self.dtype)

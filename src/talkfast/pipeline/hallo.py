@@ -38,3 +38,7 @@ class HalloPipeline(TalkingHeadPipeline):
         ident, record["identity"] = self.prep.identity(image, self.cfg.image_embed_dim)
         return Portrait(image=face.image, pixels=face.pixels, regions=face.regions.rescaled((size, size)),
                         masks=face.masks, locator_input=face.locator_input, identity=ident, prep=record)
+
+    def prepare_speech(self, audio, fps: float) -> tuple:
+        """Hallo's vocal separation (Kim_Vocal_2 through MDX-Net, then 16 kHz) before wav2vec2."""
+        return self.prep.speech(audio, "hallo", fps)

@@ -88,7 +88,8 @@ def _missing_folder(root: Path, names: tuple[str, ...], what: str) -> list[str]:
     return [f"{what} folder (config.json + weights): one of " + ", ".join(str(root / v) for v in names)]
 
 
-def load_echomimic_pipeline(root: str | Path, variant: str, device: torch.device, dtype: torch.dtype):
+def load_echomimic_pipeline(root: str | Path, variant: str, device: torch.device, dtype: torch.dtype,
+                            prep: dict[str, str] | None = None):
     """An :class:`~talkfast.pipeline.echomimic.EchoMimicPipeline` from EchoMimic's
     ``pretrained_weights`` folder: the variant's four .pth files, ``audio_processor/whisper_tiny.pt``
     and ``sd-vae-ft-mse/`` (one error lists every missing piece)."""
@@ -97,11 +98,17 @@ def load_echomimic_pipeline(root: str | Path, variant: str, device: torch.device
     from .echomimic import EchoMimicPipeline
 
     root = Path(root).expanduser()
+    plan = plan_preparation("echomimic", root, prep)
+    if prep and prep.get("face_box", "none").lower() != "none":
+        raise ValueError("--prep face_box takes only 'none' (the Haar detector): EchoMimic's MTCNN weights come "
+                         "from the facenet-pytorch package")
     missing = [f"whisper-tiny checkpoint {root / ECHOMIMIC_WHISPER}"] if not (root / ECHOMIMIC_WHISPER).is_file() else []
     missing += _missing_folder(root, ECHOMIMIC_VAE, "SD VAE")
     weights, vae = _weights_and_vae("EchoMimic", root, missing, lambda: load_echomimic(root, variant))
     whisper = WhisperFeatures(weights.whisper, device=device, dtype=dtype)
-    return EchoMimicPipeline(weights.net, vae, whisper, variant=variant, device=device, dtype=dtype, source=str(root))
+    plan.warn_fallbacks()
+    return EchoMimicPipeline(weights.net, vae, whisper, variant=variant, device=device, dtype=dtype, source=str(root),
+                             prep=plan)
 
 
 def load_memo_pipeline(root: str | Path, device: torch.device, dtype: torch.dtype, emotion: str | None = None,
@@ -112,7 +119,10 @@ def load_memo_pipeline(root: str | Path, device: torch.device, dtype: torch.dtyp
     from ..models.memo_checkpoint import MEMO_VAE, MEMO_WAV2VEC, load_memo
     from .memo import MEMO_FPS, MemoPipeline, emotion_index
 
-    emotion = emotion_index(emotion if emotion is not None else "neutral")  # before any weights are read
+    prep = dict(prep or {})
+    if emotion is not None:
+        emotion = emotion_index(emotion)  # before any weights are read
+        prep.setdefault("emotion", "none")  # the given label replaces MEMO's labelling: its models are not opened
     root = Path(root).expanduser()
     plan = plan_preparation("memo", root, prep)
     missing = _missing_folder(root, MEMO_VAE, "SD VAE (e.g. sd-vae-ft-mse)")
@@ -143,7 +153,7 @@ def load_pipeline(checkpoint: str | Path | None = None, *, random_weights: bool 
             raise ValueError("--variant is for EchoMimic pretrained_weights folders only")
         return load_memo_pipeline(checkpoint, dev, dt, emotion, prep)
     if checkpoint is not None and not talkfast_folder and is_echomimic_folder(checkpoint):
-        return load_echomimic_pipeline(checkpoint, variant or "default", dev, dt)
+        return load_echomimic_pipeline(checkpoint, variant or "default", dev, dt, prep)
     if variant is not None:
         raise ValueError("--variant is for EchoMimic pretrained_weights folders only")
     if random_weights:

@@ -78,16 +78,19 @@ class MemoPipeline(TalkingHeadPipeline):
     default_fps = MEMO_FPS
 
     def __init__(self, net, vae, audio, *, device="cpu", dtype=torch.float32, source: str = "",
-                 emotion: str | int = "neutral", motion_source: str | None = None, prep=None):
+                 emotion: str | int | None = None, motion_source: str | None = None, prep=None):
         # audio_proj stays in fp32 (a copy taken before the network is cast to ``dtype``)
         self._audioproj32 = None if dtype == torch.float32 else copy.deepcopy(net.audioproj).to(device, torch.float32)
         super().__init__(net, vae, audio, device=device, dtype=dtype, identity="zeros", source=source,
                          motion_source=motion_source)
-        self.emotion = emotion_index(emotion)
+        self.emotion_given = emotion is not None
+        self.emotion = emotion_index(emotion if emotion is not None else "neutral")
         self.prep = prep  # a .preparation.Preparation (MEMO's folder), or None: no identity model
 
     def sidecar_extras(self) -> dict:
-        return {"emotion": EMOTIONS[self.emotion], "sampler": "rectified-flow Euler"}
+        labelled = self.prep is not None and self.prep.emotion_model is not None and not self.emotion_given
+        return {"emotion": "per clip (emotion2vec)" if labelled else EMOTIONS[self.emotion],
+                "sampler": "rectified-flow Euler"}
 
     def portrait(self, image, size: int | None = None, name: str = "portrait", regions=None) -> Portrait:
         """MEMO's ``preprocess_image``: the whole photo resized, and insightface's embedding of the
@@ -113,9 +116,23 @@ class MemoPipeline(TalkingHeadPipeline):
         ident = por.identity.to(self.device, self.dtype)
         return {"context": self.net.imageproj(torch.stack([torch.zeros_like(ident), ident]))}
 
-    def make_predictor(self, pc: dict, audio_tokens: torch.Tensor, guidance: float, motion_scale=None):
-        """predict(latents (n,...), timesteps (n,), plan) over :func:`memo_model`'s halves."""
-        run = memo_model(self.net, pc["context"], audio_tokens, self.emotion, guidance > 1.0, self.dtype)
+    def prepare_speech(self, audio, fps: float) -> tuple:
+        """MEMO's vocal separation and per-clip emotion labels (emotion2vec + its classifier);
+        ``--emotion`` (given) replaces the labels, and so does the fallback without the models."""
+        if self.prep is None:
+            return audio, None, {}
+        speech, labels, record = self.prep.speech(audio, "memo", fps, emotion=not self.emotion_given)
+        if self.emotion_given and "emotion" in record:
+            record["emotion"] = {"ran": "given", "label": EMOTIONS[self.emotion]}
+        return speech, labels, record
+
+    def make_predictor(self, pc: dict, audio_tokens: torch.Tensor, guidance: float, motion_scale=None,
+                       clip: int = 0):
+        """predict(latents (n,...), timesteps (n,), plan) over :func:`memo_model`'s halves, with the
+        clip's emotion label (MEMO's labels; else the one ``--emotion``)."""
+        labels = pc.get("emotions")
+        emotion = self.emotion if not labels else labels[min(clip, len(labels) - 1)]
+        run = memo_model(self.net, pc["context"], audio_tokens, emotion, guidance > 1.0, self.dtype)
         return guided(run, guidance)
 
 

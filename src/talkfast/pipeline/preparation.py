@@ -11,14 +11,19 @@ their rooms (:mod:`talkfast.face.landmarker`, :mod:`talkfast.face.hallo_prep`,
 from __future__ import annotations
 
 import logging
+import math
+import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
+import soundfile as sf
 import torch
 from PIL import Image
 
 from ..face.detect import detect_face
 from ..face.hallo_prep import HalloFacePrep, hallo_face_boxes, hallo_face_prep
+from ..io.audio import Audio, save_wav
 from .recipes import PrepPlan
 
 log = logging.getLogger(__name__)
@@ -39,7 +44,7 @@ class Preparation:
 
     def __init__(self, plan: PrepPlan, threads: int | None = None):
         self.plan = plan
-        self.landmarker = self.identity_model = None
+        self.landmarker = self.identity_model = self.vocal_model = self.emotion_model = None
         if plan.path("landmarks") is not None:
             from ..face.landmarker import FaceLandmarker
 
@@ -48,6 +53,14 @@ class Preparation:
             from ..face.identity import FaceIdentity
 
             self.identity_model = FaceIdentity(plan.path("identity"), threads=threads)
+        if plan.path("vocals") is not None:
+            from ..audio.vocals import MDXModel
+
+            self.vocal_model = MDXModel(plan.path("vocals"), threads=threads)
+        if plan.path("emotion") is not None:
+            from ..audio.emotion import EmotionLabeller
+
+            self.emotion_model = EmotionLabeller.load(plan.path("emotion"), plan.root)
         plan.warn_fallbacks()
 
     def _record(self, step: str, **found) -> dict:
@@ -80,3 +93,57 @@ class Preparation:
                 log.warning("%s: %s", source or "portrait", w.message)
         return prep, self._record("landmarks", method=boxes.method, face_found=boxes.detected,
                                   face_box=list(boxes.face), lip_box=list(boxes.lip))
+
+    @staticmethod
+    def _input_file(audio: Audio, folder: Path) -> Path:
+        """The user's audio file as given (the originals read the file itself), or the decoded
+        waveform written as a wav when the audio did not come from a readable file."""
+        if audio.path is not None and Path(audio.path).is_file():
+            return Path(audio.path)
+        return save_wav(folder / "input.wav", audio)
+
+    def speech(self, audio: Audio, chain: str, fps: float, emotion: bool = True) -> tuple[Audio, list[int] | None, dict]:
+        """What the audio features read, as ``chain`` ('hallo' / 'memo') prepares it: the vocals
+        separated by the folder's MDX-Net model (16 kHz mono), or the loaded mix (fallback); and,
+        with MEMO's emotion models (and ``emotion``), one emotion label per 16-frame clip (None
+        without them)."""
+        record: dict = {}
+        with tempfile.TemporaryDirectory(prefix="talkfast-prep-") as tmp:
+            folder = Path(tmp)
+            src = None
+            emotion = emotion and self.emotion_model is not None
+            if self.vocal_model is not None or emotion:
+                src = self._input_file(audio, folder)
+            if self.vocal_model is not None:
+                from ..audio.vocals import separate_vocals
+
+                wave = separate_vocals(src, self.vocal_model, chain, folder / "vocals")
+                speech = Audio(np.ascontiguousarray(wave, dtype=np.float32), 16000, audio.source_sample_rate,
+                               audio.source_channels, audio.path)
+            else:
+                speech = audio
+            if "vocals" in self.plan.sources:
+                record["vocals"] = self._record("vocals")
+            labels = None
+            if emotion:
+                labels = self._emotions(src, folder, speech, fps)
+                record["emotion"] = self._record("emotion", clip_labels=labels)
+            elif "emotion" in self.plan.sources:
+                record["emotion"] = self._record("emotion")
+        return speech, labels, record
+
+    def _emotions(self, src: Path, folder: Path, speech: Audio, fps: float) -> list[int]:
+        """MEMO's labels: emotion2vec over the 16 kHz copy of the *input* (``ffmpeg -ar 16000``,
+        first channel, int16 as torchaudio reads it), per frame over the padded frame count S' of
+        the speech the features read (S = ceil(n / 16000 * fps), up to a multiple of 16), the
+        most frequent per clip."""
+        from ..audio.vocals import ffmpeg_resample
+
+        copy16 = ffmpeg_resample(src, folder / "emotion-16k.wav")
+        wave, rate = sf.read(str(copy16), dtype="int16", always_2d=True)
+        if rate != 16000:
+            raise ValueError(f"{copy16}: expected 16 kHz after resampling, got {rate} Hz")
+        n16 = math.ceil(len(speech.samples) * 16000 / speech.sample_rate)
+        frames = math.ceil(n16 * fps / 16000)
+        padded = math.ceil(frames / 16) * 16
+        return [int(v) for v in self.emotion_model.clip_labels(wave.T, padded)]

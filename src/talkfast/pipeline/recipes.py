@@ -53,6 +53,7 @@ class Step:
     candidates: tuple[str, ...]
     fallback: str
     kind: str = "file"  # "file", "dir" (a folder that must exist), or "package" (weights in a Python package)
+    requires: tuple[str, ...] = ()  # folders the step also reads, relative to the checkpoint folder
 
 
 def _emotion2vec_candidates() -> tuple[str, ...]:
@@ -88,7 +89,8 @@ def _recipe(family: str) -> tuple[Step, ...]:
                  ("misc/vocal_separator/Kim_Vocal_2.onnx",), "the whole mix goes to wav2vec2"),
             Step("emotion", "emotion2vec_plus_large + misc/audio_emotion_classifier: a label per second, "
                  "the most frequent per clip", _emotion2vec_candidates(),
-                 "one label for the whole video (--emotion, default neutral)", kind="dir"),
+                 "one label for the whole video (--emotion, default neutral)", kind="dir",
+                 requires=("misc/audio_emotion_classifier",)),
         )
     if family == "echomimic":
         return (
@@ -129,6 +131,8 @@ class PrepPlan:
 
     family: str
     sources: dict[str, PrepSource] = field(default_factory=dict)
+
+    root: Path | None = None
 
     def path(self, step: str) -> Path | None:
         s = self.sources.get(step)
@@ -188,8 +192,8 @@ def plan_preparation(family: str, root: str | Path | None, overrides: dict[str, 
     if unused:
         raise InputError(f"--prep {', '.join(unused)}: not a preparation step of {family} "
                          f"(its steps: {', '.join(sorted(names)) or 'none'})")
-    plan = PrepPlan(family)
     base = Path(root).expanduser() if root is not None else None
+    plan = PrepPlan(family, root=base)
     for step in steps:
         given = overrides.get(step.name)
         if given is not None:
@@ -214,5 +218,9 @@ def plan_preparation(family: str, root: str | Path | None, overrides: dict[str, 
                 found = p
                 break
         where = step.candidates[0] if base is None else str(base / step.candidates[0])
-        plan.sources[step.name] = PrepSource(step, found, "" if found else f"{where} not found")
+        why = "" if found else f"{where} not found"
+        lacking = [r for r in step.requires if base is None or not (base / r).is_dir()]
+        if found is not None and lacking:
+            found, why = None, f"{lacking[0] if base is None else base / lacking[0]} not found"
+        plan.sources[step.name] = PrepSource(step, found, why)
     return plan

@@ -1,0 +1,132 @@
+"""The originals' input preparation inside ``generate``: a toy Hallo folder holding the
+preparation models (the real MediaPipe landmarker where the install fetched it, stand-in
+insightface and MDX-Net models built here) runs every original step, and what reaches the network
+equals each step run on its own; without them each step falls back, said in a warning and in the
+sidecar; ``--prep`` overrides reach the loader."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+from test_checkpoint import TOY_HALLO, hallo_folder, write_hallo_folder  # noqa: F401  (fixture)
+from test_face_identity import LARGE, SMALL, make_detector, make_recognizer
+from test_vocals import KIM, _scale_model
+
+import talkfast.audio.vocals as V
+from talkfast.app.cli import main
+from talkfast.errors import InputError
+from talkfast.face.hallo_prep import hallo_face_boxes, hallo_face_prep
+from talkfast.face.identity import FaceIdentity
+from talkfast.face.landmarker import FaceLandmarker
+from talkfast.pipeline.generate import GenerateOptions
+from talkfast.pipeline.loader import load_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK = ROOT / ".cache" / "test-models" / "face_landmarker.task"
+MODELS = "face_analysis/models"
+
+
+def _speech(tmp_path: Path, seconds: float = 0.5) -> Path:
+    speech, rate = sf.read(ROOT / "src/talkfast/assets/examples/speech.wav", dtype="float32")
+    path = tmp_path / "speech.wav"
+    sf.write(path, speech[: int(rate * seconds)], rate)
+    return path
+
+
+@pytest.fixture
+def astronaut(tmp_path) -> Path:
+    skimage_data = pytest.importorskip("skimage.data")
+    path = tmp_path / "astronaut.png"
+    Image.fromarray(skimage_data.astronaut()).resize((256, 256), Image.Resampling.BILINEAR).save(path)
+    return path
+
+
+@pytest.fixture
+def full_folder(tmp_path, monkeypatch):
+    if not TASK.is_file():
+        pytest.skip("the test face landmarker was not fetched (scripts/install.sh)")
+    root = tmp_path / "pretrained_models"
+    write_hallo_folder(root, TOY_HALLO.replace(image_embed_dim=512), monkeypatch)  # insightface's 512-d embedding
+    models = root / MODELS
+    models.mkdir(parents=True)
+    shutil.copy(TASK, models / "face_landmarker_v2_with_blendshapes.task")
+    make_detector(models / "scrfd_10g_bnkps.onnx", [SMALL, LARGE])
+    make_recognizer(models / "glintr100.onnx")
+    (root / "audio_separator").mkdir()
+    kim = _scale_model(root / "audio_separator" / "Kim_Vocal_2.onnx")
+    monkeypatch.setitem(V.MDX_MODEL_DATA, V.model_hash(kim), KIM)  # the stand-in answers to Kim_Vocal_2's parameters
+    return root
+
+
+def test_hallo_folder_runs_every_original_step_and_the_network_gets_their_outputs(full_folder, astronaut, tmp_path):
+    pipe = load_pipeline(full_folder, device="cpu", dtype="fp32")
+    image = Image.open(astronaut).convert("RGB")
+    por = pipe.portrait(image, 64, name=str(astronaut))
+    # what each step gives on its own, run here through its room
+    boxes = hallo_face_boxes(image, FaceLandmarker(full_folder / MODELS / "face_landmarker_v2_with_blendshapes.task"),
+                             path=astronaut)
+    assert boxes.method == "mediapipe:face_landmarker"
+    face = hallo_face_prep(image, boxes, 64)
+    assert torch.equal(por.pixels, face.pixels) and torch.equal(por.locator_input, face.locator_input)
+    for got, want in zip(por.masks.face + por.masks.lip + por.masks.full, face.masks.face + face.masks.lip + face.masks.full):
+        assert torch.equal(got, want)
+    emb, info = FaceIdentity(full_folder / MODELS).embed(image)
+    assert info.face_found and torch.equal(por.identity, emb) and emb.abs().sum() > 0
+    speech = _speech(tmp_path)
+    res = pipe.generate(astronaut, speech, tmp_path / "out.mp4", GenerateOptions(steps=1), size=64)
+    prep = res.sidecar["preparation"]
+    assert prep["landmarks"]["ran"] == "original" and prep["landmarks"]["method"] == "mediapipe:face_landmarker"
+    assert prep["identity"]["ran"] == "original" and prep["identity"]["face_found"] is True
+    assert prep["vocals"] == {"ran": "original", "model": str(full_folder / "audio_separator" / "Kim_Vocal_2.onnx")}
+    assert res.sidecar["options"]["seed"] == 42  # Hallo's default seed
+
+
+def test_hallo_speech_is_the_separated_vocals(full_folder, tmp_path):
+    pipe = load_pipeline(full_folder, device="cpu", dtype="fp32")
+    path = _speech(tmp_path)
+    from talkfast.io.audio import load_audio
+
+    speech, labels, record = pipe.prepare_speech(load_audio(path), 25)
+    want = V.separate_vocals(path, full_folder / "audio_separator" / "Kim_Vocal_2.onnx", "hallo", tmp_path / "w")
+    assert speech.sample_rate == 16000 and labels is None and record["vocals"]["ran"] == "original"
+    np.testing.assert_array_equal(speech.samples, want)
+
+
+def test_folder_without_preparation_models_falls_back_out_loud(hallo_folder, astronaut, tmp_path, caplog):  # noqa: F811
+    root, _ = hallo_folder
+    with caplog.at_level(logging.WARNING):
+        pipe = load_pipeline(root, device="cpu", dtype="fp32")
+    warned = [r.getMessage() for r in caplog.records]
+    assert sum("face_landmarker_v2_with_blendshapes.task not found" in m for m in warned) == 1
+    assert sum("Kim_Vocal_2.onnx not found" in m for m in warned) == 1
+    res = pipe.generate(astronaut, _speech(tmp_path), tmp_path / "out.mp4", GenerateOptions(steps=1), size=64)
+    prep = res.sidecar["preparation"]
+    assert {k: v["ran"] for k, v in prep.items()} == {"landmarks": "fallback", "identity": "fallback",
+                                                       "vocals": "fallback"}
+    assert prep["landmarks"]["method"].startswith("fallback:haar")
+    assert res.sidecar["size"] == 64
+
+
+def test_prep_overrides_from_the_command_line(full_folder, astronaut, tmp_path, capsys):
+    out = tmp_path / "cli.mp4"
+    code = main(["generate", "--checkpoint", str(full_folder), "-s", str(astronaut), "-a", str(_speech(tmp_path)),
+                 "-o", str(out), "--steps", "1", "--size", "64", "--accel", "off", "-q",
+                 "--prep", "vocals=none", "--prep", f"identity={full_folder / MODELS}"])
+    assert code == 0
+    import json
+
+    prep = json.loads(out.with_suffix(".json").read_text())["preparation"]
+    assert prep["vocals"]["ran"] == "fallback" and prep["vocals"]["why"] == "skipped with --prep"
+    assert prep["identity"]["ran"] == "original"
+    with pytest.raises(InputError, match="not a preparation step of hallo"):
+        load_pipeline(full_folder, device="cpu", dtype="fp32", prep={"emotion": "none"})
+    assert main(["generate", "--checkpoint", str(full_folder), "-o", str(tmp_path / "x.mp4"),
+                 "--prep", "vocals"]) != 0
+    assert "STEP=PATH" in capsys.readouterr().err
