@@ -244,6 +244,8 @@ class Wav2Vec2FileFeatures(torch.nn.Module):
         super().__init__()
         from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
+        if model_dir is None:
+            raise CheckpointError("whole-file wav2vec2 features need a model directory (e.g. wav2vec2-base-960h)")
         model_dir = Path(model_dir).expanduser()
         _check_wav2vec2_dir(model_dir)
         if not (window_frames > 2 * overlap_frames >= 0):
