@@ -3,7 +3,8 @@
 - :class:`Portrait`: the square-cropped source image, its face regions, masks, FaceLocator input
   and identity embedding.
 - :class:`AudioConditioner`: per-clip windowed audio features, computed from a waveform segment
-  around the clip (so memory is bounded by a clip, never by the audio length).
+  around the clip (so memory is bounded by a clip, never by the audio length); or, with the
+  ``"wav2vec2_file"`` kind, sliced from Hallo's / MEMO's whole-file wav2vec2 features.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from PIL import Image
 
 from ..audio.features import MelFeatures, Wav2Vec2Features, window_features
+from ..audio.wav2vec_file import FeatureCache, FileFeatures, Wav2Vec2FileFeatures, framing_for
 from ..face.detect import Box, FaceRegions, detect_face
 from ..face.masks import MaskSet, build_masks, face_locator_image
 from ..io.audio import Audio
@@ -109,22 +111,61 @@ def _portrait(square: Image.Image, regions: FaceRegions, latent_size: int, level
 
 
 class AudioConditioner:
-    """Windowed per-frame audio features for one clip at a time, at any video frame rate."""
+    """Windowed per-frame audio features for one clip at a time, at any video frame rate.
+
+    Kinds: ``"mel"`` and ``"wav2vec2"`` (per clip, from the waveform around it) and
+    ``"wav2vec2_file"``: Hallo's (``family="hallo"``) or MEMO's (``family="memo"``) features of the
+    whole file (:mod:`talkfast.audio.wav2vec_file`), computed once per :class:`Audio` object and fps
+    (the last one kept), each clip sliced from them with its +/-``radius`` context clamped at the
+    last padded frame ``S' - 1``. Use :meth:`num_frames` for the frame count to generate / keep.
+    """
 
     def __init__(self, kind: str = "mel", model_dir=None, fps: int = 25, radius: int = 2,
-                 context_frames: int = 50, device="cpu"):
+                 context_frames: int = 50, device="cpu", family: str = "hallo", **file_options):
         self.kind, self.fps, self.radius, self.context = kind, fps, radius, context_frames
         self._mel: dict[float, MelFeatures] = {}
         if kind == "wav2vec2":
             self.wav2vec = Wav2Vec2Features(model_dir, device=device)
+        elif kind == "wav2vec2_file":
+            self.framing = framing_for(family)
+            self.wav2vec_file = Wav2Vec2FileFeatures(model_dir, device=device, **file_options)
+            self._files = FeatureCache(size=1)
         elif kind != "mel":
             raise ValueError(f"unknown audio features {kind!r}")
+        if file_options and kind != "wav2vec2_file":
+            raise ValueError(f"options {sorted(file_options)} are for the 'wav2vec2_file' kind only")
+
+    def file_features(self, audio: Audio, fps: float | None = None) -> FileFeatures:
+        """The whole-file features of ``audio`` at ``fps`` (``"wav2vec2_file"`` only; cached)."""
+        if self.kind != "wav2vec2_file":
+            raise ValueError("file_features needs the 'wav2vec2_file' audio kind")
+        if int(audio.sample_rate) != self.wav2vec_file.sample_rate:
+            raise ValueError(f"wav2vec2 needs {self.wav2vec_file.sample_rate} Hz audio, got {audio.sample_rate} Hz")
+        fps = float(fps or self.fps)
+        return self._files.get(audio, fps, lambda: self.wav2vec_file.prepare(
+            audio.samples, fps, self.framing.clip_length))
+
+    def num_frames(self, audio: Audio, fps: float | None = None) -> int:
+        """Video frames for ``audio`` at ``fps``: ``audio.num_frames(fps)`` for the per-clip kinds;
+        for ``"wav2vec2_file"`` the originals' count: Hallo ``S = ceil(n / 16000 * fps)`` (the
+        video is cut to it), MEMO the padded ``S'`` (a multiple of 16)."""
+        fps = fps or self.fps
+        if self.kind != "wav2vec2_file":
+            return audio.num_frames(fps)
+        feats = self.file_features(audio, fps)
+        return feats.padded_frames if self.framing.returns_padded else feats.frames
+
+    def padded_frames(self, audio: Audio, fps: float | None = None) -> int:
+        """``S'``: ``S`` rounded up to a multiple of 16 (``"wav2vec2_file"``); the clips cover it."""
+        return self.file_features(audio, fps).padded_frames
 
     def extractor(self, fps: float):
         if self.kind == "mel":
             if fps not in self._mel:
                 self._mel[fps] = MelFeatures(fps=fps)
             return self._mel[fps]
+        if self.kind == "wav2vec2_file":
+            raise ValueError("the 'wav2vec2_file' kind has no per-clip extractor; use file_features()")
         self.wav2vec.fps = float(fps)  # used only to frame the waveform
         return self.wav2vec
 
@@ -134,6 +175,9 @@ class AudioConditioner:
         frame indices past the end of the audio repeat the last frame (they are trimmed from
         the video). Only the waveform around the clip is read."""
         fps = fps or self.fps
+        if self.kind == "wav2vec2_file":
+            # the originals' clamp: frames i-r .. i+r within [0, S' - 1] (the padded features)
+            return self.file_features(audio, fps).window(start, frames, self.radius)
         total = audio.num_frames(fps)
         lo = max(0, start - self.radius - self.context)
         hi = min(total, start + frames + self.radius + self.context)
