@@ -49,7 +49,7 @@ def hallo_folder(tmp_path, monkeypatch):
 def test_hallo_folder_loads_strictly_and_generates(hallo_folder, tmp_path):
     root, reference_net = hallo_folder
     pipe = load_pipeline(root, device="cpu", dtype="fp32")
-    assert pipe.audio.kind == "wav2vec2" and pipe.identity == "zeros"
+    assert pipe.audio.kind == "wav2vec2_file" and pipe.identity == "zeros"
     for (k, v), (k2, w) in zip(pipe.net.state_dict().items(), reference_net.state_dict().items()):
         assert k == k2
         torch.testing.assert_close(v, w)

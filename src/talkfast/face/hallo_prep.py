@@ -58,7 +58,7 @@ from PIL import Image
 
 from talkfast.errors import InputError
 from talkfast.face.detect import Box, FaceRegions, detect_face
-from talkfast.face.masks import MaskSet
+from talkfast.face.masks import MaskSet, _image_wh
 
 __all__ = [
     "SILHOUETTE_IDS", "LIP_IDS", "FACE_EXPAND", "LIP_EXPAND", "MASK_BASE", "FACE_KERNEL", "LIP_KERNEL",
@@ -149,13 +149,6 @@ def _box_from_points(points: np.ndarray, image_w: int, image_h: int, ratio: floa
             "talkfast clips it to 0 (the box covers the whole side)", UserWarning, stacklevel=3)
         x0, y0 = max(x0, 0), max(y0, 0)
     return x0, y0, x1, y1
-
-
-def _image_wh(image_size) -> tuple[int, int]:
-    w, h = (int(v) for v in image_size)
-    if w < 1 or h < 1:
-        raise ValueError(f"invalid image size {image_size}")
-    return w, h
 
 
 def hallo_boxes(landmarks: np.ndarray, image_size: tuple[int, int], face_expand: float = FACE_EXPAND,

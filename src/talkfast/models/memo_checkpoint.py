@@ -12,8 +12,8 @@ echomimic_memo.md §2.1, memo_keys.json): one diffusers model folder per network
 Loaded as MEMO's ``from_pretrained`` (diffusers 0.31 with accelerate) does: a model key missing
 from its file is an error, so is a wrong shape; a key the model does not have is only reported (a
 warning there, a log line here). One :class:`CheckpointError` names every problem of every folder.
-``misc/audio_emotion_classifier`` is not read: it classifies emotion2vec features, which talkfast
-cannot compute offline (see :mod:`talkfast.pipeline.memo`). The SD VAE and wav2vec2-base-960h
+The ``misc/`` preparation models (face analysis, vocal separator, audio emotion classifier) are
+read by :mod:`talkfast.pipeline.recipes` / :mod:`talkfast.pipeline.preparation`, not here. The SD VAE and wav2vec2-base-960h
 folders (HF ids in MEMO's config) are looked for under the same root.
 """
 

@@ -128,7 +128,7 @@ def load_memo_pipeline(root: str | Path, device: torch.device, dtype: torch.dtyp
     missing = _missing_folder(root, MEMO_VAE, "SD VAE (e.g. sd-vae-ft-mse)")
     missing += _missing_folder(root, MEMO_WAV2VEC, "wav2vec2-base-960h")
     weights, vae = _weights_and_vae("MEMO", root, missing, lambda: load_memo(root))
-    audio = AudioConditioner("wav2vec2", model_dir=weights.wav2vec, fps=MEMO_FPS, device=device)
+    audio = AudioConditioner("wav2vec2_file", model_dir=weights.wav2vec, fps=MEMO_FPS, device=device, family="memo")
     return MemoPipeline(weights.net, vae, audio, device=device, dtype=dtype, source=str(root), emotion=emotion,
                         prep=Preparation(plan))
 
@@ -167,7 +167,7 @@ def load_pipeline(checkpoint: str | Path | None = None, *, random_weights: bool 
     if checkpoint is not None and not (Path(checkpoint) / "model.json").exists():
         plan = plan_preparation("hallo", checkpoint, prep)  # a bad --prep before the weights are read
         net, vae, w2v = load_hallo(checkpoint)
-        audio = AudioConditioner("wav2vec2", model_dir=w2v, device=dev)
+        audio = AudioConditioner("wav2vec2_file", model_dir=w2v, device=dev, family="hallo")
         return HalloPipeline(net, vae, audio, prep=Preparation(plan), device=dev, dtype=dt, source=str(checkpoint))
     if prep:
         raise ValueError("--prep is for Hallo, EchoMimic and MEMO checkpoint folders (the embedded model and "

@@ -18,14 +18,16 @@ clip loop of :meth:`TalkingHeadPipeline.generate`, with the ``memo`` preset's sw
 5. rectified-flow Euler (``FlowMatchEulerDiscreteScheduler`` defaults), 20 steps, CFG 3.5, through
    the one denoising loop; decode, write at 30 fps with the audio.
 
-Where talkfast differs, and why: MEMO labels each second of audio with emotion2vec_plus_large
-(a funasr/modelscope model that no maintained library loads offline, transformers included) and
-its ``misc/audio_emotion_classifier``, then takes the mode of each clip's labels; talkfast takes
-the emotion as an option (``--emotion``, default ``neutral``), one label for the whole video. The
-face-identity embedding comes from insightface in MEMO (not installable offline here): talkfast
-uses zeros, what MEMO itself uses when it finds no face (as for Hallo checkpoints). No vocal
-separation (MEMO: Kim_Vocal_2.onnx). Noise is drawn in fp32 from talkfast's seeded generator, then
-cast; ``audio_proj`` runs in the pipeline dtype (MEMO: fp32 on the CPU, cast after).
+Input preparation (MEMO's ``preprocess_image`` / ``preprocess_audio`` /
+``extract_audio_emotion_labels``; :mod:`.recipes`, :mod:`.preparation`): insightface's embedding
+of the original photo from ``misc/face_analysis`` (zeros without a face, as MEMO);
+``misc/vocal_separator/Kim_Vocal_2.onnx`` before wav2vec2; wav2vec2 over the whole vocals file
+(:mod:`talkfast.audio.wav2vec_file`); emotion2vec_plus_large + ``misc/audio_emotion_classifier``
+labels per second of the input, the most frequent per clip (:mod:`talkfast.audio.emotion`);
+``--emotion`` replaces the labels with one for the whole video. A step whose model is missing
+takes its fallback (zeros / the whole mix / neutral) with one warning; the sidecar says which ran.
+``audio_proj`` runs in fp32 (MEMO never moves or casts it), its tokens cast after. Noise is drawn
+in fp32 from talkfast's seeded generator, then cast.
 """
 
 from __future__ import annotations

@@ -144,6 +144,6 @@ class Preparation:
         if rate != 16000:
             raise ValueError(f"{copy16}: expected 16 kHz after resampling, got {rate} Hz")
         n16 = math.ceil(len(speech.samples) * 16000 / speech.sample_rate)
-        frames = math.ceil(n16 * fps / 16000)
+        frames = math.ceil(n16 / 16000 * fps)  # the originals' float expression (audio.wav2vec_file)
         padded = math.ceil(frames / 16) * 16
         return [int(v) for v in self.emotion_model.clip_labels(wave.T, padded)]
