@@ -360,8 +360,9 @@ class Wav2Vec2FileFeatures(torch.nn.Module):
         mean, var = (t.to(y.device) for t in gn_stats)
         inv = torch.rsqrt(var + gn.eps)
         w = gn.weight.double() * inv
-        b = gn.bias.double() - mean * w
-        h = first.activation((y.double() * w[:, None] + b[:, None]).to(y.dtype))[None]
+        b = (gn.bias.double() - mean * w).to(y.dtype)
+        h = first.activation(torch.addcmul(b[:, None], y, w.to(y.dtype)[:, None]))[None]  # no float64 copy
+        del y
         for layer in layers[1:]:
             h = layer(h)
         return h[0].to(torch.float32)
