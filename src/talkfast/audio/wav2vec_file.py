@@ -49,7 +49,8 @@ bound). Longer files are windowed, keeping everything that is global in the orig
 Windows are computed lazily, when a clip needs them, and the last ``cache_windows`` (3) cores are
 kept, so memory is bounded by one window's computation plus three cores (3 x 1600 frames x 36.9 KB
 = 177 MB) whatever the file length, plus the caller's waveform (not copied) and a 64 MiB chunk of
-the first conv's output in the statistics pass. The windowed features are not the originals'
+the first conv's output in the statistics pass. Measured (same setting as above): a 240 s file read
+clip by clip, 3.0 GB peak RSS (0.5 GB before), 64 s; a window's CNN over 96 s of audio dominates. The windowed features are not the originals'
 (the encoder's attention sees only its window); their distance from the whole-file features is
 measured and stated in ``tests/test_wav2vec_file.py`` and in the constants' comment below.
 """
