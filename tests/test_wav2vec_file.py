@@ -168,8 +168,9 @@ def test_windowed_long_input_within_bound(tiny_dir):
     torch.testing.assert_close(win.window(1000, 8), every[torch.arange(998, 1010).clamp_max(1007)].unfold(0, 5, 1)
                                .permute(0, 3, 1, 2), atol=0, rtol=0)
     rel = (every - whole).norm(dim=-1) / whole.norm(dim=-1)  # per frame and layer
-    assert float(rel.max()) < 0.02, float(rel.max())
-    assert float(rel.mean()) < 0.005, float(rel.mean())
+    # measured 0.20% max, 0.086% mean (torch 2.13 CPU); the bound leaves room for other kernels
+    assert float(rel.max()) < 0.01, float(rel.max())
+    assert float(rel.mean()) < 0.003, float(rel.mean())
     # treating each window as its own file (own grid and statistics) is much further off
     own = torch.cat([Wav2Vec2FileFeatures(tiny_dir).prepare(wav[a * 640 : (a + 240) * 640], 25, 0).full()[:240]
                      for a in range(0, 960, 240)])
