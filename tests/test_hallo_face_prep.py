@@ -29,7 +29,7 @@ from talkfast.errors import CheckpointError, InputError
 from talkfast.face.detect import Box, FaceRegions
 from talkfast.face.hallo_prep import (
     LIP_IDS, SILHOUETTE_IDS, HalloBoxes, expand_region, hallo_boxes, hallo_boxes_from_regions,
-    hallo_face_boxes, hallo_face_prep, hallo_hard_masks, hallo_level_sizes, hallo_soft_masks,
+    hallo_face_boxes, hallo_face_prep, hallo_hard_masks, hallo_level_sizes,
 )
 from talkfast.face.landmarker import FaceLandmarker
 from talkfast.face.masks import MaskSet

@@ -249,6 +249,38 @@ def _check_wav2vec2_dir(model_dir: Path) -> None:
         raise CheckpointError(f"wav2vec2 model directory {model_dir} is incomplete; missing: " + "; ".join(missing))
 
 
+def load_wav2vec2(model_dir: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """``(model, feature_extractor or None)`` from a local wav2vec2 folder (checked first; never
+    downloads): the frozen ``Wav2Vec2Model`` in eval mode on ``device``/``dtype``, and the
+    ``Wav2Vec2FeatureExtractor`` when ``preprocessor_config.json`` is there. A folder that does not
+    load is a :class:`CheckpointError` naming it."""
+    from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    _check_wav2vec2_dir(model_dir)
+    try:
+        model = Wav2Vec2Model.from_pretrained(str(model_dir), local_files_only=True)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"could not load a Wav2Vec2Model from {model_dir}: {exc}") from exc
+    extractor = None
+    if (model_dir / "preprocessor_config.json").is_file():
+        try:
+            extractor = Wav2Vec2FeatureExtractor.from_pretrained(str(model_dir), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"could not load the feature extractor config in {model_dir}: {exc}") from exc
+    model.requires_grad_(False)
+    return model.to(device=device, dtype=dtype).eval(), extractor
+
+
+def conv_geometry(config) -> tuple[int, int]:
+    """``(receptive_field, total_stride)`` in samples of a wav2vec2 config's CNN: the shortest input
+    that yields one CNN frame and the hop between frames (400 and 320 for wav2vec2-base)."""
+    rf, jump = 1, 1
+    for k, s in zip(config.conv_kernel, config.conv_stride):
+        rf += (k - 1) * jump
+        jump *= s
+    return rf, jump
+
+
 class Wav2Vec2Features(torch.nn.Module):
     """Hallo's audio features: every transformer layer of wav2vec2, one vector per video frame.
 
@@ -288,40 +320,19 @@ class Wav2Vec2Features(torch.nn.Module):
         sample_rate: int = SAMPLE_RATE,
     ) -> None:
         super().__init__()
-        from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
-
         model_dir = Path(model_dir).expanduser()
-        _check_wav2vec2_dir(model_dir)
         if not (fps > 0 and math.isfinite(fps)):
             raise InputError(f"fps must be a positive number, got {fps!r}")
         if clip_length < 0:
             raise InputError(f"clip_length must be >= 0, got {clip_length}")
-        try:
-            model = Wav2Vec2Model.from_pretrained(str(model_dir), local_files_only=True)
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            raise CheckpointError(f"could not load a Wav2Vec2Model from {model_dir}: {exc}") from exc
-        self.feature_extractor = None
-        if (model_dir / "preprocessor_config.json").is_file():
-            try:
-                self.feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(
-                    str(model_dir), local_files_only=True
-                )
-            except (OSError, ValueError) as exc:
-                raise CheckpointError(f"could not load the feature extractor config in {model_dir}: {exc}") from exc
-        model.requires_grad_(False)
-        self.model = model.to(device=device, dtype=dtype).eval()
+        self.model, self.feature_extractor = load_wav2vec2(model_dir, device, dtype)
         self.dtype = dtype
         self.fps = float(fps)
         self.clip_length = int(clip_length)
         self.sample_rate = int(sample_rate)
-        self.layers = int(model.config.num_hidden_layers)
-        self.dim = int(model.config.hidden_size)
-        kernels, strides = model.config.conv_kernel, model.config.conv_stride
-        rf, jump = 1, 1
-        for k, s in zip(kernels, strides):
-            rf += (k - 1) * jump
-            jump *= s
-        self.receptive_field = rf  # shortest input that yields one CNN frame (400 for base)
+        self.layers = int(self.model.config.num_hidden_layers)
+        self.dim = int(self.model.config.hidden_size)
+        self.receptive_field = conv_geometry(self.model.config)[0]  # shortest input that yields one CNN frame
 
     def train(self, mode: bool = True) -> "Wav2Vec2Features":
         super().train(mode)

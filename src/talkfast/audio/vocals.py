@@ -433,6 +433,14 @@ def separate_mix(
     return to_int16(primary)
 
 
+def input_copy_16k(path: Path, workdir: Path) -> Path:
+    """MEMO's 16 kHz copy of the input (``ffmpeg -ar 16000``, named as MEMO names it) in ``workdir``;
+    made once per ``workdir``: the separator and MEMO's emotion labels both read it."""
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    out = Path(workdir) / f"{Path(path).name.split('.')[0] or 'audio'}-16k.wav"
+    return out if out.is_file() else ffmpeg_resample(path, out)
+
+
 def separate_to_wav(
     path: Path,
     model_file: Path | MDXModel,
@@ -453,9 +461,7 @@ def separate_to_wav(
     model = model_file if isinstance(model_file, MDXModel) else MDXModel(model_file, params)
     if not path.is_file():
         raise InputError(f"audio file {path} not found")
-    source_file = path
-    if chain == "memo":
-        source_file = ffmpeg_resample(path, workdir / f"{path.name.split('.')[0] or 'audio'}-16k.wav")
+    source_file = input_copy_16k(path, workdir) if chain == "memo" else path
     vocals = separate_mix(load_mix(source_file), model, model.params, chain, inplace=True)
     model_name = model.path.name.split(".")[0]
     out = workdir / f"{source_file.stem}_({model.params.primary_stem})_{model_name}.wav"

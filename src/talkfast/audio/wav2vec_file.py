@@ -67,7 +67,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from talkfast.audio.features import SAMPLE_RATE, _as_waveform, _check_wav2vec2_dir
+from talkfast.audio.features import SAMPLE_RATE, _as_waveform, conv_geometry, load_wav2vec2
 from talkfast.errors import CheckpointError, InputError
 
 __all__ = [
@@ -256,40 +256,22 @@ class Wav2Vec2FileFeatures(torch.nn.Module):
                  window_frames: int = WINDOW_FRAMES, overlap_frames: int = OVERLAP_FRAMES,
                  sample_rate: int = SAMPLE_RATE, cache_windows: int = 3) -> None:
         super().__init__()
-        from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
-
         if model_dir is None:
             raise CheckpointError("whole-file wav2vec2 features need a model directory (e.g. wav2vec2-base-960h)")
         model_dir = Path(model_dir).expanduser()
-        _check_wav2vec2_dir(model_dir)
         if not (window_frames > 2 * overlap_frames >= 0):
             raise ValueError(f"need window_frames > 2 * overlap_frames >= 0, got {window_frames}, {overlap_frames}")
-        try:
-            model = Wav2Vec2Model.from_pretrained(str(model_dir), local_files_only=True)
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            raise CheckpointError(f"could not load a Wav2Vec2Model from {model_dir}: {exc}") from exc
-        self.normalize = True
-        if (model_dir / "preprocessor_config.json").is_file():
-            try:
-                fe = Wav2Vec2FeatureExtractor.from_pretrained(str(model_dir), local_files_only=True)
-            except (OSError, ValueError) as exc:
-                raise CheckpointError(f"could not load the feature extractor config in {model_dir}: {exc}") from exc
-            self.normalize = bool(fe.do_normalize)
-        model.requires_grad_(False)
-        self.model = model.to(device=device, dtype=dtype).eval()
+        self.model, fe = load_wav2vec2(model_dir, device, dtype)
+        self.normalize = True if fe is None else bool(fe.do_normalize)
         self.dtype = dtype
         self.sample_rate = int(sample_rate)
         self.max_whole_frames = int(max_whole_frames)
         self.window_frames, self.overlap_frames = int(window_frames), int(overlap_frames)
         self.cache_windows = int(cache_windows)
-        cfg = model.config
+        cfg = self.model.config
         self.layers, self.dim = int(cfg.num_hidden_layers), int(cfg.hidden_size)
         self.kernels, self.strides = list(cfg.conv_kernel), list(cfg.conv_stride)
-        rf, jump = 1, 1
-        for k, s in zip(self.kernels, self.strides):
-            rf += (k - 1) * jump
-            jump *= s
-        self.receptive_field, self.total_stride = rf, jump  # 400 and 320 for wav2vec2-base
+        self.receptive_field, self.total_stride = conv_geometry(cfg)  # 400 and 320 for wav2vec2-base
         self.group_norm_first = cfg.feat_extract_norm == "group"
 
     def train(self, mode: bool = True) -> "Wav2Vec2FileFeatures":

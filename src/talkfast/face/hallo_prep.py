@@ -46,7 +46,6 @@ Deviations (all documented where they happen):
 from __future__ import annotations
 
 import io
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -116,25 +115,20 @@ def expand_region(region, image_w: int, image_h: int, expand_ratio: float = 1.0)
     is float64, like Hallo's numpy scalars. Note the argument order (x range, then y range).
     """
     min_x, max_x, min_y, max_y = (np.float64(v) for v in region)
-    mid_x = (max_x + min_x) // 2
-    side_x = (max_x - min_x) * expand_ratio
-    mid_y = (max_y + min_y) // 2
-    side_y = (max_y - min_y) * expand_ratio
-    min_x, max_x = mid_x - side_x // 2, mid_x + side_x // 2
-    min_y, max_y = mid_y - side_y // 2, mid_y + side_y // 2
-    if min_x < 0:
-        max_x -= min_x
-        min_x = np.float64(0)
-    if max_x > image_w:
-        min_x -= max_x - image_w
-        max_x = np.float64(image_w)
-    if min_y < 0:
-        max_y -= min_y
-        min_y = np.float64(0)
-    if max_y > image_h:
-        min_y -= max_y - image_h
-        max_y = np.float64(image_h)
-    return round(min_x), round(max_x), round(min_y), round(max_y)
+    return (*_expand_axis(min_x, max_x, image_w, expand_ratio), *_expand_axis(min_y, max_y, image_h, expand_ratio))
+
+
+def _expand_axis(lo: np.float64, hi: np.float64, limit: int, ratio: float) -> tuple[int, int]:
+    """One axis of :func:`expand_region` (the two axes do not interact)."""
+    mid, side = (hi + lo) // 2, (hi - lo) * ratio
+    lo, hi = mid - side // 2, mid + side // 2
+    if lo < 0:
+        hi -= lo
+        lo = np.float64(0)
+    if hi > limit:
+        lo -= hi - limit
+        hi = np.float64(limit)
+    return round(lo), round(hi)
 
 
 def _box_from_points(points: np.ndarray, image_w: int, image_h: int, ratio: float, what: str,

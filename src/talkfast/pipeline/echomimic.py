@@ -198,7 +198,7 @@ class EchoMimicPipeline(TalkingHeadPipeline):
     windowed = True  # its predictor runs shifting context windows (talkfast.sampling.windows)
 
     def __init__(self, net, vae, audio, *, variant: str = "default", device="cpu", dtype=torch.float32,
-                 source: str = "", max_frames: int = MAX_FRAMES, prep=None):
+                 source: str = "", max_frames: int = MAX_FRAMES, prep_plan=None):
         if variant not in ECHOMIMIC_SAMPLING:
             raise ValueError(f"unknown EchoMimic variant {variant!r}; choose one of {sorted(ECHOMIMIC_SAMPLING)}")
         super().__init__(net, vae, audio, device=device, dtype=dtype, identity="none", source=source)
@@ -206,7 +206,7 @@ class EchoMimicPipeline(TalkingHeadPipeline):
         self.pose = variant.startswith("pose")
         self.shift = 3 if self.pose else 2
         self.max_frames = int(max_frames)
-        self.prep = prep  # a .recipes.PrepPlan (EchoMimic's folder) or None: MTCNN where facenet-pytorch is installed
+        self.prep_plan = prep_plan  # a .recipes.PrepPlan (EchoMimic's folder), or None: MTCNN where installed
 
     def resolve(self, options: GenerateOptions | None = None) -> GenerateOptions:
         o = options or GenerateOptions()
@@ -254,7 +254,7 @@ class EchoMimicPipeline(TalkingHeadPipeline):
                     if output is not None else None)
         if out_path is not None and remove_stale_temporaries(out_path):
             log.warning("%s: removed the temporary files of an interrupted run", out_path)
-        haar = self.prep is not None and self.prep.path("face_box") is None
+        haar = self.prep_plan is not None and self.prep_plan.path("face_box") is None
         por = echomimic_portrait(image, size, source=str(source_image) if isinstance(source_image, (str, Path)) else None,
                                  detector="haar" if haar else None)
         stream = self.audio.stream(audio)
@@ -281,7 +281,7 @@ class EchoMimicPipeline(TalkingHeadPipeline):
             "windows": {"frames": WINDOW_FRAMES, "overlap": WINDOW_OVERLAP, "shift": self.shift},
             "pose": None if poses is None else {"source": str(poses.path), "frames": len(poses)},
             "options": asdict(opts), **(extra_sidecar or {}),
-            "preparation": {"face_box": {**(self.prep.record()["face_box"] if self.prep is not None else {}),
+            "preparation": {"face_box": {**(self.prep_plan.record()["face_box"] if self.prep_plan is not None else {}),
                                          "method": por.regions.method, "face_found": por.regions.detected}},
         }
         with guarded_run(self, accelerator, por) as run:

@@ -98,17 +98,17 @@ def load_echomimic_pipeline(root: str | Path, variant: str, device: torch.device
     from .echomimic import EchoMimicPipeline
 
     root = Path(root).expanduser()
-    plan = plan_preparation("echomimic", root, prep)
     if prep and prep.get("face_box", "none").lower() != "none":
         raise ValueError("--prep face_box takes only 'none' (the Haar detector): EchoMimic's MTCNN weights come "
                          "from the facenet-pytorch package")
+    plan = plan_preparation("echomimic", root, prep)
     missing = [f"whisper-tiny checkpoint {root / ECHOMIMIC_WHISPER}"] if not (root / ECHOMIMIC_WHISPER).is_file() else []
     missing += _missing_folder(root, ECHOMIMIC_VAE, "SD VAE")
     weights, vae = _weights_and_vae("EchoMimic", root, missing, lambda: load_echomimic(root, variant))
     whisper = WhisperFeatures(weights.whisper, device=device, dtype=dtype)
     plan.warn_fallbacks()
     return EchoMimicPipeline(weights.net, vae, whisper, variant=variant, device=device, dtype=dtype, source=str(root),
-                             prep=plan)
+                             prep_plan=plan)
 
 
 def load_memo_pipeline(root: str | Path, device: torch.device, dtype: torch.dtype, emotion: str | None = None,
