@@ -16,6 +16,7 @@ import soundfile as sf
 import torch
 from PIL import Image
 from test_checkpoint import TOY_HALLO, hallo_folder, write_hallo_folder  # noqa: F401  (fixture)
+from test_emotion import e2v_dir  # noqa: F401  (fixture)
 from test_face_identity import LARGE, SMALL, make_detector, make_recognizer
 from test_vocals import KIM, _scale_model
 
@@ -130,3 +131,71 @@ def test_prep_overrides_from_the_command_line(full_folder, astronaut, tmp_path, 
     assert main(["generate", "--checkpoint", str(full_folder), "-o", str(tmp_path / "x.mp4"),
                  "--prep", "vocals"]) != 0
     assert "STEP=PATH" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------- MEMO
+@pytest.fixture
+def memo_full(tmp_path, monkeypatch, e2v_dir):  # noqa: F811
+    import talkfast.models.memo_checkpoint as memo_checkpoint
+    from test_emotion import _classifier_dir
+    from test_memo import _randomized, _write_memo_folder
+
+    from talkfast.models.config import MEMO_TINY
+
+    cfg = MEMO_TINY.replace(image_embed_dim=512)
+    monkeypatch.setattr(memo_checkpoint, "get_preset", lambda name: cfg)
+    root = tmp_path / "memo"
+    _write_memo_folder(root, _randomized(cfg))
+    models = root / "misc" / "face_analysis" / "models"
+    models.mkdir(parents=True)
+    make_detector(models / "scrfd_10g_bnkps.onnx", [SMALL, LARGE])
+    make_recognizer(models / "glintr100.onnx")
+    (root / "misc" / "vocal_separator").mkdir()
+    kim = _scale_model(root / "misc" / "vocal_separator" / "Kim_Vocal_2.onnx")
+    monkeypatch.setitem(V.MDX_MODEL_DATA, V.model_hash(kim), KIM)
+    _classifier_dir(root, layers=2, channels=8, in_features=16)  # the tiny emotion2vec's width
+    shutil.copytree(e2v_dir, root / "emotion2vec_plus_large")
+    return root
+
+
+def test_memo_folder_runs_identity_vocals_and_emotion_per_clip(memo_full, astronaut, tmp_path, monkeypatch):
+    from talkfast.audio.emotion import EmotionLabeller
+    from talkfast.io.audio import load_audio
+
+    pipe = load_pipeline(memo_full, device="cpu", dtype="fp32")
+    path = _speech(tmp_path, 0.6)
+    speech, labels, record = pipe.prepare_speech(load_audio(path), 30)
+    assert {k: v["ran"] for k, v in record.items()} == {"vocals": "original", "emotion": "original"}
+    # MEMO's labels read the 16 kHz copy of the input (not the vocals), over S' frames in clips
+    V.ffmpeg_resample(path, tmp_path / "copy16.wav")
+    wave, _ = sf.read(tmp_path / "copy16.wav", dtype="int16", always_2d=True)
+    frames = int(np.ceil(len(speech.samples) / 16000 * 30))
+    padded = -(-frames // 4) * 4  # the tiny model's clips of 4 frames
+    want = EmotionLabeller.load(memo_full / "emotion2vec_plus_large", memo_full).clip_labels(wave.T, padded, 4)
+    assert labels == want and len(labels) == padded // 4
+    np.testing.assert_array_equal(
+        speech.samples, V.separate_vocals(path, memo_full / "misc/vocal_separator/Kim_Vocal_2.onnx", "memo", tmp_path / "v"))
+    seen = []
+    import talkfast.pipeline.memo as memo_module
+
+    real = memo_module.memo_model
+
+    def spy(net, context, tokens, emotion, *args):
+        seen.append(emotion)
+        return real(net, context, tokens, emotion, *args)
+
+    monkeypatch.setattr(memo_module, "memo_model", spy)
+    res = pipe.generate(astronaut, path, tmp_path / "memo.mp4", GenerateOptions(steps=1), size=64)
+    assert seen == labels[: len(seen)] and len(seen) == res.clips
+    prep = res.sidecar["preparation"]
+    assert prep["identity"]["ran"] == "original" and prep["emotion"]["clip_labels"] == labels
+    assert res.sidecar["emotion"] == "per clip (emotion2vec)"
+
+
+def test_memo_emotion_given_replaces_the_labels_and_skips_the_models(memo_full, tmp_path):
+    pipe = load_pipeline(memo_full, device="cpu", dtype="fp32", emotion="happy")
+    assert pipe.prep.emotion_model is None
+    from talkfast.io.audio import load_audio
+
+    _, labels, record = pipe.prepare_speech(load_audio(_speech(tmp_path, 0.3)), 30)
+    assert labels is None and record["emotion"] == {"ran": "given", "label": "happy"}

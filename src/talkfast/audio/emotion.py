@@ -54,6 +54,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from talkfast.audio.features import _as_waveform
 from talkfast.errors import CheckpointError, InputError
 
 __all__ = [
@@ -91,29 +92,17 @@ CLASSIFIER_IN_FEATURES = 1024  # hard-coded in MEMO's classifier (emotion2vec_pl
 
 def _first_channel(wave) -> torch.Tensor:
     """A 1-D float32 CPU tensor: ``(N,)`` as it is, ``(C, N)`` (torchaudio's layout) its first
-    row; int16 PCM is scaled by 1/32768 as torchaudio.load does."""
-    if isinstance(wave, np.ndarray):
-        t = torch.from_numpy(np.ascontiguousarray(wave))
-    elif isinstance(wave, torch.Tensor):
-        t = wave.detach().cpu()
-    else:
-        raise InputError(f"expected the 16 kHz waveform as a numpy array or torch tensor, got {type(wave).__name__}")
-    if t.ndim == 2:
-        if t.shape[0] > t.shape[1]:
-            raise InputError(f"a 2-D waveform must be (channels, N) as torchaudio reads it, got shape {tuple(t.shape)}")
-        t = t[0]
-    if t.ndim != 1:
-        raise InputError(f"expected a waveform of shape (N,) or (channels, N), got shape {tuple(t.shape)}")
-    if t.dtype == torch.int16:
-        t = t.to(torch.float32) / 32768.0
-    elif not t.is_floating_point():
-        raise InputError(f"expected a float waveform in [-1, 1] (or int16 PCM), got dtype {t.dtype}")
-    t = t.to(torch.float32).contiguous()
+    row; int16 PCM is scaled by 1/32768 as torchaudio.load does (:func:`~talkfast.audio.features._as_waveform`)."""
+    if isinstance(wave, (np.ndarray, torch.Tensor)) and wave.ndim == 2:
+        if wave.shape[0] > wave.shape[1]:
+            raise InputError(f"a 2-D waveform must be (channels, N) as torchaudio reads it, got shape {tuple(wave.shape)}")
+        wave = wave[0]
+    elif isinstance(wave, (np.ndarray, torch.Tensor)) and wave.ndim != 1:
+        raise InputError(f"expected a waveform of shape (N,) or (channels, N), got shape {tuple(wave.shape)}")
+    t = _as_waveform(wave)
     if t.numel() == 0:
         raise InputError("the audio is empty: no emotion can be read from it")
-    if not bool(torch.isfinite(t).all()):
-        raise InputError("the waveform contains NaN or infinite values")
-    return t
+    return t.contiguous()
 
 
 @dataclass(frozen=True)
@@ -448,7 +437,11 @@ class EmotionLabeller:
     @classmethod
     def load(cls, emotion2vec_dir: str | Path, memo_dir: str | Path,
              device: str | torch.device = "cpu") -> "EmotionLabeller":
-        return cls(load_emotion2vec(emotion2vec_dir, device), load_emotion_classifier(memo_dir, device))
+        """The classifier's input width is emotion2vec's ``embed_dim`` (1024 for emotion2vec_plus_large,
+        MEMO's hard-coded width): a classifier for another width is a CheckpointError naming it."""
+        emotion2vec = load_emotion2vec(emotion2vec_dir, device)
+        width = read_emotion2vec_config(emotion2vec_dir)[0].get("embed_dim", CLASSIFIER_IN_FEATURES)
+        return cls(emotion2vec, load_emotion_classifier(memo_dir, device, in_features=int(width)))
 
     def frame_labels(self, wave16k, padded_frames: int) -> torch.Tensor:
         """Per-frame labels ``(S',)`` int32."""

@@ -123,7 +123,8 @@ class MemoPipeline(TalkingHeadPipeline):
         ``--emotion`` (given) replaces the labels, and so does the fallback without the models."""
         if self.prep is None:
             return audio, None, {}
-        speech, labels, record = self.prep.speech(audio, "memo", fps, emotion=not self.emotion_given)
+        speech, labels, record = self.prep.speech(audio, "memo", fps, emotion=not self.emotion_given,
+                                                  clip_frames=self.cfg.clip_frames)
         if self.emotion_given and "emotion" in record:
             record["emotion"] = {"ran": "given", "label": EMOTIONS[self.emotion]}
         return speech, labels, record

@@ -102,11 +102,12 @@ class Preparation:
             return Path(audio.path)
         return save_wav(folder / "input.wav", audio)
 
-    def speech(self, audio: Audio, chain: str, fps: float, emotion: bool = True) -> tuple[Audio, list[int] | None, dict]:
+    def speech(self, audio: Audio, chain: str, fps: float, emotion: bool = True,
+               clip_frames: int = 16) -> tuple[Audio, list[int] | None, dict]:
         """What the audio features read, as ``chain`` ('hallo' / 'memo') prepares it: the vocals
         separated by the folder's MDX-Net model (16 kHz mono), or the loaded mix (fallback); and,
-        with MEMO's emotion models (and ``emotion``), one emotion label per 16-frame clip (None
-        without them)."""
+        with MEMO's emotion models (and ``emotion``), one emotion label per clip of ``clip_frames``
+        (MEMO: 16) frames (None without them)."""
         record: dict = {}
         with tempfile.TemporaryDirectory(prefix="talkfast-prep-") as tmp:
             folder = Path(tmp)
@@ -126,24 +127,24 @@ class Preparation:
                 record["vocals"] = self._record("vocals")
             labels = None
             if emotion:
-                labels = self._emotions(src, folder, speech, fps)
+                labels = self._emotions(src, folder, speech, fps, clip_frames)
                 record["emotion"] = self._record("emotion", clip_labels=labels)
             elif "emotion" in self.plan.sources:
                 record["emotion"] = self._record("emotion")
         return speech, labels, record
 
-    def _emotions(self, src: Path, folder: Path, speech: Audio, fps: float) -> list[int]:
+    def _emotions(self, src: Path, folder: Path, speech: Audio, fps: float, clip_frames: int) -> list[int]:
         """MEMO's labels: emotion2vec over the 16 kHz copy of the *input* (``ffmpeg -ar 16000``,
         first channel, int16 as torchaudio reads it), per frame over the padded frame count S' of
-        the speech the features read (S = ceil(n / 16000 * fps), up to a multiple of 16), the
-        most frequent per clip."""
-        from ..audio.vocals import ffmpeg_resample
+        the speech the features read (S = ceil(n / 16000 * fps), up to a multiple of the clip
+        length), the most frequent per clip."""
+        from ..audio.vocals import input_copy_16k
 
-        copy16 = ffmpeg_resample(src, folder / "emotion-16k.wav")
+        copy16 = input_copy_16k(src, folder / "vocals")  # the separator's copy when it ran
         wave, rate = sf.read(str(copy16), dtype="int16", always_2d=True)
         if rate != 16000:
             raise ValueError(f"{copy16}: expected 16 kHz after resampling, got {rate} Hz")
         n16 = math.ceil(len(speech.samples) * 16000 / speech.sample_rate)
         frames = math.ceil(n16 / 16000 * fps)  # the originals' float expression (audio.wav2vec_file)
-        padded = math.ceil(frames / 16) * 16
-        return [int(v) for v in self.emotion_model.clip_labels(wave.T, padded)]
+        padded = math.ceil(frames / clip_frames) * clip_frames
+        return [int(v) for v in self.emotion_model.clip_labels(wave.T, padded, clip_frames)]
