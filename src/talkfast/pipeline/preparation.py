@@ -144,7 +144,8 @@ class Preparation:
         wave, rate = sf.read(str(copy16), dtype="int16", always_2d=True)
         if rate != 16000:
             raise ValueError(f"{copy16}: expected 16 kHz after resampling, got {rate} Hz")
+        from ..audio.wav2vec_file import file_frame_counts
+
         n16 = math.ceil(len(speech.samples) * 16000 / speech.sample_rate)
-        frames = math.ceil(n16 / 16000 * fps)  # the originals' float expression (audio.wav2vec_file)
-        padded = math.ceil(frames / clip_frames) * clip_frames
+        padded = file_frame_counts(n16, fps, clip_frames)[1]
         return [int(v) for v in self.emotion_model.clip_labels(wave.T, padded, clip_frames)]
