@@ -244,7 +244,7 @@ def test_crop_is_cv2_bilinear_of_crop_and_pad():
 
 def test_top_edge_wrap_is_reproducible_but_not_the_default():
     """A face touching the top: EchoMimic's slice starts at row -4 and wraps (an empty mask here);
-    wrap=True reproduces it, the default (what echomimic_portrait uses) clips."""
+    wrap=True reproduces it, the function's default clips (echomimic_portrait asks for the wrap)."""
     w, h, box = 400, 300, (150, 2, 250, 42)  # r_pad 4 -> rows -4 .. 46: empty slice
     full = np.zeros((h, w), np.uint8)
     full[2 - 4 : 42 + 4, 150 - 10 : 250 + 10] = 255
@@ -393,3 +393,16 @@ def test_whisper_half_equals_echomimic(tmp_path, dtype):
     ref32 = _echomimic_encoder(sd, F.pad(mel, (0, 3000 - n))[None], HEADS, BLOCKS)[0].permute(1, 0, 2)[: n // 2]
     torch.testing.assert_close(full, ref32, rtol=1e-4, atol=1e-4)
     assert math.isfinite(float((got - full).abs().max()))
+
+
+def test_portrait_reproduces_echomimics_wrapped_mask_with_a_warning(monkeypatch, caplog):
+    import talkfast.pipeline.echomimic as E
+
+    monkeypatch.setattr(E, "echomimic_face_box", lambda bgr, det: (150, 2, 250, 42))  # rows -4 .. 46
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    with caplog.at_level(logging.WARNING):
+        por = E.echomimic_portrait(photo, 64, detector=object())
+    assert por.regions.detected and float(por.mask.max()) == 0.0  # EchoMimic's empty mask
+    torch.testing.assert_close(por.mask, echomimic_face_mask((150, 2, 250, 42), (400, 300), 64, uint8=True, wrap=True),
+                               rtol=0, atol=0)
+    assert any("wraps around" in r.getMessage() and "empty" in r.getMessage() for r in caplog.records)

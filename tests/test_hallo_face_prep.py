@@ -84,17 +84,22 @@ def test_boxes_shifted_back_inside():
     assert expand_region([5.0, 105.0, 100.0, 195.0], 300, 200, 1.2) == (0, 120, 86, 200)
 
 
-def test_box_larger_than_image_is_clipped_with_a_warning():
+def test_box_larger_than_image_wraps_as_hallos_slice_with_a_warning():
     # 100 x 100 image, face x 5..95: mid 50, half (90 * 1.2 = 108) // 2 = 54 -> -4..104 -> 0..108 ->
-    # -8..100. Hallo slices [-8:100] (wraps: columns 92..99 only); talkfast clips to 0..100.
+    # -8..100. Hallo slices [-8:100]: only columns 92..99 are filled (its numpy slice wraps).
     pts = _landmarks({10: (5.0, 20.0), 152: (95.0, 60.0)}, {61: (45.0, 50.0), 291: (55.0, 52.0)},
                      face_fill=(50.0, 40.0), lip_fill=(50.0, 51.0))
     assert expand_region([5.0, 95.0, 20.0, 60.0], 100, 100, 1.2) == (-8, 100, 16, 64)
-    with pytest.warns(UserWarning, match=r"x -8\.\.100.*clips it to 0"):
+    with pytest.warns(UserWarning, match=r"x -8\.\.100.*wraps the negative start around.*reproduced"):
         boxes = hallo_boxes(pts, (100, 100))
-    assert boxes.face == (0, 16, 100, 64)
+    assert boxes.face == (-8, 16, 100, 64)
     face, _ = hallo_hard_masks(boxes)
-    assert (face[16:64] == 255).all() and face.sum() == 255 * 100 * 48
+    assert (face[16:64, 92:100] == 255).all() and face.sum() == 255 * 8 * 48
+    assert boxes.regions().face.to_int() == (0, 16, 100, 64)  # the nominal box, clipped
+    # fallback boxes (Hallo has none: it stops without a landmarker face) are clipped instead
+    raw = FaceRegions(face=Box(5.0, 20.0, 95.0, 60.0), lip=Box(45.0, 50.0, 55.0, 52.0), image_size=(100, 100),
+                      detected=True, method="haar:test")
+    assert hallo_boxes_from_regions(raw).face == (0, 16, 100, 64)
 
 
 def test_bad_landmarks_rejected():

@@ -35,8 +35,7 @@ Deviations (all documented where they happen):
   ``np.round`` + ``expand_region`` as Hallo's landmark boxes.
 * **A box larger than the image** (e.g. a face more than 1/1.2 of the photo's width):
   ``expand_region`` shifts the box so its start becomes negative, and Hallo's numpy slice then wraps
-  around (only the last few columns / rows are filled). Here the start is clipped to 0 (the box
-  covers the whole side) and a warning says so.
+  around (only the last few columns / rows are filled). Reproduced as Hallo does, with a warning.
 * **Sizes other than 512**: as Hallo's code does for any configured size, the soft maps are still made
   at 64 x 64 (``get_blur_mask``'s fixed ``resize_dim``, kernels 51 / 31) and resized to the levels
   ``size // 8``, ``// 16``, ``// 32``, ``// 64``; ``size`` must be a multiple of 64 so those levels
@@ -101,8 +100,11 @@ class HalloBoxes:
         """The same (expanded) boxes as :class:`FaceRegions`, e.g. for ``Portrait.regions``.
 
         Do not pass these to :func:`~talkfast.face.masks.build_masks`: it would expand them again.
+        A box that starts before the image (Hallo's wrapping slice, see :func:`hallo_hard_masks`) is
+        clipped here: these regions are the nominal boxes (DFA's foreground, the sidecar).
         """
-        return FaceRegions(face=Box(*self.face), lip=Box(*self.lip), image_size=self.image_size,
+        w, h = self.image_size
+        return FaceRegions(face=Box(*self.face).clip(w, h), lip=Box(*self.lip).clip(w, h), image_size=self.image_size,
                            detected=self.detected, method=self.method)
 
 
@@ -132,16 +134,19 @@ def _expand_axis(lo: np.float64, hi: np.float64, limit: int, ratio: float) -> tu
 
 
 def _box_from_points(points: np.ndarray, image_w: int, image_h: int, ratio: float, what: str,
-                     source: str) -> tuple[int, int, int, int]:
+                     source: str, wrap: bool = True) -> tuple[int, int, int, int]:
+    """``np.round`` + :func:`expand_region` of the points' bounding box; a negative start is kept
+    (Hallo's slice wraps it, ``wrap``) or clipped to 0 (the fallback boxes, where Hallo has none)."""
     lo = np.round(np.min(points, 0))
     hi = np.round(np.max(points, 0))
     x0, x1, y0, y1 = expand_region([lo[0], hi[0], lo[1], hi[1]], image_w, image_h, ratio)
+    if not wrap:
+        return max(x0, 0), max(y0, 0), x1, y1
     if x0 < 0 or y0 < 0:
         warnings.warn(
             f"the expanded {what} box of {source} (x {x0}..{x1}, y {y0}..{y1}) is larger than the "
-            f"{image_w}x{image_h} image; Hallo's slicing would wrap the negative start around, "
-            "talkfast clips it to 0 (the box covers the whole side)", UserWarning, stacklevel=3)
-        x0, y0 = max(x0, 0), max(y0, 0)
+            f"{image_w}x{image_h} image; Hallo's numpy slice wraps the negative start around (only the "
+            "last rows / columns of the box are filled), reproduced as Hallo does", UserWarning, stacklevel=3)
     return x0, y0, x1, y1
 
 
@@ -168,7 +173,8 @@ def hallo_boxes(landmarks: np.ndarray, image_size: tuple[int, int], face_expand:
 def hallo_boxes_from_regions(regions: FaceRegions, face_expand: float = FACE_EXPAND,
                              lip_expand: float = LIP_EXPAND, *, source: str = "the image") -> HalloBoxes:
     """Fallback boxes: raw (unexpanded) :class:`FaceRegions`, e.g. from the Haar detector, through the
-    same ``np.round`` + :func:`expand_region` as Hallo's landmark boxes (corners as the points).
+    same ``np.round`` + :func:`expand_region` as Hallo's landmark boxes (corners as the points);
+    a box larger than the image is clipped (Hallo itself has no boxes here: it stops).
 
     ``detected`` is copied from ``regions``; ``method`` is ``"fallback:" + regions.method``.
     """
@@ -177,8 +183,8 @@ def hallo_boxes_from_regions(regions: FaceRegions, face_expand: float = FACE_EXP
     def corners(b: Box) -> np.ndarray:
         return np.array([[b.x0, b.y0], [b.x1, b.y1]], dtype=np.float64)
 
-    face = _box_from_points(corners(regions.face), w, h, face_expand, "face", source)
-    lip = _box_from_points(corners(regions.lip), w, h, lip_expand, "lip", source)
+    face = _box_from_points(corners(regions.face), w, h, face_expand, "face", source, wrap=False)
+    lip = _box_from_points(corners(regions.lip), w, h, lip_expand, "lip", source, wrap=False)
     return HalloBoxes(face=face, lip=lip, image_size=(w, h), detected=regions.detected,
                       method=f"fallback:{regions.method}")
 
@@ -227,7 +233,9 @@ def hallo_face_boxes(image: Image.Image, landmarker, fallback: FaceRegions | Cal
 
 
 def hallo_hard_masks(boxes: HalloBoxes) -> tuple[np.ndarray, np.ndarray]:
-    """The full-size hard ``(face, lip)`` uint8 masks: 255 inside the box, 0 elsewhere (``(H, W)``)."""
+    """The full-size hard ``(face, lip)`` uint8 masks: 255 inside the box, 0 elsewhere (``(H, W)``),
+    filled by numpy slicing as Hallo's ``get_face_mask`` / ``get_lip_mask`` do (a negative start
+    counts from the end: the box wraps around)."""
     w, h = _image_wh(boxes.image_size)
     out = []
     for x0, y0, x1, y1 in (boxes.face, boxes.lip):

@@ -29,8 +29,8 @@ longer audio has no temporal coupling across a chunk boundary (a visible cut is 
 Other differences: the noise is drawn in fp32 from talkfast's seeded CPU generator and then cast
 (EchoMimic draws fp16 from ``torch.manual_seed(420)``; the seed default is EchoMimic's 420 here
 too); the face box is MTCNN's (:mod:`talkfast.face.mtcnn`), the crop and mask EchoMimic's
-(:func:`echomimic_portrait`), except that a mask box past the top/left edge is clipped where
-EchoMimic's slice wraps; without guidance the window sums are not divided by the counter in the
+(:func:`echomimic_portrait`; a mask box past the top/left edge wraps as EchoMimic's slice does,
+with a warning); without guidance the window sums are not divided by the counter in the
 default/pose variants, and divided in the acc variants, as EchoMimic's pipelines do
 (:mod:`talkfast.sampling.windows`).
 
@@ -152,8 +152,9 @@ def echomimic_portrait(image: Image.Image, size: int, *, detector=None, source: 
     * no face: the whole photo squashed to ``size`` x ``size`` as the pipeline's ``VaeImageProcessor``
       does (PIL Lanczos) and an all-ones mask (EchoMimic's all-255 mask at the photo's size, which
       only fits the latent for a photo of the model size; here it has the model size);
-    * **kept deviation**: a face whose padded mask box starts above or left of the photo gets the
-      clipped rectangle, not EchoMimic's wrapped (often empty) slice (see ``echomimic_face_mask``).
+    * a face whose padded mask box starts above or left of the photo gets EchoMimic's wrapped (often
+      empty) slice, with a warning (``echomimic_face_mask(wrap=True)``); the Haar fallback's box is
+      clipped instead (EchoMimic has no such box).
 
     Without facenet-pytorch the box is talkfast's Haar detector's (one warning).
     """
@@ -163,6 +164,13 @@ def echomimic_portrait(image: Image.Image, size: int, *, detector=None, source: 
     square = (Image.fromarray(crop) if crop is not None
               else image.convert("RGB").resize((size, size), Image.Resampling.LANCZOS))
     mask = echomimic_face_mask(regions, image.size, size, uint8=True)
+    if regions.method.startswith("mtcnn") and regions.detected:  # EchoMimic's own slice, wrapping included
+        wrapped = echomimic_face_mask(regions, image.size, size, uint8=True, wrap=True)
+        if not torch.equal(wrapped, mask):
+            log.warning("portrait: the padded face box of %s starts above or left of the photo; EchoMimic's mask "
+                        "slice wraps around there (the face mask is %s), reproduced as EchoMimic does",
+                        source or "the image", "empty" if float(wrapped.max()) == 0 else "partly elsewhere")
+            mask = wrapped
     return EchoPortrait(square, to_tensor(square), mask, regions)
 
 
