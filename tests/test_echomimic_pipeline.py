@@ -266,3 +266,11 @@ def test_tune_writes_beside_an_echomimic_folder_and_generate_uses_it(echo_folder
     assert "tuned for this model" in capsys.readouterr().out
     side = json.loads(out.with_suffix(".json").read_text())
     assert side["accel_choice"]["source"] == "tuned" and side["options"]["steps"] == tuned["balanced"]["steps"]
+
+
+def test_demo_seed_defaults_to_the_family_seed(echo_folder, tmp_path):
+    from talkfast.app.demo import DemoEngine
+
+    root, _ = echo_folder
+    assert DemoEngine(load_pipeline(root, device="cpu", dtype="fp32"), out_dir=tmp_path).seed == 420  # EchoMimic's
+    assert DemoEngine(load_pipeline(root, device="cpu", dtype="fp32"), out_dir=tmp_path, seed=5).seed == 5

@@ -137,9 +137,9 @@ class DemoEngine:
     """Holds the pipeline (or loads it on first use with ``loader``), a lock so that only one
     generation runs at a time, and the temporary output folder."""
 
-    def __init__(self, source, *, out_dir: str | Path | None = None, seed: int = 42, fps: int | None = None,
+    def __init__(self, source, *, out_dir: str | Path | None = None, seed: int | None = None, fps: int | None = None,
                  default_steps: int | None = None):
-        from ..pipeline.generate import TalkingHeadPipeline
+        from ..pipeline.generate import DEFAULT_SEED, GenerateOptions, TalkingHeadPipeline
 
         if isinstance(source, TalkingHeadPipeline):
             self._pipe, self._loader = source, None
@@ -149,6 +149,8 @@ class DemoEngine:
             raise TypeError("DemoEngine needs a TalkingHeadPipeline or a function that returns one")
         self._lock = threading.Lock()
         self._count = itertools.count(1)
+        if seed is None:  # the family's default seed (EchoMimic 420), known once the pipeline is
+            seed = self._pipe.resolve(GenerateOptions()).seed if self._pipe is not None else DEFAULT_SEED
         self.seed, self.fps = seed, fps
         self.off_step_seconds: float | None = None  # per-step time of the latest `off` run
         self._default_steps = default_steps
