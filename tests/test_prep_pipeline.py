@@ -115,6 +115,20 @@ def test_folder_without_preparation_models_falls_back_out_loud(hallo_folder, ast
     assert res.sidecar["size"] == 64
 
 
+def test_hallo_video_has_hallos_frame_count(hallo_folder, astronaut, tmp_path):  # noqa: F811
+    """Hallo cuts its frames to ``math.ceil(n / 16000 * 25)`` (floating point): 4480 samples give
+    8 frames where the exact count is 7; the video has Hallo's 8, the embedded model keeps 7."""
+    from talkfast.io.video import probe_video
+
+    root, _ = hallo_folder
+    pipe = load_pipeline(root, device="cpu", dtype="fp32")
+    path = tmp_path / "short.wav"
+    sf.write(path, 0.1 * np.sin(np.arange(4480) / 7.0).astype(np.float32), 16000)
+    res = pipe.generate(astronaut, path, tmp_path / "out.mp4", GenerateOptions(steps=1), size=64)
+    assert res.frames == 8 and res.sidecar["frames"] == 8
+    assert probe_video(res.path).num_frames == 8
+
+
 def test_prep_overrides_from_the_command_line(full_folder, astronaut, tmp_path, capsys):
     out = tmp_path / "cli.mp4"
     code = main(["generate", "--checkpoint", str(full_folder), "-s", str(astronaut), "-a", str(_speech(tmp_path)),

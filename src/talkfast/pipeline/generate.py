@@ -288,6 +288,11 @@ class TalkingHeadPipeline:
         the sidecar's record of it (empty: talkfast's own models keep their own preparation)."""
         return audio, None, {}
 
+    def video_frames(self, audio, speech, fps: float) -> int:
+        """Frames of the video: the audio's length, ``ceil(samples * fps / rate)`` (Hallo folders
+        override it with Hallo's own count)."""
+        return audio.num_frames(fps)
+
     def audio_tokens(self, feats: torch.Tensor) -> torch.Tensor:
         """One clip's audio features (F, ...) -> the projected audio tokens (1, F, T, D), in the
         pipeline dtype (Hallo runs ``audioproj`` with the rest of the network)."""
@@ -365,7 +370,7 @@ class TalkingHeadPipeline:
         por = self.portrait(image, size, name=str(source_image) if isinstance(source_image, (str, Path)) else "portrait",
                             regions=regions)
         speech, clip_emotions, speech_record = self.prepare_speech(audio, opts.fps)
-        frames_total = audio.num_frames(opts.fps)
+        frames_total = self.video_frames(audio, speech, opts.fps)
         F, M = self.cfg.clip_frames, self.cfg.motion_frames
         clips = math.ceil(frames_total / F)
         sched = make_scheduler(opts.steps, kind=self.sampler)

@@ -42,3 +42,12 @@ class HalloPipeline(TalkingHeadPipeline):
     def prepare_speech(self, audio, fps: float) -> tuple:
         """Hallo's vocal separation (Kim_Vocal_2 through MDX-Net, then 16 kHz) before wav2vec2."""
         return self.prep.speech(audio, "hallo", fps)
+
+    def video_frames(self, audio, speech, fps: float) -> int:
+        """Hallo's frame count: ``S = math.ceil(n / 16000 * fps)`` in floating point over the 16 kHz
+        vocals (``AudioProcessor.preprocess``), the length ``scripts/inference.py`` cuts its frames
+        to before writing (one more than the exact count for some lengths, e.g. 4480 samples at
+        25 fps: 8 frames, not 7)."""
+        if self.audio.kind == "wav2vec2_file":
+            return self.audio.num_frames(speech, fps)
+        return super().video_frames(audio, speech, fps)
