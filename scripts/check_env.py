@@ -16,7 +16,6 @@ from importlib import metadata
 # re-implements the few functions used: MTCNN's NMS); audio-separator's own model-conversion and
 # training dependencies are not used by the MDX inference path.
 SKIPPED = {
-    "insightface": {"opencv-python"},
     "mediapipe": {"opencv-contrib-python"},
     "facenet-pytorch": {"torchvision"},
     "audio-separator": {"beartype", "diffq", "julius", "ml-collections", "onnx-weekly", "onnx2torch-py313",

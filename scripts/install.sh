@@ -25,11 +25,14 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch first and pinned: a bare 'torch' would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
+# The 'prep' extra holds insightface==0.7.3 (the originals' pin; it replaces another version in an
+# existing .venv). It is an sdist: pip builds its C extension (a C compiler and the Python headers
+# are needed; about 45 s on 2 cores).
 .venv/bin/python -m pip install -q -e ".[test,prep]"
 # The originals' preparation libraries without their dependencies (see the 'prep' extra in
-# pyproject.toml): each would pull a second OpenCV distribution (opencv-python /
-# opencv-contrib-python), torchvision or a CUDA torch. Everything they use is in the extra.
-.venv/bin/python -m pip install -q --no-deps "insightface==2.1" "mediapipe==1.2.3" "facenet-pytorch==2.5.0" \
+# pyproject.toml): each would pull a second OpenCV distribution (opencv-contrib-python),
+# torchvision or a CUDA torch. Everything they use is in the extra.
+.venv/bin/python -m pip install -q --no-deps "mediapipe==1.2.3" "facenet-pytorch==2.5.0" \
     "audio-separator==0.47.1"
 # pip check, less the requirements skipped on purpose; and exactly one OpenCV distribution
 .venv/bin/python scripts/check_env.py

@@ -9,9 +9,9 @@ signatures (routed by insightface exactly as scrfd_10g_bnkps.onnx and glintr100.
   white pixel has those faces and an all-black photo none.
 * recognizer: input [N, 3, 112, 112] -> 8x8 average pool -> fixed random linear map -> [N, 512].
 
-Every expected embedding is re-computed through insightface's ``FaceAnalysis.get`` on the BGR array
-with the originals' largest-area selection (Hallo 8fd7c57 image_processor.py, MEMO a5aee30
-vision_utils.py), and compared exactly.
+Every expected embedding is re-computed through insightface's ``FaceAnalysis`` (0.7.3, the
+originals' pin) called as the originals call it, ``.get`` on the BGR array with their largest-area
+selection (Hallo 8fd7c57 image_processor.py, MEMO a5aee30 vision_utils.py), and compared exactly.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # insightface 0.7.3 imports albumentations
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("insightface")
@@ -150,20 +151,13 @@ def _one_thread():
 
 
 def _insightface_reference(models_dir, photo):
-    """The originals' computation through insightface's API, with their arguments: name="" and
-    root=<the folder above models/>. insightface 2.1 reads name="" as the working folder (0.7.3:
-    <root>/models/), so it runs from inside the models folder, where both read the same files."""
+    """The originals' computation through insightface's API with their arguments (name="" and
+    root=<the folder above models/>)."""
     import cv2
     from insightface.app import FaceAnalysis
 
-    here = os.getcwd()
-    os.chdir(models_dir)
-    try:
-        app = FaceAnalysis(name="", root=os.path.dirname(models_dir), providers=["CPUExecutionProvider"],
-                           sess_options=_one_thread())
-        app.prepare(ctx_id=0, det_size=(640, 640))
-    finally:
-        os.chdir(here)
+    app = FaceAnalysis(name="", root=os.path.dirname(models_dir), providers=["CPUExecutionProvider"])
+    app.prepare(ctx_id=0, det_size=(640, 640))
     faces = app.get(cv2.cvtColor(np.array(photo), cv2.COLOR_RGB2BGR))
     if not faces:
         return np.zeros(512), faces
@@ -227,34 +221,54 @@ def test_no_face_gives_zeros(two_faces):
     assert "no face" in info.message.lower()
 
 
-def test_never_downloads_and_ignores_the_working_folder(two_faces, tmp_path, monkeypatch):
-    import insightface.app.face_analysis as fa
+def test_never_downloads(two_faces, tmp_path, monkeypatch):
     import insightface.model_zoo.model_zoo as mz
     import insightface.utils.storage as storage
 
     def refuse(*args, **kwargs):
         raise AssertionError("insightface tried to download")
 
-    monkeypatch.setattr(fa, "ensure_available", refuse)
     monkeypatch.setattr(mz, "download_onnx", refuse)
     monkeypatch.setattr(storage, "download_file", refuse)
-    # insightface 2.1 reads name="" as the working folder: put junk there to show it is never read.
-    cwd = tmp_path / "cwd"
+    cwd = tmp_path / "cwd"  # junk in the working folder is never read
     cwd.mkdir()
     (cwd / "junk.onnx").write_bytes(b"not a model")
     monkeypatch.chdir(cwd)
     emb, info = FaceIdentity(two_faces, threads=1).embed(_photo())
     assert info.face_found and emb.abs().sum() > 0
+    with pytest.raises(CheckpointError, match="does not exist"):  # refused before insightface sees it
+        FaceIdentity(tmp_path / "absent" / "models")
+    assert not (tmp_path / "absent").exists()
 
 
-def test_insightface_21_reads_an_empty_name_as_the_working_folder(two_faces, tmp_path, monkeypatch):
-    # Why FaceIdentity passes the folder as name: the originals' name="" + root does not reach
-    # <root>/models/ with insightface 2.1 (it did with 0.7.3) but the working folder.
-    from insightface.app import FaceAnalysis
+def test_folder_not_named_models_loads_the_same_files(two_faces, tmp_path):
+    import shutil
 
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(AssertionError):  # no detector in the working folder
-        FaceAnalysis(name="", root=os.path.dirname(two_faces), providers=["CPUExecutionProvider"])
+    other = tmp_path / "faces"
+    shutil.copytree(two_faces, other)
+    photo = _photo()
+    emb, _ = FaceIdentity(other).embed(photo)
+    ref, _ = _insightface_reference(two_faces, photo)
+    np.testing.assert_array_equal(emb.numpy(), ref)
+
+
+def test_other_insightface_version_is_refused(two_faces, monkeypatch):
+    # insightface 2.x reads the originals' name="" as the working folder, not <root>/models/.
+    import insightface
+
+    monkeypatch.setattr(insightface, "__version__", "2.1")
+    _expect(two_faces, "insightface 2.1", "0.7.3")
+
+
+def test_insightface_is_the_originals_version():
+    import insightface
+
+    assert insightface.__version__ == "0.7.3"  # Hallo 8fd7c57 requirements.txt, MEMO a5aee30 pyproject
+
+
+def test_insightface_prints_go_to_the_log(two_faces, capsys):
+    FaceIdentity(two_faces, threads=1).embed(_photo())
+    assert capsys.readouterr().out == ""
 
 
 def test_models_dir_helpers():
@@ -318,6 +332,23 @@ def test_detector_with_wrong_outputs(tmp_path, n_outputs):
     make_detector(tmp_path / "scrfd_10g_bnkps.onnx", [SMALL], n_outputs=n_outputs)
     make_recognizer(tmp_path / "glintr100.onnx")
     _expect(tmp_path, "scrfd_10g_bnkps.onnx", f"{n_outputs} outputs")
+
+
+def test_detector_with_a_batch_axis(tmp_path):
+    # insightface 0.7.3's RetinaFace decodes [candidates, k] only (a batch axis fails in .get).
+    make_detector(tmp_path / "scrfd_10g_bnkps.onnx", [SMALL])
+    model = onnx.load(str(tmp_path / "scrfd_10g_bnkps.onnx"))
+    out = model.graph.output[0]
+    out.type.tensor_type.shape.dim.insert(0, onnx.TensorShapeProto.Dimension(dim_value=1))
+    onnx.save(model, str(tmp_path / "scrfd_10g_bnkps.onnx"))
+    make_recognizer(tmp_path / "glintr100.onnx")
+    _expect(tmp_path, "scrfd_10g_bnkps.onnx", "batch axis")
+
+
+def test_threads_reach_onnxruntime(two_faces):
+    app = FaceIdentity(two_faces, threads=1)._app
+    assert {t: m.session.get_session_options().intra_op_num_threads for t, m in app.models.items()} == \
+        {"detection": 1, "recognition": 1}
 
 
 def test_model_onnxruntime_cannot_open_is_named(tmp_path):

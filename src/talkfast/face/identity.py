@@ -7,9 +7,10 @@ Matched against:
   (``face_analysis.model_path: ./pretrained_models/face_analysis``) and ``scripts/inference.py``.
 * MEMO, memoavatar/memo a5aee30, ``memo/utils/vision_utils.py`` (``preprocess_image``) with
   ``inference.py`` (``<misc_model_dir>/misc/face_analysis``).
-* insightface (deepinsight/insightface ``python-package``): 0.7.3 is what the originals pin, 2.1 is
-  what runs here; ``app/face_analysis.py``, ``model_zoo/model_zoo.py`` (routing by signature),
-  ``model_zoo/scrfd.py``, ``model_zoo/arcface_onnx.py``.
+* insightface 0.7.3 (deepinsight/insightface ``python-package``, the version both originals pin
+  and the one talkfast runs): ``app/face_analysis.py``, ``model_zoo/model_zoo.py`` (routing by
+  signature), ``model_zoo/retinaface.py`` (the detector class it routes SCRFD to),
+  ``model_zoo/arcface_onnx.py``, ``utils/face_align.py``, ``utils/storage.py``.
 
 What both originals do, and what :class:`FaceIdentity` does the same way:
 
@@ -31,29 +32,28 @@ What both originals do, and what :class:`FaceIdentity` does the same way:
 
 Differences, on purpose:
 
-* insightface 2.1 reads ``name=""`` as the *current working folder* (``Path("").is_dir()`` is true),
-  not as ``<root>/models/``. To load what 0.7.3 loads, the models folder is passed as ``name`` (2.1
-  takes an existing folder directly and never calls ``ensure_available``), so nothing is ever
-  downloaded; the folder is also checked before insightface sees it.
+* The folder is checked before insightface sees it (it exists, holds a detector and a recognizer
+  with the right signatures), so ``ensure_available`` always finds it and never downloads. A
+  folder not named ``models`` (``--prep identity=DIR``) is passed as an absolute ``name``, which
+  insightface's ``os.path.join(root, "models", name)`` takes as it is.
 * Providers: CPU only (``CPUExecutionProvider``); ``ctx_id=0`` changes nothing on CPU.
 * Only the detector and the recognizer run on each face (``allowed_modules``): the originals also
   run the landmark and gender/age models, whose results never reach the embedding. Every ``.onnx``
   in the folder is still loaded, as in the originals, so a broken one fails here as it fails there.
-* insightface 0.7.3 routes the detector (>= 5 outputs) to its ``RetinaFace`` class, 2.1 to
-  ``SCRFD``: the same decoding (mean 127.5, std 128, distance boxes and keypoints, NMS 0.4) for
-  rank-2 outputs like scrfd_10g_bnkps.onnx's. 2.1 sorts candidates with a stable sort and runs a
-  fixed-640 session built from the same graph; 0.7.3 used ``argsort()[::-1]``. Only exactly tied
-  detector scores can order differently. The recognizer path (``norm_crop``, ``blobFromImages``)
-  is unchanged between the two.
+* ``threads``: insightface 0.7.3 hands onnxruntime only the providers, so with ``threads`` the
+  detector's and recognizer's sessions are rebuilt from the same files with that thread count
+  (the results do not depend on it). insightface's loading messages (it prints them) go to the
+  debug log instead of stdout.
 * MEMO builds ``FaceAnalysis`` anew for every photo, Hallo once per run; the result is the same.
   Here one :class:`FaceIdentity` can embed many photos.
-* A folder holding an insightface 2.x model-package ``manifest.json`` would be read differently by
-  2.1 than by 0.7.3; it is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import io
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,10 +65,13 @@ from PIL import Image
 from talkfast.errors import CheckpointError, InputError
 from talkfast.paths import display_path
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "EMBEDDING_DIM",
     "DET_SIZE",
     "FaceIdentity",
+    "INSIGHTFACE_VERSION",
     "IdentityInfo",
     "hallo_face_models_dir",
     "memo_face_models_dir",
@@ -77,6 +80,7 @@ __all__ = [
 EMBEDDING_DIM = 512
 DET_SIZE = (640, 640)
 _DET_THRESH = 0.5  # insightface's default, used by both originals
+INSIGHTFACE_VERSION = "0.7.3"  # Hallo 8fd7c57 requirements.txt, MEMO a5aee30 pyproject.toml
 # ModelRouter: SCRFD with keypoints has 9 outputs (3 strides x score/bbox/kps, 2 anchors) or 15
 # (5 strides); ArcFace needs the 5 keypoints to align the face.
 _DETECTOR_OUTPUTS_WITH_KPS = (9, 15)
@@ -121,22 +125,32 @@ class _Signature:
 
 def _import_backends():
     """insightface, onnx and onnxruntime, imported here so the rest of talkfast works without them."""
+    # insightface 0.7.3 imports albumentations (insightface.app.mask_renderer), whose import asks
+    # PyPI for a newer version unless this is set; talkfast never goes online for that.
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     missing = []
-    for module, package in (("onnxruntime", "onnxruntime"), ("onnx", "onnx"), ("insightface", "insightface")):
+    for module in ("onnxruntime", "onnx", "insightface"):
         try:
             __import__(module)
-        except ImportError:
-            missing.append(package)
+        except ImportError as exc:  # also a missing dependency of insightface (albumentations, ...)
+            missing.append((exc.name or module).split(".")[0])
     if missing:
         raise CheckpointError(
             "The identity embedding of Hallo and MEMO needs insightface's face models, run with "
             f"onnxruntime; missing Python package(s): {', '.join(missing)} "
             f"(pip install {' '.join(missing)}, or talkfast's 'prep' extra)."
         )
-    import insightface  # noqa: F401
+    import insightface
     import onnx
     import onnxruntime
 
+    version = getattr(insightface, "__version__", "?")
+    if version != INSIGHTFACE_VERSION:
+        raise CheckpointError(
+            f"insightface {version} is installed; talkfast calls it as Hallo and MEMO do, which needs "
+            f"the version they pin, {INSIGHTFACE_VERSION} (newer versions read FaceAnalysis(name=\"\", "
+            f"root=...) differently): pip install insightface=={INSIGHTFACE_VERSION}, or scripts/install.sh."
+        )
     return onnx, onnxruntime
 
 
@@ -223,10 +237,10 @@ def _check_detector(path: Path, sig: _Signature) -> None:
     if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
         raise CheckpointError(f"{name}: detector input {list(shape)}; SCRFD takes [1, 3, H, W].")
     for out in sig.output_shapes:
-        if len(out) not in (2, 3):
+        if len(out) != 2:
             raise CheckpointError(
                 f"{name}: detector output of shape {list(out)}; SCRFD's outputs are "
-                "[candidates, 1 | 4 | 10] (optionally with a batch axis)."
+                "[candidates, 1 | 4 | 10] (insightface 0.7.3's detector reads no batch axis)."
             )
     fmc = sig.n_outputs // 3
     for index, out in enumerate(sig.output_shapes):
@@ -295,17 +309,6 @@ class FaceIdentity:
                 f"Face-model folder {shown} holds no .onnx file; it needs a face detector "
                 "(scrfd_10g_bnkps.onnx) and a face recognizer (glintr100.onnx)."
             )
-        from insightface.model_zoo.package_manifest import has_model_package_manifest
-
-        try:
-            has_manifest = has_model_package_manifest(str(folder))
-        except Exception:
-            has_manifest = True
-        if has_manifest:
-            raise CheckpointError(
-                f"Face-model folder {shown} holds an insightface model-package manifest.json, which "
-                "the originals' insightface (0.7.3) never reads; remove it or use the originals' folder."
-            )
         chosen: dict[str, Path] = {}
         for path in files:
             sig = _inspect(path, onnx)
@@ -329,17 +332,21 @@ class FaceIdentity:
 
         from insightface.app import FaceAnalysis
 
-        kwargs: dict = {"providers": ["CPUExecutionProvider"]}
-        if threads is not None:
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = int(threads)
-            options.inter_op_num_threads = 1
-            kwargs["sess_options"] = options
+        # The originals' call: FaceAnalysis(name="", root=<folder above models/>) reads <root>/models/.
+        name, root = ("", folder.parent) if folder.name == "models" else (str(folder), folder.parent)
+        printed = io.StringIO()
         try:
-            # name = the folder itself (see the module docstring: 2.1 reads name="" as the cwd).
-            app = FaceAnalysis(name=str(folder), root=str(folder.parent),
-                               allowed_modules=["detection", "recognition"], **kwargs)
-            app.prepare(ctx_id=0, det_thresh=_DET_THRESH, det_size=DET_SIZE)
+            with contextlib.redirect_stdout(printed):  # insightface 0.7.3 prints what it loads
+                app = FaceAnalysis(name=name, root=str(root), providers=["CPUExecutionProvider"],
+                                   allowed_modules=["detection", "recognition"])
+                app.prepare(ctx_id=0, det_thresh=_DET_THRESH, det_size=DET_SIZE)
+            if threads is not None:  # 0.7.3 passes onnxruntime no session options: same files, rebuilt
+                options = onnxruntime.SessionOptions()
+                options.intra_op_num_threads = int(threads)
+                options.inter_op_num_threads = 1
+                for model in app.models.values():
+                    model.session = onnxruntime.InferenceSession(
+                        model.model_file, sess_options=options, providers=["CPUExecutionProvider"])
         except CheckpointError:
             raise
         except Exception as exc:
@@ -349,6 +356,9 @@ class FaceIdentity:
                 f"insightface could not load {where} ({type(exc).__name__}: {exc}); the file is "
                 "corrupt or is not one of the originals' face models."
             ) from exc
+        finally:
+            for line in printed.getvalue().splitlines():
+                log.debug("insightface: %s", line)
         loaded = {task: Path(m.model_file) for task, m in app.models.items()}
         if loaded.get("detection") != self.detector_file or loaded.get("recognition") != self.recognizer_file:
             raise CheckpointError(
