@@ -290,7 +290,7 @@ def check_export(dest: Path, run_dir: Path, data, *, overwrite: bool = False) ->
     reads = [run_dir / f"{part}{end}" for part in ("vae", "vae_decoder", "net") for end in ("_ckpt.pt", "_train.json")]
     dest = Path(dest).expanduser()
     return check_writes([dest / name for name in EXPORT_FILES], inputs=[*reads, data], overwrite=overwrite,
-                        ours=lambda _p: exported_by_talkfast(dest),
+                        ours=lambda _p: exported_by_talkfast(dest), create=False,  # no folder before the load
                         mark=f"{dest / 'model.json'} is not a plain 'talkfast train export' model.json: it has "
                              "other keys (tuned settings?) or none")
 
