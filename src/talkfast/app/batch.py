@@ -23,7 +23,9 @@ is generated. Then every item runs in turn:
 Outputs stay inside the manifest's folder (``--allow-outside`` lifts that); no two items may write
 the same video or ``.json`` sidecar (compared ignoring case), and no output may be the report, the
 manifest or an input. An existing file that talkfast did not write (no talkfast sidecar beside it)
-is never replaced without ``--overwrite``: such an item fails with that reason.
+is never replaced without ``--overwrite``: such an item fails with that reason. The report follows
+the same rule (:func:`check_report`): never the manifest, an input or a checkpoint file, and an
+existing file that is not a talkfast batch report only with ``--overwrite``.
 
 The end is a table of done / skipped / failed items and a JSON report (``<manifest>.report.json``
 beside the manifest, or ``--report PATH``), rewritten at most every ``REPORT_EVERY_S`` seconds
@@ -42,7 +44,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, OutputError
+from ..errors import InputError
 from .jobs import (BatchItem, ItemResult, _abs, _now, _report, _short,  # noqa: F401  (re-exported)
                    existing_video, run_batch)
 
@@ -256,6 +258,22 @@ def default_report_path(manifest: str | os.PathLike[str]) -> Path:
     return m.with_name(f"{m.stem}.report.json")
 
 
+#: What marks a batch report as talkfast's (:func:`talkfast.app.jobs._report`'s keys).
+REPORT_KEYS = ("manifest", "counts", "items")
+
+
+def check_report(report: Path, manifest, items: list[BatchItem], *, checkpoint=None, overwrite: bool = False) -> Path:
+    """The write rule (:func:`talkfast.io.write_rule.check_writes`) for the report: never the
+    manifest, an item's image or audio, or a file of the ``checkpoint`` folder (even with
+    ``overwrite``); an existing file that is not a talkfast batch report (a JSON object with
+    :data:`REPORT_KEYS`) only with ``overwrite``. Its folder is created."""
+    from ..io.write_rule import check_writes, json_with_keys
+
+    inputs = [manifest, checkpoint, *(p for item in items for p in (item.image, item.audio))]
+    return check_writes([report], inputs=inputs, overwrite=overwrite, ours=json_with_keys(*REPORT_KEYS),
+                        mark="not a talkfast batch report")[0]
+
+
 def format_table(results: list[ItemResult], manifest=None) -> str:
     rows = [("line", "id", "status", "output", "frames", "seconds", "reason")]
     for r in results:
@@ -316,10 +334,7 @@ def run(args) -> int:
     where = "command line"
     defaults = {k: _setting(where, k, kind, getattr(args, k)) for k, kind in SETTINGS.items()
                 if getattr(args, k) is not None}
-    try:
-        report.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"Cannot create the folder of the report {report}: {err.strerror or err}.") from err
+    check_report(report, args.manifest, items, checkpoint=args.checkpoint, overwrite=args.overwrite)
     if getattr(args, "ray", None):
         from ..parallel.ray_batch import run_ray_batch
 

@@ -178,9 +178,10 @@ def frontier_sentence(methods) -> str | None:
 
 
 def write_json(result: BenchResult, path: str | Path) -> Path:
-    path = Path(path)
-    path.write_text(json.dumps(result.to_dict(), indent=2, allow_nan=False))
-    return path
+    """``result`` as JSON at ``path``, atomically (:func:`talkfast.io.write_rule.write_text_atomic`)."""
+    from ..io.write_rule import write_text_atomic
+
+    return write_text_atomic(path, json.dumps(result.to_dict(), indent=2, allow_nan=False))
 
 
 def read_json(path: str | Path) -> BenchResult:

@@ -101,6 +101,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=1, help="timed runs per method (the median is reported)")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP-counting pass (FLOPs n/a)")
     p.add_argument("--out", default="bench_out", help="folder for bench.md, bench.json, bench.png")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files in --out that talkfast did not write (never an input)")
     p.add_argument("--quick", action="store_true",
                    help=f"CI form: tiny model, baseline + LightningCP, {QUICK_STEPS} steps, key step every {QUICK_KEYS}")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines (the table is still printed)")
@@ -186,6 +188,9 @@ def _run(args) -> int:
     if args.reference < 0:
         raise ValueError("--reference must be >= 0 (0: no longer reference)")
     controls = _controls(args.controls)
+    from .report import check_outputs
+
+    check_outputs(args.out, inputs=[args.checkpoint, args.corpus], overwrite=args.overwrite)  # before any work
     keys = KeySchedule.parse(key_text)
     methods = bench.method_set(kind, keys, _intervals(args.sweep))
     import torch
@@ -246,7 +251,7 @@ def _run(args) -> int:
         result = bench.run_bench(pipe, cases, methods, opts, warmup=True, count_flops=not args.no_flops,
                                  repeats=args.repeats, size=args.size, target=target, log=log,
                                  controls=controls, reference=args.reference)
-    paths = bench.write_outputs(result, args.out)
+    paths = bench.write_outputs(result, args.out, checked=True)
     log("wrote " + ", ".join(str(p) for p in paths.values()))
     print(bench.to_markdown(result), flush=True)
     return 0
@@ -284,6 +289,8 @@ def add_quality_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--out", default="quality_out", help="folder for QUALITY.md, quality.json, contact_sheet.png")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files in --out that talkfast did not write (never an input)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(handler=run_quality_command)
     return p
@@ -320,6 +327,7 @@ def _run_quality(args) -> int:
     from . import quality
 
     log = _progress_log(args.quiet)
+    quality.check_report(args.out, inputs=[args.checkpoint, args.corpus], overwrite=args.overwrite)  # before any work
     pipe = load_pipeline(args.checkpoint, random_weights=args.random_weights, preset="small",
                          device=args.device, dtype=args.dtype, seed=args.seed)
     card_path = Path(args.checkpoint or EMBEDDED_DIR) / "model.json"
@@ -344,7 +352,7 @@ def _run_quality(args) -> int:
     if args.split != "test":
         words += ["--split", args.split]
     command = " ".join(shlex.quote(w) for w in words)
-    paths = quality.write_report(result, sheets, args.out, command=command)
+    paths = quality.write_report(result, sheets, args.out, command=command, checked=True)
     log("wrote " + ", ".join(str(p) for p in paths.values()))
     print(paths["markdown"].read_text(), flush=True)
     return 0

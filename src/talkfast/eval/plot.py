@@ -195,5 +195,12 @@ def plot_png(result: BenchResult, path: str | Path, width: int = 960, height: in
         d.text((width - 40 - d.textlength(note, font=f_tick), 46), note, fill=(90, 90, 90), font=f_tick)
     if not pts:
         d.text((x0 + 20, y0 + 20), "no data", fill="black", font=f_axis)
-    img.save(path, format="PNG")
+    from PIL.PngImagePlugin import PngInfo
+
+    from ..io.write_rule import PNG_MARK, replacing
+
+    info = PngInfo()
+    info.add_text(*PNG_MARK)  # recognised as talkfast's by the write rule
+    with replacing(path) as tmp:
+        img.save(tmp, format="PNG", pnginfo=info)
     return path

@@ -270,9 +270,16 @@ def contact_sheet(sheets: list[dict], path: str | Path, rows: int = 6) -> Path:
             sheet.paste(tile(t), (x, y))
         frames = ", ".join(str(f) for f in row["frames"])
         draw.text((3, y + side + 1), f"{row['name']}  (frames {frames})", fill="black")
+    from PIL.PngImagePlugin import PngInfo
+
+    from ..io.write_rule import PNG_MARK, replacing
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    info = PngInfo()
+    info.add_text(*PNG_MARK)  # recognised as talkfast's by the write rule
+    with replacing(path) as tmp:
+        sheet.save(tmp, format="PNG", pnginfo=info)
     return path
 
 
@@ -332,13 +339,30 @@ def to_markdown(result: QualityResult, sheet_name: str = "contact_sheet.png", co
     return "\n".join(lines) + "\n"
 
 
-def write_report(result: QualityResult, sheets: list[dict], out_dir: str | Path, command: str | None = None,
-                 stem: str = "QUALITY") -> dict[str, Path]:
+def check_report(out_dir: str | Path, stem: str = "QUALITY", *, inputs=(), overwrite: bool = False) -> list[Path]:
+    """The write rule (:func:`talkfast.io.write_rule.check_writes`) for ``quality --out``, before
+    any work: never onto an input; an existing ``<stem>.md`` / ``quality.json`` /
+    ``contact_sheet.png`` that is not talkfast's (title line, JSON keys, PNG chunk) only with
+    ``overwrite``."""
+    from ..io.write_rule import check_writes, json_with_keys, png_by_talkfast, text_starting_with
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    ours = {".md": text_starting_with("# Quality of "), ".json": json_with_keys("settings", "summary", "samples"),
+            ".png": png_by_talkfast}
+    return check_writes([out / f"{stem}.md", out / "quality.json", out / "contact_sheet.png"], inputs=inputs,
+                        overwrite=overwrite, ours=lambda p: ours[p.suffix](p), mark="not a talkfast quality report")
+
+
+def write_report(result: QualityResult, sheets: list[dict], out_dir: str | Path, command: str | None = None,
+                 stem: str = "QUALITY", *, checked: bool = False) -> dict[str, Path]:
+    """``<stem>.md``, ``quality.json`` and ``contact_sheet.png`` in ``out_dir``, each atomically;
+    unless ``checked`` (:func:`check_report` ran before the work), checked here first."""
+    from ..io.write_rule import write_text_atomic
+
+    if not checked:
+        check_report(out_dir, stem)
+    out = Path(out_dir)
     sheet = contact_sheet(sheets, out / "contact_sheet.png")
-    js = out / "quality.json"
-    js.write_text(json.dumps(result.to_dict(), indent=2))
-    md = out / f"{stem}.md"
-    md.write_text(to_markdown(result, sheet.name, command))
+    js = write_text_atomic(out / "quality.json", json.dumps(result.to_dict(), indent=2))
+    md = write_text_atomic(out / f"{stem}.md", to_markdown(result, sheet.name, command))
     return {"markdown": md, "json": js, "sheet": sheet}

@@ -91,13 +91,37 @@ def stage_table(result: BenchResult) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(result: BenchResult, out_dir: str | Path, stem: str = "bench") -> dict[str, Path]:
-    """``<stem>.md``, ``<stem>.json`` and ``<stem>.png`` in ``out_dir`` (created)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    md = out / f"{stem}.md"
-    md.write_text(to_markdown(result))
-    js = write_json(result, out / f"{stem}.json")
-    png = plot_png(result, out / f"{stem}.png")
-    return {"markdown": md, "json": js, "png": png}
+#: What marks each bench output as talkfast's (the write rule, :mod:`talkfast.io.write_rule`).
+BENCH_TITLE = "# talkfast bench: "
+BENCH_KEYS = ("target", "mode", "meta", "methods")
 
+
+def output_files(out_dir: str | Path, stem: str = "bench") -> list[Path]:
+    """The files :func:`write_outputs` writes: ``<stem>.md``, ``<stem>.json``, ``<stem>.png``."""
+    out = Path(out_dir)
+    return [out / f"{stem}.md", out / f"{stem}.json", out / f"{stem}.png"]
+
+
+def check_outputs(out_dir: str | Path, stem: str = "bench", *, inputs=(), overwrite: bool = False) -> list[Path]:
+    """The write rule for ``bench --out`` (before any work): never onto an input (the checkpoint
+    folder's files, the corpus); an existing file that is not talkfast's (the markdown's title,
+    the JSON's keys, the PNG's ``Software: talkfast`` chunk) only with ``overwrite``."""
+    from ..io.write_rule import check_writes, json_with_keys, png_by_talkfast, text_starting_with
+
+    ours = {".md": text_starting_with(BENCH_TITLE), ".json": json_with_keys(*BENCH_KEYS), ".png": png_by_talkfast}
+    return check_writes(output_files(out_dir, stem), inputs=inputs, overwrite=overwrite,
+                        ours=lambda p: ours[p.suffix](p), mark="not a talkfast bench report")
+
+
+def write_outputs(result: BenchResult, out_dir: str | Path, stem: str = "bench", *, checked: bool = False) -> dict[str, Path]:
+    """``<stem>.md``, ``<stem>.json`` and ``<stem>.png`` in ``out_dir`` (created), each atomically;
+    unless ``checked`` (:func:`check_outputs` ran before the work), checked here first."""
+    from ..io.write_rule import write_text_atomic
+
+    if not checked:
+        check_outputs(out_dir, stem)
+    md, js, png = output_files(out_dir, stem)
+    write_text_atomic(md, to_markdown(result))
+    js = write_json(result, js)
+    png = plot_png(result, png)
+    return {"markdown": md, "json": js, "png": png}

@@ -33,6 +33,7 @@ from ..accelerators import AccelConfig
 from ..accelerators.tuned import (BUDGETS, LIPSYNC_TOLERANCE, LIPSYNC_WORST_DROP, PSNR_MARGIN_DB, TIME_TIE,
                                   describe_setting)
 from ..io.video import write_json_atomic
+from ..io.write_rule import check_writes, json_with_keys, text_starting_with, write_text_atomic
 from ..errors import OutputError
 from ..paths import display_source
 from .bench import BenchCase, BenchMethod, Runner, flushed_denormals, frontier_flags
@@ -279,14 +280,31 @@ def tuned_entries(result: TuneResult, space: str = "") -> dict[str, dict]:
     return out
 
 
-def write_tuned(folder: str | Path, entries: dict[str, dict], variant: str | None = None) -> Path:
-    """Replace the ``tuned`` entry of the folder's :func:`~talkfast.accelerators.tuned.tuned_file`
-    (``model.json``, the rest of it kept; or ``talkfast_tuned.json`` beside another project's
-    checkpoint), atomically; a folder that cannot be written is an :class:`OutputError` naming the
-    file (``--no-write`` avoids it)."""
+def check_tuned_file(folder: str | Path, variant: str | None = None, *, overwrite: bool = False) -> Path:
+    """The write rule for the tuned settings file (:func:`~talkfast.accelerators.tuned.tuned_file`),
+    a deliberate edit inside the model folder: only its ``tuned`` entry is replaced, every other key
+    kept, so an existing file is "ours" when it is a JSON object (nothing else in it is lost); any
+    other existing file (not JSON, a list, a link) is replaced only with ``overwrite``. The folder
+    must be writable. Raises :class:`OutputError` with the ``--no-write`` hint."""
     from ..accelerators.tuned import tuned_file
+    from ..io.write_rule import check_writes, json_object
 
     path = tuned_file(folder, variant)
+    try:
+        return check_writes([path], overwrite=overwrite, ours=lambda p: json_object(p) is not None,
+                             mark="not a JSON object: its content would be lost")[0]
+    except OutputError as err:
+        raise OutputError(f"{err} (tune with --no-write to only report, or copy the model folder and "
+                          f"tune the copy with --checkpoint)") from err
+
+
+def write_tuned(folder: str | Path, entries: dict[str, dict], variant: str | None = None, *,
+                overwrite: bool = False) -> Path:
+    """Replace the ``tuned`` entry of the folder's :func:`~talkfast.accelerators.tuned.tuned_file`
+    (``model.json``, the rest of it kept; or ``talkfast_tuned.json`` beside another project's
+    checkpoint), atomically, after :func:`check_tuned_file`; a folder that cannot be written is an
+    :class:`OutputError` naming the file (``--no-write`` avoids it)."""
+    path = check_tuned_file(folder, variant, overwrite=overwrite)
     try:
         data = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
@@ -360,14 +378,30 @@ def _table(result: TuneResult) -> list[str]:
     return lines
 
 
+#: The files ``tune --out`` holds (checked together before any work: :func:`talkfast.eval.tune_cli.check_tune_writes`).
+REPORT_FILES = ("tune.md", "tune.json", CACHE_NAME)
+_OURS = {"tune.md": text_starting_with("# talkfast tune: "), "tune.json": json_with_keys("meta", "picks", "rows"),
+         CACHE_NAME: json_with_keys("version", "entries")}
+
+
+def ours_report(path: Path) -> bool:
+    """Whether ``path`` (one of :data:`REPORT_FILES`) is one talkfast wrote, by its content: the
+    markdown's title line, the JSON report's or the cache's keys."""
+    check = _OURS.get(path.name)
+    return check is not None and check(path)
+
+
 def write_report(result: TuneResult, out_dir: str | Path, command: str = "",
-                 screening: TuneResult | None = None) -> dict[str, Path]:
-    """tune.md and tune.json in ``out_dir``; ``screening``: the short-clip run ``--refine`` chose
-    the measured settings from (reported below the picks' table)."""
+                 screening: TuneResult | None = None, *, checked: list[Path] | None = None) -> dict[str, Path]:
+    """tune.md and tune.json in ``out_dir``, each atomically; ``screening``: the short-clip run
+    ``--refine`` chose the measured settings from (reported below the picks' table). Without
+    ``checked`` (what the write rule allowed before the work started) they are checked here, and an
+    existing file talkfast did not write is an :class:`OutputError`."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if checked is None:
+        check_writes([out / n for n in REPORT_FILES[:2]], ours=ours_report, mark="not a talkfast tune report")
     md = out / "tune.md"
-    md.write_text(to_markdown(result, command, screening))
+    write_text_atomic(md, to_markdown(result, command, screening))
     js = out / "tune.json"
     data = {"meta": result.meta, "command": command, "budgets": BUDGETS,
             "lipsync_tolerance": LIPSYNC_TOLERANCE, "baseline": result.baseline,
@@ -375,5 +409,5 @@ def write_report(result: TuneResult, out_dir: str | Path, command: str = "",
             "rows": result.rows}
     if screening is not None:
         data["screening"] = {"meta": screening.meta, "baseline": screening.baseline, "rows": screening.rows}
-    js.write_text(json.dumps(data, indent=2, allow_nan=False))
+    write_text_atomic(js, json.dumps(data, indent=2, allow_nan=False))
     return {"markdown": md, "json": js}

@@ -56,6 +56,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--out", default="tune_out", help="folder for tune.md, tune.json and the resumable cache")
     p.add_argument("--no-write", action="store_true", help="report only; leave model.json as it is")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files in --out (and a talkfast_tuned.json that is not a JSON object) that talkfast "
+                        "did not write; never an input")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or progress lines")
     p.set_defaults(handler=run)
     return p
@@ -149,6 +152,7 @@ def _run(args) -> int:
             and args.corpus is None):
         raise InputError(f"{folder} is another project's checkpoint, which has no talkfast corpus: give calibration "
                          "samples with --sample IMAGE AUDIO (repeatable) or --corpus DIR")
+    writes = check_tune_writes(args, folder)  # before the corpus, the model and the baseline (nothing written yet)
     cases, what = _cases(args, log)  # every input problem before the model load
     pipe = load_pipeline(args.checkpoint, random_weights=args.random_weights, preset="small",
                          device=args.device, dtype=args.dtype, seed=args.seed, variant=args.variant)
@@ -181,9 +185,28 @@ def _run(args) -> int:
     else:
         from ..paths import display_path
 
-        result.meta["written"] = display_path(tune.write_tuned(folder, entries, getattr(pipe, "variant", None)))
+        result.meta["written"] = display_path(tune.write_tuned(folder, entries, getattr(pipe, "variant", None),
+                                                               overwrite=args.overwrite))
         log(f"wrote the tuned settings ({', '.join(entries)}) into {result.meta['written']}")
-    paths = tune.write_report(result, args.out, command, screening)
+    paths = tune.write_report(result, args.out, command, screening, checked=writes)
     log("wrote " + ", ".join(str(p) for p in paths.values()))
     print(paths["markdown"].read_text(), flush=True)
     return 0
+
+
+def check_tune_writes(args, folder: Path | None) -> list[Path]:
+    """The write rule (:func:`talkfast.io.write_rule.check_writes`) for everything tune writes,
+    before any work: tune.md, tune.json and the cache in ``--out`` (never an input: the
+    checkpoint folder's files, ``--sample`` files, the ``--corpus``; an existing file that is not
+    talkfast's tune report or cache only with ``--overwrite``), and the model folder's tuned
+    settings file (:func:`talkfast.eval.tune.check_tuned_file`) unless nothing is written there."""
+    from ..io.write_rule import check_writes
+    from . import tune
+
+    inputs = [folder, args.corpus, *(p for pair in args.sample or [] for p in pair)]
+    out = Path(args.out)
+    paths = check_writes([out / name for name in tune.REPORT_FILES], inputs=inputs, overwrite=args.overwrite,
+                         ours=tune.ours_report, mark="not a talkfast tune report or cache")
+    if folder is not None and not args.random_weights and not args.no_write:
+        tune.check_tuned_file(folder, args.variant, overwrite=args.overwrite)
+    return paths

@@ -34,6 +34,7 @@ except ImportError:  # not POSIX: no lock, a running writer's temporaries are no
 
 from talkfast.errors import InputError, OutputError, TalkfastError
 from talkfast.io.audio import Audio, save_wav
+from talkfast.io.write_rule import check_writes
 
 __all__ = ["BlankVideoError", "VideoInfo", "VideoWriter", "check_output_path", "is_talkfast_output", "output_path",
            "probe_video", "remove_stale_temporaries", "write_json_atomic"]
@@ -56,48 +57,23 @@ def check_output_path(path: StrPath, *, overwrite: bool = True, inputs=()) -> Pa
     """Validate an output video path and return it absolute (its folder resolved, the file name
     itself not followed: a symbolic link at ``path`` is replaced, never its target).
 
-    The path must end in ``.mp4`` and must not be a directory; its parent folder is created if
-    missing and must be writable (checked by actually creating a temporary file there, since
-    ``os.access`` is meaningless for root). Neither the video nor its ``.json`` sidecar may be one
-    of ``inputs`` (paths). ``overwrite`` False: an existing file at ``path`` or at its sidecar is
-    replaced only if talkfast wrote it (see :func:`is_talkfast_output`). Raises
-    :class:`OutputError` otherwise.
+    The path must end in ``.mp4`` and must not be a directory; then the video and its ``.json``
+    sidecar go through talkfast's write rule (:func:`talkfast.io.write_rule.check_writes`):
+    neither may be one of ``inputs`` (files, or folders such as the checkpoint: any file already
+    in them, unless it is talkfast's own video output), even with ``overwrite``; ``overwrite``
+    False: an existing file at ``path`` or at its sidecar is replaced only if talkfast wrote it
+    (see :func:`is_talkfast_output`). The parent folder is created if missing and must be
+    writable. Raises :class:`OutputError` otherwise.
     """
     p = output_path(path)
     if p.is_dir():
         raise OutputError(f"Output path {p} is a directory; give a file name ending in .mp4.")
     if p.suffix.lower() != ".mp4":
         raise OutputError(f"Output path {p} must end in .mp4 (got {p.suffix or 'no extension'!r}).")
-    parent = p.parent
-    if parent.exists() and not parent.is_dir():
-        raise OutputError(f"Cannot write {p}: {parent} is a file, not a folder.")
     sidecar = p.with_suffix(".json")
-    for given in inputs:
-        if isinstance(given, (str, os.PathLike)) and os.path.isfile(given):
-            for ours in (p, sidecar):
-                try:
-                    same = os.path.samefile(ours, given)
-                except OSError:  # not there (or a dangling link): not the input
-                    same = False
-                if same:
-                    raise OutputError(f"Output {ours} is also an input ({given}); choose another output path.")
-    if not overwrite:
-        for existing in (p, sidecar):
-            if os.path.lexists(existing) and not is_talkfast_output(p):
-                why = "a symbolic link" if existing.is_symlink() else f"no talkfast sidecar {sidecar.name} beside {p.name}"
-                raise OutputError(f"{existing} already exists and was not written by talkfast ({why}); refusing to "
-                                  "replace it: choose another output path or pass --overwrite.")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"Cannot create the output folder for {p}: {err.strerror or err}.") from err
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"Cannot write {p}: folder {parent} is not writable.")
-    try:
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".talkfast-write-test-"):
-            pass
-    except OSError as err:
-        raise OutputError(f"Cannot write {p}: folder {parent} is not writable ({err.strerror or err}).") from err
+    check_writes((p, sidecar), inputs=[g for g in inputs if isinstance(g, (str, os.PathLike))],
+                 overwrite=overwrite, ours=lambda _path: is_talkfast_output(p),
+                 mark=f"no talkfast sidecar {sidecar.name} beside {p.name}")
     return p
 
 

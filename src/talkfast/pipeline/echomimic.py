@@ -258,7 +258,8 @@ class EchoMimicPipeline(TalkingHeadPipeline):
         size = self.check_size(size)
         image = load_image(source_image) if isinstance(source_image, (str, Path)) else source_image
         audio = load_audio(driving_audio) if isinstance(driving_audio, (str, Path)) else driving_audio
-        out_path = (check_output_path(output, overwrite=overwrite, inputs=(source_image, driving_audio))
+        out_path = (check_output_path(output, overwrite=overwrite, inputs=(
+            source_image, driving_audio, *self.input_paths(), *([pose] if isinstance(pose, (str, Path)) else [])))
                     if output is not None else None)
         if out_path is not None and remove_stale_temporaries(out_path):
             log.warning("%s: removed the temporary files of an interrupted run", out_path)

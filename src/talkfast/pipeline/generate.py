@@ -214,6 +214,17 @@ class TalkingHeadPipeline:
         """Model-family settings the sidecar records (none here; MEMO: its emotion and sampler)."""
         return {}
 
+    def input_paths(self) -> list[str]:
+        """What the model was read from (its checkpoint folder, a ``--prep`` model file or folder):
+        no output may be written onto any of it, even with ``overwrite``
+        (:func:`talkfast.io.write_rule.check_writes`)."""
+        source = str(self.source or "")
+        out = [] if not source or source.startswith("random:") else [source]
+        plan = getattr(self, "prep_plan", None) or getattr(getattr(self, "prep", None), "plan", None)
+        if plan is not None:
+            out += [str(s.path) for s in plan.sources.values() if getattr(s, "path", None) is not None]
+        return out
+
     def decode_in_background(self, opts: "GenerateOptions", clips: int) -> bool:
         """Whether :meth:`generate` decodes clip k while clip k+1 samples (:mod:`.publish`): never
         when the next clip's motion frames come from the decoded pixels, or with one clip; by
@@ -363,7 +374,8 @@ class TalkingHeadPipeline:
         size = self.check_size(size)  # before any input is read
         image = load_image(source_image) if isinstance(source_image, (str, Path)) else source_image
         audio = load_audio(driving_audio) if isinstance(driving_audio, (str, Path)) else driving_audio
-        out_path = (check_output_path(output, overwrite=overwrite, inputs=(source_image, driving_audio))
+        out_path = (check_output_path(output, overwrite=overwrite,
+                                      inputs=(source_image, driving_audio, *self.input_paths()))
                     if output is not None else None)
         if out_path is not None and remove_stale_temporaries(out_path):  # a killed run's (never a running one's)
             log.warning("%s: removed the temporary files of an interrupted run", out_path)

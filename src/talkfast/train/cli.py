@@ -55,6 +55,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--to", default=None, help="destination (default: RUN/model)")
     e.add_argument("--data", default=None, help="the training corpus: its build settings go into the model card")
     e.add_argument("--half", action="store_true", help="store the network in float16 (half the size)")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace a model folder's files that talkfast did not export (a model.json with other keys, "
+                        "e.g. tuned settings or your own); never the run's checkpoints or the corpus")
     e.add_argument("--motion-source", choices=MOTION_SOURCES, default=None,
                    help="the model's default for generate --motion-source, stored in model.json (measure with "
                         "talkfast quality --motion-source first)")
@@ -217,10 +220,11 @@ def model_card(card: dict, net, vae) -> str:
 
 def _export(args) -> int:
     from ..errors import CheckpointError
-    from ..models.loading import save_embedded
     from .loop import load_checkpoint
 
     run_dir = Path(args.out)
+    dest = Path(args.to) if args.to else run_dir / "model"
+    check_export(dest, run_dir, args.data, overwrite=args.overwrite)  # before any work: nothing lost, nothing half-written
     net, vae = _models(args.model, run_dir, "cpu", need_vae=True)
     net_ckpt = run_dir / "net_ckpt.pt"
     if not net_ckpt.exists():
@@ -243,8 +247,75 @@ def _export(args) -> int:
         m = read_manifest(args.data)
         card["corpus"] = {"identities": m["num_identities"], "sentences": m["sentences_per_identity"],
                           "seed": m["seed"], "size": m["size"], "test_fraction": m["test_fraction"]}
-    dest = save_embedded(net, vae, args.to or run_dir / "model", card, dtype=torch.float16 if args.half else None)
-    saved = json.loads((dest / "model.json").read_text())
-    (dest / "MODEL_CARD.md").write_text(model_card(saved, net, vae))
+    dest = publish_export(dest, lambda stage: _save_export(stage, net, vae, card, args.half))
     print(f"wrote {dest}")
     return 0
+
+
+def _save_export(stage: Path, net, vae, card: dict, half: bool) -> None:
+    from ..models.loading import save_embedded
+
+    save_embedded(net, vae, stage, card, dtype=torch.float16 if half else None)
+    saved = json.loads((stage / "model.json").read_text())
+    (stage / "MODEL_CARD.md").write_text(model_card(saved, net, vae))
+
+
+#: The files ``train export`` writes into its folder.
+EXPORT_FILES = ("model.json", "MODEL_CARD.md", "net.safetensors", "vae/config.json",
+                "vae/diffusion_pytorch_model.safetensors")
+#: The keys of an exported model.json (:func:`_export`'s card); one with any other key (tuned
+#: settings, the user's own) is not replaced without --overwrite.
+EXPORT_KEYS = frozenset({"preset", "weights_dtype", "trained_steps", "train_config", "final_loss", "first_loss",
+                         "vae_scaling_factor", "motion_source", "vae_training", "vae_decoder_training",
+                         "net_training", "corpus"})
+
+
+def exported_by_talkfast(folder: Path) -> bool:
+    """Whether ``folder`` holds a model folder exactly as ``train export`` wrote it: its
+    model.json a JSON object naming a ``preset`` with no keys but :data:`EXPORT_KEYS` (``talkfast
+    tune`` adds ``tuned``, which a new export would lose: that folder is not replaced silently)."""
+    from ..io.write_rule import json_object
+
+    meta = json_object(folder / "model.json")
+    return meta is not None and "preset" in meta and set(meta) <= EXPORT_KEYS
+
+
+def check_export(dest: Path, run_dir: Path, data, *, overwrite: bool = False) -> list[Path]:
+    """The write rule (:func:`talkfast.io.write_rule.check_writes`) for ``train export --to``:
+    none of :data:`EXPORT_FILES` may be an input (the run's checkpoints and summaries, the corpus),
+    even with ``overwrite``; an existing one is replaced without ``overwrite`` only when the folder
+    is a plain export (:func:`exported_by_talkfast`)."""
+    from ..io.write_rule import check_writes
+
+    reads = [run_dir / f"{part}{end}" for part in ("vae", "vae_decoder", "net") for end in ("_ckpt.pt", "_train.json")]
+    dest = Path(dest).expanduser()
+    return check_writes([dest / name for name in EXPORT_FILES], inputs=[*reads, data], overwrite=overwrite,
+                        ours=lambda _p: exported_by_talkfast(dest), create=False,  # no folder before the load
+                        mark=f"{dest / 'model.json'} is not a plain 'talkfast train export' model.json: it has "
+                             "other keys (tuned settings?) or none")
+
+
+def publish_export(dest: Path, save) -> Path:
+    """Run ``save(stage)`` into a hidden staging folder beside ``dest``, then move each file it
+    wrote into ``dest`` with an atomic rename (other files already in ``dest`` stay); on any error
+    the staging folder is removed and ``dest`` keeps what it had."""
+    import os
+    import shutil
+    import tempfile
+
+    from ..errors import OutputError
+
+    dest = Path(dest).expanduser()
+    dest.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.export-"))
+    try:
+        save(stage)
+        for src in sorted(p for p in stage.rglob("*") if p.is_file()):
+            target = dest / src.relative_to(stage)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, target)
+    except OSError as err:
+        raise OutputError(f"Cannot write the model folder {dest}: {err.strerror or err}.") from err
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return dest
