@@ -405,7 +405,8 @@ def _run_speed_bench(preset, device, dtype, frames, steps, methods, size, guidan
         "steps": steps, "guidance": guidance, "seed": seed, "size": setup.size, "frames": setup.frames,
         "repeats": repeats, "flops_on": flops_on, "build_seconds": build_s, "memory": mem_kind,
         "skipped": skipped, "wall_seconds": time.perf_counter() - t_start,
-        "controls": [r.steps for r in results if r.role == "control"], **_environment(dev),
+        "controls": sorted({r.steps for r in results if r.role == "control"}, reverse=True),
+        "samplers": list(family_samplers(setup.sampler)), **_environment(dev),
     }
     sampler = {"flow": "rectified-flow Euler"}.get(setup.sampler, "DDIM")
     if dev.type == "meta":

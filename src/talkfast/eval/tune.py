@@ -31,7 +31,7 @@ import torch
 
 from ..accelerators import AccelConfig
 from ..accelerators.tuned import (BUDGETS, LIPSYNC_TOLERANCE, LIPSYNC_WORST_DROP, PSNR_MARGIN_DB, TIME_TIE,
-                                  describe_setting)
+                                  SAMPLER_TEXT, describe_setting)
 from ..io.video import write_json_atomic
 from ..errors import OutputError
 from ..paths import display_source
@@ -315,7 +315,8 @@ def pick_sentence(name: str, row: dict | None, baseline: dict) -> str:
     if row is baseline or row.get("name") == "baseline":
         why = " (nothing faster meets it: the baseline itself)"
     elif row["accel"].get("method") == "off":
-        why = " (a plain sampler at fewer steps: no accelerated setting that meets this budget is faster)"
+        plain = SAMPLER_TEXT.get(row.get("sampler"), "DDIM")
+        why = f" (plain {plain} at fewer steps: no accelerated setting that meets this budget is faster)"
     return (f"{name} (>= {BUDGETS[name]:g} dB): {row['name']} = {what}; {_n(row.get('speedup'), '.2f', 'x')} end-to-end, "
             f"{_n(row['psnr_base'], '.2f', ' dB')}, lip sync {_n(row.get('lipsync'), '.3f')}{why}.")
 
