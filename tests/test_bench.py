@@ -66,7 +66,7 @@ def test_quick_bench_writes_markdown_json_and_png(quick):
     assert tuple(header) == bench.COLUMNS
     names = list(rows)
     assert names[:2] == ["baseline", "lightningcp"] and names[-1] == "reference@8"
-    assert all(n.startswith("ddim@") for n in names[2:-1])
+    assert {n.split("@")[0] for n in names[2:-1]} == {"ddim", "dpmpp2m", "unipc"}  # a control row per sampler
     # the table is the last thing printed
     assert printed.strip().splitlines()[-1].startswith("| reference@8 |")
     assert table(printed)[1] == rows
@@ -107,7 +107,11 @@ def test_quick_bench_has_controls_reference_frontier_and_stages(quick):
     data = json.loads((out / "bench.json").read_text())
     rows = {m["name"]: m for m in data["methods"]}
     base, lcp, ref = rows["baseline"], rows["lightningcp"], rows["reference@8"]
-    controls = [m for m in data["methods"] if m["role"] == "control"]
+    every = [m for m in data["methods"] if m["role"] == "control"]
+    controls = [m for m in every if m["name"].startswith("ddim@")]
+    for sampler, family in (("dpmpp2m", "plain DPM-Solver++ 2M"), ("unipc", "plain UniPC")):  # the same k per sampler
+        mine = [m for m in every if m["name"].startswith(sampler + "@")]
+        assert [m["steps"] for m in mine] == [m["steps"] for m in controls] and {m["family"] for m in mine} == {family}
     assert "each row's neighbours included" in (out / "bench.md").read_text()
     # the controls are plain DDIM at fewer steps, chosen from the accelerated row's measured speedups
     speedups = [lcp["speedup"], lcp["model_speedup"], 1 / lcp["flops_ratio"]]
@@ -252,7 +256,7 @@ def test_speed_bench_adds_the_controls():
     res = bench.run_speed_bench("tiny", "cpu", torch.float32, steps=4, methods=[lcp], setup=setup, warmup=False,
                                 controls="auto")
     base, got = res.methods[0], res.methods[1]
-    controls = [m for m in res.methods if m.role == "control"]
+    controls = [m for m in res.methods if m.role == "control" and m.name.startswith("ddim@")]
     spans = [got.speedup, got.model_speedup, 1 / got.flops_ratio]
     assert [m.steps for m in controls] == sorted(bench.control_steps(4, spans), reverse=True) and controls
     assert all(m.flops_ratio == pytest.approx(m.steps / 4) for m in controls)  # plain DDIM: FLOPs ~ steps
@@ -260,7 +264,8 @@ def test_speed_bench_adds_the_controls():
     assert all(m.frontier is None for m in res.methods)  # speed mode: no quality, no frontier
     fixed = bench.run_speed_bench("tiny", "cpu", torch.float32, steps=4, methods=[], setup=setup, warmup=False,
                                   count_flops=False, controls=[2])
-    assert [m.name for m in fixed.methods] == ["baseline", "ddim@2"] and fixed.methods[1].steps == 2
+    assert [m.name for m in fixed.methods] == ["baseline", "ddim@2", "dpmpp2m@2", "unipc@2"]
+    assert fixed.methods[1].steps == 2 and fixed.methods[3].family == "plain UniPC"
 
 
 def test_cpu_attention_flops_are_counted():
@@ -359,7 +364,7 @@ def test_gpu_bench_dry_run_on_cpu(tmp_path):
     assert "check: LightningCP with every step a key step" in proc.stdout and "-> ok" in proc.stdout
     table_rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert any(r.startswith("| fasterdiffusion |") for r in table_rows)
-    assert table_rows[-1].startswith("| ddim@")  # the fewer-step controls come after the methods
+    assert table_rows[-1].startswith("| unipc@")  # the fewer-step controls come after the methods
     for name in ("gpu_bench.md", "gpu_bench.json", "gpu_bench.png"):
         assert (tmp_path / name).is_file()
     data = json.loads((tmp_path / "gpu_bench.json").read_text())

@@ -29,6 +29,7 @@ import torch
 from ..models.unet import StagePlan
 from ..sampling.loop import StepAction
 from ..sampling.scheduler import input_timestep, noise_to, output_for, split_prediction
+from ..sampling.solvers import held_path, is_multistep
 from .base import (Accelerator, CapturePlan, ShallowPlan, cut_points, expand_items, gather_frames, key_items,
                    key_prediction)
 from .schedule import KeySchedule
@@ -243,6 +244,8 @@ class LightningCP(Accelerator):
             return output
         if index == self.key_index + 1 and (self.cfg.estimation or self.cfg.adaptive):
             return output  # this step's input was the true latent already
+        if index == action.steps[0] and self.cfg.estimation and is_multistep(self.scheduler):
+            return output  # a multistep solver's estimates start from the true latent of the call's first step
         t = self.scheduler.timesteps[index]
         x0, _ = split_prediction(self.scheduler, output, own, t)
         return output_for(self.scheduler, x0, start, t)
@@ -258,8 +261,18 @@ class LightningCP(Accelerator):
             return latents  # one step at a time: its true latent is known
         if not self.cfg.estimation:
             return self.key_latents.expand(len(action.steps), *latents.shape[1:])
+        if is_multistep(self.scheduler):
+            return torch.cat([latents, *self.multistep_estimates(action, latents)])
         parts = [latents if j == self.key_index + 1 else self.estimate(j) for j in action.steps]
         return torch.cat(parts)
+
+    def multistep_estimates(self, action: StepAction, latents: torch.Tensor) -> list[torch.Tensor]:
+        """A multistep solver's estimates of the input latents of ``action.steps[1:]``: the solver's
+        own update and history (a copy of its state as the loop left it before ``action.steps[0]``,
+        whose true input is ``latents``), every prediction's x0 held at the key step's
+        (:func:`~talkfast.sampling.solvers.held_path`)."""
+        first = action.steps[0]
+        return held_path(self.scheduler, first, latents, self.x0, len(action.steps) - 1, output_for)
 
     def chain(self, action: StepAction) -> bool:
         return self.cfg.combine != "each"

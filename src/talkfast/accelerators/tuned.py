@@ -43,12 +43,19 @@ FIRST_KEY_ONLY = 99
 NAMES = ("auto", "off", *BUDGETS)
 
 
-def describe_setting(steps: int | None, accel: AccelConfig) -> str:
+SAMPLER_TEXT = {"ddim": "DDIM", "flow": "flow Euler", "dpmpp2m": "DPM-Solver++ 2M", "unipc": "UniPC"}
+
+
+def describe_setting(steps: int | None, accel: AccelConfig, sampler: str | None = None) -> str:
     """A short human form: "6 steps, plain DDIM (no acceleration)" or "15 steps, lightningcp,
-    key step every 4th, combine each, +DFA, +ref removal"."""
+    key step every 4th, combine each, +DFA, +ref removal" ("15 steps, UniPC, lightningcp, ..." with
+    a ``sampler``; None: the model family's own, named DDIM when plain)."""
     head = f"{steps} step{'s' if steps != 1 else ''}, " if steps is not None else ""
+    name = SAMPLER_TEXT.get(sampler, sampler) if sampler is not None else None
     if accel.method == "off":
-        return head + "plain DDIM (no acceleration)"
+        return head + f"plain {name or 'DDIM'} (no acceleration)"
+    if name is not None:
+        head += f"{name}, "
     c = accel.caching
     k = c.keys
     keys = {"uniform": f"key step every {k.interval}", "dense": "dense-early key steps",
@@ -91,16 +98,18 @@ class Choice:
     measured: dict | None = None
     date: str | None = None
     warning: str | None = None
+    sampler: str | None = None  # the tuned setting's sampler (None: the model family's own)
 
     def describe(self) -> dict:
         """For the sidecar JSON."""
         return {"requested": self.requested, "budget": self.budget, "source": self.source, "steps": self.steps,
-                "accel": self.accel.describe(), "setting": describe_setting(self.steps, self.accel),
+                "sampler": self.sampler,
+                "accel": self.accel.describe(), "setting": describe_setting(self.steps, self.accel, self.sampler),
                 "model": self.model, "measured": self.measured, "date": self.date}
 
     def text(self) -> str:
         """One line saying which setting runs and why."""
-        what = describe_setting(self.steps, self.accel)
+        what = describe_setting(self.steps, self.accel, self.sampler)
         name = self.requested if self.budget in (None, self.requested) else f"{self.requested} = {self.budget}"
         if self.source == "tuned":
             m = self.measured or {}
@@ -181,8 +190,9 @@ def resolve(name: str, folder: str | Path | None, steps: int | None = None, vari
             tuned_steps = int(entry["steps"]) if entry.get("steps") is not None else None
         except (TypeError, ValueError) as err:
             return _fallback(name, budget, folder, f"its tuned '{budget}' setting cannot be read ({err})", steps)
+        sampler = entry.get("sampler") if isinstance(entry.get("sampler"), str) else None
         return Choice(name, accel, steps if steps is not None else tuned_steps, "tuned", budget, str(folder),
-                      entry.get("measured"), entry.get("date"))
+                      entry.get("measured"), entry.get("date"), sampler=sampler)
     why = "has no tuned settings" if folder is not None else None
     return _fallback(name, budget, folder, why, steps)
 

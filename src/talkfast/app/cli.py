@@ -27,6 +27,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output (or .json beside it) that talkfast did not write")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, e.g. 40 for hallo)")
+    p.add_argument("--sampler", default=None,
+                   help="ddim, dpmpp2m (DPM-Solver++ 2M), unipc (UniPC bh2); MEMO: flow, dpmpp2m, unipc (default: the "
+                        "tuned setting's, else the model's own: ddim; flow for MEMO)")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 disables)")
     p.add_argument("--seed", type=int, default=None, help="noise seed (default: the model's: 42; 420 for EchoMimic)")
     p.add_argument("--fps", type=int, default=None, help="output frame rate (default: 25; 24 for EchoMimic, 30 for MEMO)")
@@ -178,7 +181,8 @@ def cmd_generate(args) -> int:
     opts = GenerateOptions(steps=args.steps if args.steps is not None else choice.steps, guidance=args.cfg,
                            seed=args.seed, fps=args.fps,  # None: the pipeline's frame rate
                            motion_scale=(args.pose_weight, args.face_weight, args.lip_weight),
-                           motion_source=args.motion_source)
+                           motion_source=args.motion_source,
+                           sampler=args.sampler if args.sampler is not None else choice.sampler)
     if pipe.resolve(opts).motion_source != "pixels" and not getattr(pipe, "windowed", False):
         # a core for decoding clip k while clip k+1 samples (not where the next clip needs the pixels)
         threads.leave_core_for_decode(args.threads, pipe.device)

@@ -66,6 +66,7 @@ from .bench_cases import (
     one_clip,
     trim_audio,
 )
+from ..sampling.scheduler import family_samplers
 from .bench_measure import FlopMemo, Log, _environment, _quiet, _sync, flushed_denormals
 from .bench_methods import (
     DEFAULT_KEYS,
@@ -76,6 +77,7 @@ from .bench_methods import (
     _lcp,
     ablation_methods,
     control_method,
+    control_methods,
     control_steps,
     default_methods,
     method_set,
@@ -177,7 +179,8 @@ class Runner:
         self.ref_frames: dict[str, torch.Tensor] = {}
 
     def options(self, method: BenchMethod):
-        return dataclasses.replace(self.opts, steps=method.steps_for(self.opts.steps))
+        return dataclasses.replace(self.opts, steps=method.steps_for(self.opts.steps),
+                                   sampler=method.sampler or self.opts.sampler)
 
     def generate(self, acc, case: BenchCase, opts, first_clip_only: bool = False, collect: list | None = None):
         image, audio = self.loaded[case.name]
@@ -206,7 +209,7 @@ class Runner:
             raise ValueError("repeats must be >= 1")
         opts, device = self.options(m), self.device
         mr = MethodResult(m.name, None if m.accel is None else m.accel.describe(), m.key_steps(opts.steps), opts.steps,
-                          family=m.family, role=role)
+                          family=m.family_on(opts.sampler), role=role)
         acc = m.build()
         acc.sync_timing = device.type == "cuda"
         try:
@@ -341,8 +344,8 @@ def _run_bench(pipe, cases, methods, options, warmup, count_flops, repeats, size
         ks = sorted({int(k) for k in controls}, reverse=True)
         if any(k < 1 for k in ks):
             raise ValueError(f"control step counts must be >= 1, got {list(controls)}")
-    have = {(m.steps_for(S)) for m in methods if m.is_plain}
-    todo = [control_method(k) for k in sorted(set(ks) - have, reverse=True)]
+    samplers = family_samplers(getattr(pipe, "sampler", "ddim"))
+    todo = control_methods(ks, samplers, methods, S, opts.sampler)
     clash = {c.name for c in todo} & {m.name for m in methods}
     if clash:
         raise ValueError(f"method names {sorted(clash)} are reserved for the fewer-step controls")
@@ -356,7 +359,8 @@ def _run_bench(pipe, cases, methods, options, warmup, count_flops, repeats, size
         "seed": opts.seed, "fps": opts.fps, "size": size or pipe.cfg.image_size, "clip_frames": pipe.cfg.clip_frames,
         "cases": [c.name for c in cases], "frames": sum(c.frames for c in base.cases),
         "repeats": repeats, "count_flops": count_flops, "warmup": warmup, "memory": mem_kind,
-        "controls": [c.steps for c in todo] if controls == "auto" else controls,
+        "controls": sorted({c.steps for c in todo}, reverse=True) if controls == "auto" else controls,
+        "samplers": list(samplers), "sampler": opts.sampler,
         "reference_steps": None if ref is None else ref.steps, **_environment(device),
     }
     notes = _pipeline_notes(mem_kind, count_flops, repeats, pipe, cases, S, ref is not None and ref.steps,
@@ -378,7 +382,8 @@ def _pipeline_notes(mem_kind: str, count_flops: bool, repeats: int, pipe, cases,
         f"PSNR/SSIM: per frame, averaged; PSNR capped at {PSNR_CAP:g} dB (identical frames read {PSNR_CAP:g}); "
         f"'base' against the baseline ({steps} steps, the model's default unless --steps)"
         + (f", 'ref' against the longer reference ({ref_steps} steps)." if ref_steps else "."),
-        "controls: ddim@k rows are plain DDIM at k steps, no acceleration, "
+        "controls: <sampler>@k rows (ddim@k, flow@k for MEMO, dpmpp2m@k, unipc@k) are that sampler alone at k steps, "
+        "no acceleration, one row per sampler of the model family and k, "
         + ("with k chosen so that the baseline's steps / k spans the accelerated rows' measured speedups (time and "
            "FLOPs), each row's neighbours included." if controls_auto else "with the k given by --controls."),
         "frontier: a row is on it when no other row is both at least as fast (end-to-end) and at least as close "

@@ -10,6 +10,7 @@ from typing import Sequence
 
 from ..accelerators import AccelConfig, CachingConfig, DFAConfig, KeySchedule, build_accelerator
 from ..accelerators.base import Accelerator
+from ..accelerators.tuned import SAMPLER_TEXT
 
 DEFAULT_KEYS = KeySchedule("uniform", interval=4)
 DEFAULT_SWEEP = (2, 3, 4, 5, 6, 8)
@@ -24,6 +25,7 @@ class BenchMethod:
     name: str
     accel: AccelConfig | None = None
     steps: int | None = None
+    sampler: str | None = None  # None: the run's (the model family's own unless the options name one)
 
     def __post_init__(self):
         if self.steps is not None and int(self.steps) < 1:
@@ -40,8 +42,19 @@ class BenchMethod:
 
     @property
     def family(self) -> str:
-        """"plain DDIM" or the accelerator's method name (the frontier's owners)."""
-        return PLAIN if self.is_plain else self.accel.method
+        """"plain DDIM" or the accelerator's method name (the frontier's owners); see :meth:`family_on`."""
+        return self.family_on(None)
+
+    def family_on(self, run_sampler: str | None) -> str:
+        """Who owns this row on the frontier, with the sampler it runs (its own, else the run's
+        ``run_sampler``): "plain DDIM", "plain UniPC", "lightningcp", "lightningcp on UniPC" (the
+        family's own sampler, DDIM or flow, is not named after a method)."""
+        sampler = self.sampler or run_sampler
+        text = SAMPLER_TEXT.get(sampler, sampler) if sampler is not None else "DDIM"
+        if self.is_plain:
+            return f"plain {text}"
+        own = sampler in (None, "ddim", "flow")
+        return self.accel.method if own else f"{self.accel.method} on {text}"
 
     def steps_for(self, run_steps: int) -> int:
         return int(self.steps) if self.steps is not None else int(run_steps)
@@ -58,15 +71,32 @@ class BenchMethod:
         return len(self.accel.caching.keys.keys(steps))
 
     def describe(self) -> dict:
-        return {"name": self.name, "accel": None if self.accel is None else self.accel.describe(), "steps": self.steps}
+        out = {"name": self.name, "accel": None if self.accel is None else self.accel.describe(), "steps": self.steps}
+        if self.sampler is not None:
+            out["sampler"] = self.sampler
+        return out
 
 
 PLAIN = "plain DDIM"
 
 
-def control_method(steps: int) -> BenchMethod:
-    """Plain DDIM at ``steps`` steps, no acceleration: the fewer-step control."""
-    return BenchMethod(f"ddim@{int(steps)}", None, int(steps))
+def is_plain_family(family: str) -> bool:
+    """Whether a row's family (:meth:`BenchMethod.family_on`) is a plain sampler, no acceleration."""
+    return family.startswith("plain ")
+
+
+def control_method(steps: int, sampler: str = "ddim") -> BenchMethod:
+    """Plain ``sampler`` at ``steps`` steps, no acceleration: a fewer-step control, named after its
+    sampler ("ddim@4", "flow@4", "dpmpp2m@4", "unipc@4")."""
+    return BenchMethod(f"{sampler}@{int(steps)}", None, int(steps), sampler)
+
+
+def control_methods(ks, samplers: Sequence[str], methods: Sequence[BenchMethod], run_steps: int,
+                    run_sampler: str) -> list[BenchMethod]:
+    """The fewer-step controls: every sampler in ``samplers`` at every step count in ``ks`` that
+    ``methods`` do not already have as a plain row of that sampler (most steps first)."""
+    have = {(m.steps_for(run_steps), m.sampler or run_sampler) for m in methods if m.is_plain}
+    return [control_method(k, s) for s in samplers for k in sorted(set(ks), reverse=True) if (k, s) not in have]
 
 
 def reference_method(base_steps: int, factor: int = 2) -> BenchMethod:
@@ -112,7 +142,7 @@ def tuned_methods(folder, variant: str | None = None) -> list[BenchMethod]:
     distinct setting, named after its budgets (``tuned:balanced``, ``tuned:balanced=fast``)."""
     from ..accelerators.tuned import BUDGETS, read_tuned
 
-    groups: dict[str, tuple[list[str], int | None, AccelConfig]] = {}
+    groups: dict[str, tuple] = {}
     for budget, entry in read_tuned(folder, variant).items():
         if budget not in BUDGETS or not isinstance(entry, dict):
             continue
@@ -121,12 +151,13 @@ def tuned_methods(folder, variant: str | None = None) -> list[BenchMethod]:
             steps = int(entry["steps"]) if entry.get("steps") is not None else None
         except (KeyError, TypeError, ValueError):
             continue
-        sig = repr((steps, accel))
-        groups.setdefault(sig, ([], steps, accel))[0].append(budget)
+        sampler = entry.get("sampler") if isinstance(entry.get("sampler"), str) else None  # older files: none
+        sig = repr((steps, accel, sampler))
+        groups.setdefault(sig, ([], steps, accel, sampler))[0].append(budget)
     out = []
-    for budgets, steps, accel in groups.values():
+    for budgets, steps, accel, sampler in groups.values():
         budgets = [b for b in BUDGETS if b in budgets]
-        out.append(BenchMethod("tuned:" + "=".join(budgets), None if accel.method == "off" else accel, steps))
+        out.append(BenchMethod("tuned:" + "=".join(budgets), None if accel.method == "off" else accel, steps, sampler))
     return out
 
 

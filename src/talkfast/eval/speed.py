@@ -17,7 +17,9 @@ from ..accelerators.base import Accelerator
 from . import metrics
 from .bench_cases import EXAMPLE_PORTRAIT
 from .bench_measure import FlopMemo, Log, _environment, _quiet, _sync, flushed_denormals
-from .bench_methods import PLAIN, BenchMethod, _baseline_first, _lcp, control_method, control_steps, default_methods
+from ..sampling.scheduler import family_samplers
+from .bench_methods import (BenchMethod, _baseline_first, _lcp, control_methods, control_steps, default_methods,
+                            is_plain_family)
 from .bench_results import BenchResult, CaseResult, MethodResult, _aggregate, _relate
 from .metrics import PeakMemory
 from .report import human_flops
@@ -209,14 +211,15 @@ def memo_speed_setup(net, *, frames: int | None = None, size: int | None = None,
     return SpeedSetup(net, predict, noise, por, frames, size, sampler="flow")
 
 
-def run_denoise(setup: SpeedSetup, acc: Accelerator, steps: int) -> torch.Tensor:
-    """One whole schedule of ``steps`` steps of the setup's sampler with the attached accelerator
-    ``acc``; its statistics are reset first (``begin``, as the pipeline does per generation)."""
+def run_denoise(setup: SpeedSetup, acc: Accelerator, steps: int, sampler: str | None = None) -> torch.Tensor:
+    """One whole schedule of ``steps`` steps of ``sampler`` (None: the setup's family's own) with
+    the attached accelerator ``acc``; its statistics are reset first (``begin``, as the pipeline
+    does per generation)."""
     from ..sampling.loop import denoise
-    from ..sampling.scheduler import make_scheduler
+    from ..sampling.scheduler import make_scheduler, sampler_kind
 
     acc.begin(None, setup.portrait)  # drops the records; plug-ins (DFA) take the face regions
-    sched = make_scheduler(steps, kind=setup.sampler)
+    sched = make_scheduler(steps, kind=sampler_kind(setup.sampler, sampler))
     with torch.no_grad():
         return denoise(setup.predictor(sched.timesteps), sched, setup.noise, acc)
 
@@ -318,7 +321,7 @@ def _run_speed_bench(preset, device, dtype, frames, steps, methods, size, guidan
             if added:
                 break
             added = True
-            queue += _controls(controls, results, queue, steps, max_controls)
+            queue += _controls(controls, results, queue, steps, max_controls, setup.sampler)
             if i == len(queue):
                 break
         m = queue[i]
@@ -331,14 +334,14 @@ def _run_speed_bench(preset, device, dtype, frames, steps, methods, size, guidan
                 continue
         m_steps = m.steps_for(steps)  # a method may run its own number of steps (a fewer-step control)
         mr = MethodResult(m.name, None if m.accel is None else m.accel.describe(), m.key_steps(m_steps), m_steps,
-                          family=m.family, role="baseline" if m is methods[0] else
+                          family=m.family_on(setup.sampler), role="baseline" if m is methods[0] else
                           "control" if m.is_plain and m.steps_for(steps) < steps else "method")
         acc = _attached(m, setup)
         acc.sync_timing = dev.type == "cuda"
         if dev.type == "meta":  # shapes only: the FLOPs of one counted pass, no timing
             try:
                 with FlopMemo(acc):
-                    run_denoise(setup, acc, m_steps)
+                    run_denoise(setup, acc, m_steps, m.sampler)
                 summary = acc.summary()
             finally:
                 acc.detach()
@@ -354,15 +357,15 @@ def _run_speed_bench(preset, device, dtype, frames, steps, methods, size, guidan
             flops = None
             if flops_on == "device":
                 with FlopMemo(acc):
-                    run_denoise(setup, acc, m_steps)
+                    run_denoise(setup, acc, m_steps, m.sampler)
                 flops = acc.summary().get("flops")
             elif warmup:
-                run_denoise(setup, acc, m_steps)
+                run_denoise(setup, acc, m_steps, m.sampler)
             if flops_on == "meta":
                 macc = _attached(m, meta_setup)
                 try:
                     with FlopMemo(macc):
-                        run_denoise(meta_setup, macc, m_steps)
+                        run_denoise(meta_setup, macc, m_steps, m.sampler)
                     flops = macc.summary().get("flops")
                 finally:
                     macc.detach()
@@ -372,7 +375,7 @@ def _run_speed_bench(preset, device, dtype, frames, steps, methods, size, guidan
                 _sync(dev)
                 with meter:
                     t0 = time.perf_counter()
-                    latents = run_denoise(setup, acc, m_steps)
+                    latents = run_denoise(setup, acc, m_steps, m.sampler)
                     _sync(dev)
                     secs.append(time.perf_counter() - t0)
                 model_secs.append(acc.summary()["model_seconds"])
@@ -402,7 +405,8 @@ def _run_speed_bench(preset, device, dtype, frames, steps, methods, size, guidan
         "steps": steps, "guidance": guidance, "seed": seed, "size": setup.size, "frames": setup.frames,
         "repeats": repeats, "flops_on": flops_on, "build_seconds": build_s, "memory": mem_kind,
         "skipped": skipped, "wall_seconds": time.perf_counter() - t_start,
-        "controls": [r.steps for r in results if r.role == "control"], **_environment(dev),
+        "controls": sorted({r.steps for r in results if r.role == "control"}, reverse=True),
+        "samplers": list(family_samplers(setup.sampler)), **_environment(dev),
     }
     sampler = {"flow": "rectified-flow Euler"}.get(setup.sampler, "DDIM")
     if dev.type == "meta":
@@ -425,19 +429,22 @@ def _run_speed_bench(preset, device, dtype, frames, steps, methods, size, guidan
         f"memory: {metrics.describe_memory(mem_kind)}.",
     ]
     if meta["controls"]:
-        notes.append("controls: ddim@k rows are plain DDIM at k steps (no acceleration), k chosen so that the "
+        notes.append("controls: <sampler>@k rows (ddim@k or MEMO's flow@k, dpmpp2m@k, unipc@k) are that sampler alone at "
+                     "k steps (no acceleration), k chosen so that the "
                      "baseline's steps / k spans the accelerated rows' measured speedups.")
     if skipped:
         notes.append(f"skipped to stay within the time budget: {', '.join(skipped)}.")
     return BenchResult(target or net.cfg.name, "speed", meta, results, notes)
 
 
-def _controls(controls, results: list[MethodResult], queue: list[BenchMethod], steps: int, most: int) -> list[BenchMethod]:
-    """The control methods to add: "auto" (from the measured accelerated rows) or step counts."""
+def _controls(controls, results: list[MethodResult], queue: list[BenchMethod], steps: int, most: int,
+              sampler: str = "ddim") -> list[BenchMethod]:
+    """The control methods to add: "auto" (from the measured accelerated rows) or step counts, each
+    for every sampler of the family whose own sampler is ``sampler``."""
     if controls == "auto":
         base, spans = results[0], []
         for r in results[1:]:
-            if r.family != PLAIN:
+            if not is_plain_family(r.family):
                 spans += [v for v in (base.seconds / r.seconds if r.seconds else None,
                                       base.model_seconds / r.model_seconds if r.model_seconds else None,
                                       base.flops / r.flops if r.flops and base.flops else None) if v]
@@ -446,6 +453,5 @@ def _controls(controls, results: list[MethodResult], queue: list[BenchMethod], s
         ks = [int(k) for k in controls]
         if any(k < 1 for k in ks):
             raise ValueError(f"control step counts must be >= 1, got {list(controls)}")
-    have = {m.steps_for(steps) for m in queue if m.is_plain}
-    return [control_method(k) for k in sorted(set(ks) - have, reverse=True)]
+    return control_methods(ks, family_samplers(sampler), queue, steps, sampler)
 

@@ -31,7 +31,7 @@ import torch
 
 from ..accelerators import AccelConfig
 from ..accelerators.tuned import (BUDGETS, LIPSYNC_TOLERANCE, LIPSYNC_WORST_DROP, PSNR_MARGIN_DB, TIME_TIE,
-                                  describe_setting)
+                                  SAMPLER_TEXT, describe_setting)
 from ..io.video import write_json_atomic
 from ..io.write_rule import check_writes, json_with_keys, text_starting_with, write_text_atomic
 from ..errors import OutputError
@@ -98,6 +98,7 @@ class TuneCache:
 
 def _entry(setting: Setting, mr) -> dict:
     out = {"name": setting.name, "steps": setting.steps, "accel": setting.accel.describe(),
+           **({"sampler": setting.sampler} if setting.sampler is not None else {}),
            "full_steps": sum(c.full_steps for c in mr.cases), "stage_seconds": mr.stage_seconds,
            "cases": len(mr.cases), "date": _now(),
            "case_lipsync": [c.lipsync for c in mr.cases], "case_psnr": [c.psnr_base for c in mr.cases]}
@@ -110,7 +111,7 @@ def _entry(setting: Setting, mr) -> dict:
 def measure_setting(run: Runner, setting: Setting, *, warm: bool = True, repeats: int = 1) -> dict:
     """One setting on the runner's cases: an untimed first clip of the first case (warm-up, when
     ``warm``), then one timed generation per case, compared with the baseline's frames."""
-    method = BenchMethod(setting.name, None if setting.plain else setting.accel, setting.steps)
+    method = BenchMethod(setting.name, None if setting.plain else setting.accel, setting.steps, setting.sampler)
     if warm:
         acc = method.build()
         try:
@@ -266,7 +267,8 @@ def tuned_entries(result: TuneResult, space: str = "") -> dict[str, dict]:
         if row is None:
             continue
         out[name] = {
-            "name": row["name"], "steps": row["steps"], "accel": row["accel"], "date": result.meta.get("date") or _now(),
+            "name": row["name"], "steps": row["steps"], "accel": row["accel"],
+            **({"sampler": row["sampler"]} if row.get("sampler") is not None else {}), "date": result.meta.get("date") or _now(),
             "budget": {"min_psnr_db": BUDGETS[name], "lipsync_tolerance": LIPSYNC_TOLERANCE,
                        "calibration_margin_db": PSNR_MARGIN_DB, "lipsync_worst_drop": LIPSYNC_WORST_DROP,
                        "time_tie": TIME_TIE},
@@ -326,12 +328,13 @@ def _n(v, fmt: str, unit: str = "") -> str:
 def pick_sentence(name: str, row: dict | None, baseline: dict) -> str:
     if row is None:
         return f"{name} (>= {BUDGETS[name]:g} dB): no setting meets it."
-    what = describe_setting(row["steps"], AccelConfig.from_dict(row["accel"]))
+    what = describe_setting(row["steps"], AccelConfig.from_dict(row["accel"]), row.get("sampler"))
     why = ""
     if row is baseline or row.get("name") == "baseline":
         why = " (nothing faster meets it: the baseline itself)"
     elif row["accel"].get("method") == "off":
-        why = " (plain DDIM at fewer steps: no accelerated setting that meets this budget is faster)"
+        plain = SAMPLER_TEXT.get(row.get("sampler"), "DDIM")
+        why = f" (plain {plain} at fewer steps: no accelerated setting that meets this budget is faster)"
     return (f"{name} (>= {BUDGETS[name]:g} dB): {row['name']} = {what}; {_n(row.get('speedup'), '.2f', 'x')} end-to-end, "
             f"{_n(row['psnr_base'], '.2f', ' dB')}, lip sync {_n(row.get('lipsync'), '.3f')}{why}.")
 

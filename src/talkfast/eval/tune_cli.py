@@ -157,7 +157,7 @@ def _run(args) -> int:
     pipe = load_pipeline(args.checkpoint, random_weights=args.random_weights, preset="small",
                          device=args.device, dtype=args.dtype, seed=args.seed, variant=args.variant)
     opts = pipe.resolve(GenerateOptions(steps=args.steps, guidance=args.cfg, seed=args.seed))
-    settings = search_space(args.space, opts.steps)
+    settings = search_space(args.space, opts.steps, getattr(pipe, "sampler", "ddim"))
     if args.max_settings is not None:
         settings = settings[: args.max_settings]
     log(f"tune: model {pipe.cfg.name} ({pipe.source}) on {pipe.device}, baseline {opts.steps} steps, "

@@ -2,7 +2,7 @@
 
 Two spaces around the model's default step count S:
 
-- ``small`` (the default, at most 48 settings, feasible on a CPU), built from what was measured
+- ``small`` (the default, at most 72 settings, feasible on a CPU), built from what was measured
   on the embedded model (docs/BENCHMARKS.md): plain DDIM at fewer steps (the control every
   accelerator must beat); short LightningCP schedules whose last step is a key step and whose
   reduced steps forecast the cached feature (2-4 key steps between about 0.2 S and 0.67 S
@@ -30,7 +30,7 @@ from ..accelerators import AccelConfig, CachingConfig, DFAConfig, KeySchedule
 from ..accelerators.tuned import FIRST_KEY_ONLY
 
 SPACES = ("small", "full")
-SMALL_MAX = 48
+SMALL_MAX = 72
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class Setting:
     name: str
     steps: int
     accel: AccelConfig
+    sampler: str | None = None  # None: the model family's own (DDIM; MEMO: flow)
 
     @property
     def plain(self) -> bool:
@@ -47,7 +48,10 @@ class Setting:
 
     def canonical(self) -> dict:
         """The setting without the options left at their defaults (stable when options are added)."""
-        return {"steps": int(self.steps), "accel": _strip_defaults(self.accel.describe(), AccelConfig().describe())}
+        out = {"steps": int(self.steps), "accel": _strip_defaults(self.accel.describe(), AccelConfig().describe())}
+        if self.sampler is not None:  # the family's own sampler keeps the keys of earlier caches
+            out["sampler"] = self.sampler
+        return out
 
     def key(self, *context) -> str:
         """A hash of the setting and ``context`` (samples, model, device): the cache key."""
@@ -81,9 +85,13 @@ def _accel(method: str, kind: str = "uniform", interval: int = 3, *, dfa: bool =
         return None
 
 
-def _name(steps: int, accel: AccelConfig) -> str:
+def _name(steps: int, accel: AccelConfig, sampler: str | None = None, family: str = "ddim") -> str:
+    """"ddim@6" / "flow@6" / "unipc@6" for a plain sampler; accelerated settings on a sampler other
+    than the family's own get its name in front ("unipc:lightningcp@2L+fc1/6")."""
     if accel.method == "off":
-        return f"ddim@{steps}"
+        return f"{sampler or family}@{steps}"
+    if sampler is not None:
+        return f"{sampler}:{_name(steps, accel)}"
     c, d = accel.caching, CachingConfig()
     keys = c.keys
     if getattr(c, "adaptive", 0):
@@ -108,16 +116,21 @@ def _steps_at(base: int, fractions) -> list[int]:
     return sorted({max(1, min(base, round(base * f))) for f in fractions}, reverse=True)
 
 
-def search_space(kind: str, base_steps: int) -> list[Setting]:
+def search_space(kind: str, base_steps: int, family: str = "ddim") -> list[Setting]:
     """The settings of the ``small`` or ``full`` space for a model whose default is ``base_steps``
-    steps; the baseline itself (plain DDIM at ``base_steps``) is not among them (the tuner always
-    measures it first). Names are unique; order: plain first (most steps first), then the rest."""
+    steps of its own sampler ``family`` (DDIM; MEMO: flow); the baseline itself (that sampler at
+    ``base_steps``) is not among them (the tuner always measures it first). The sampler is an
+    axis: the multistep solvers (DPM-Solver++ 2M, UniPC) at fewer steps, plain and under short
+    LightningCP schedules. Names are unique; order: the family's plain rows first (most steps
+    first), then the rest."""
+    from ..sampling.solvers import MULTISTEP
+
     if kind not in SPACES:
         raise ValueError(f"--space must be one of {', '.join(SPACES)}, not {kind!r}")
     if base_steps < 1:
         raise ValueError("the baseline needs at least one step")
     S = int(base_steps)
-    out: list[tuple[int, AccelConfig | None]] = []
+    out: list[tuple] = []
     if kind == "small":
         plain = sorted({k for k in _steps_at(S, (0.67, 0.53, 0.4, 0.33, 0.27, 0.2, 0.13)) if 2 <= k < S}, reverse=True)
         out += [(k, AccelConfig()) for k in plain]
@@ -135,6 +148,12 @@ def search_space(kind: str, base_steps: int) -> list[Setting]:
             for every in (2, FIRST_KEY_ONLY):
                 out.append((steps, _accel("lightningcp", interval=2, final=True, forecast=1, guidance_reuse=True,
                                           guidance_every=every)))
+        # the sampler axis: each multistep solver alone at the fewer step counts, and under the short
+        # LightningCP schedules (the estimation follows the solver: accelerators.caching)
+        for sampler in MULTISTEP:
+            out += [(k, AccelConfig(), sampler) for k in plain if k <= max(2, round(0.53 * S))]
+            for steps in mid:
+                out += [(steps, _accel("lightningcp", interval=i, final=True, forecast=1), sampler) for i in (2, 3)]
         for steps in mid:
             out += [(steps, _accel("lightningcp", interval=2, final=True, forecast=1, guidance_reuse=True)),
                     (steps, _accel("lightningcp", interval=3, final=True, forecast=1, combine="x0")),
@@ -152,6 +171,13 @@ def search_space(kind: str, base_steps: int) -> list[Setting]:
                 (S, _accel("fasterdiffusion", interval=4))]
     else:
         out += [(k, AccelConfig()) for k in range(S - 1, 1, -1)]
+        for sampler in MULTISTEP:
+            out += [(k, AccelConfig(), sampler) for k in range(S - 1, 1, -1)]
+            for steps in _steps_at(S, (0.75, 0.6, 0.45, 0.3)):
+                for interval in (2, 3, 4):
+                    for forecast in (0, 1):
+                        out.append((steps, _accel("lightningcp", interval=interval, final=True, forecast=forecast),
+                                    sampler))
         for steps in _steps_at(S, (1.0, 0.75, 0.6, 0.45)):
             for interval in (2, 3, 4, 6):
                 for combine in ("chain", "each", "x0"):
@@ -170,7 +196,8 @@ def search_space(kind: str, base_steps: int) -> list[Setting]:
             for threshold in (0.05, 0.1, 0.2):
                 out.append((steps, _accel("lightningcp", combine="each", adaptive=threshold)))
     seen, settings = set(), []
-    for steps, accel in out:
+    for steps, accel, *rest in out:
+        sampler = rest[0] if rest else None
         if accel is None or steps < 1 or (accel.method == "off" and steps >= S):
             continue
         if accel.method != "off":
@@ -178,7 +205,7 @@ def search_space(kind: str, base_steps: int) -> list[Setting]:
                 accel.caching.keys.keys(steps)  # e.g. no power schedule for this step count
             except ValueError:
                 continue
-        s = Setting(_name(steps, accel), int(steps), accel)
+        s = Setting(_name(steps, accel, sampler, family), int(steps), accel, sampler)
         if s.name not in seen:
             seen.add(s.name)
             settings.append(s)

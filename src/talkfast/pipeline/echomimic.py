@@ -80,7 +80,6 @@ from ..io.image import load_image, to_tensor, to_uint8
 from ..io.video import VideoWriter, check_output_path, remove_stale_temporaries
 from ..models.unet import UNetCond
 from ..sampling.loop import StepPlanner, denoise
-from ..sampling.scheduler import make_scheduler
 from ..sampling.windows import WindowedPredictor
 from .generate import (
     GenerateOptions,
@@ -223,7 +222,7 @@ class EchoMimicPipeline(TalkingHeadPipeline):
                     guidance=guidance if o.guidance is None else o.guidance,
                     seed=ECHOMIMIC_SEED if o.seed is None else o.seed,
                     hallo_context_tiling=False, motion_source="reference")
-        return o.resolved(self.cfg.name, fps=self.default_fps)
+        return self.with_sampler(o.resolved(self.cfg.name, fps=self.default_fps))
 
     def make_window_predictor(self, face: torch.Tensor, tokens: torch.Tensor, guidance: float, timesteps,
                               length: int) -> WindowedPredictor:
@@ -277,7 +276,7 @@ class EchoMimicPipeline(TalkingHeadPipeline):
                                  "shorter recording)")
         chunk = max(1, self.max_frames)
         starts = list(range(0, frames_total, chunk))
-        sched = make_scheduler(opts.steps)
+        sched = self.scheduler(opts)
         total_steps, done = len(starts) * opts.steps, 0
         timings = {"prepare": time.perf_counter() - t0, "clips": []}
         sidecar = {

@@ -32,7 +32,7 @@ from ..models.attention import ItemLayout
 from ..models.net import TalkingHeadNet
 from ..models.unet import StagePlan, UNetCond
 from ..sampling.loop import StepPlanner, denoise, guided
-from ..sampling.scheduler import make_scheduler
+from ..sampling.scheduler import make_scheduler, sampler_kind, sampler_name
 from . import MOTION_SOURCES
 from .conditioning import AudioConditioner, Portrait, prepare_portrait
 from .publish import ClipPublisher
@@ -83,6 +83,9 @@ class GenerateOptions:
     # clip). None: what the model folder's model.json names ("motion_source"), else "pixels" for
     # the hallo and memo presets and "latents" for the others.
     motion_source: str | None = None
+    # The sampler (talkfast.sampling.scheduler.SAMPLERS): None is the family's own (DDIM; MEMO: flow),
+    # "dpmpp2m" / "unipc" diffusers' multistep solvers in the family's configuration
+    sampler: str | None = None
 
     def resolved(self, preset: str, motion_source: str | None = None, fps: int = 25) -> "GenerateOptions":
         """Every None filled in: the preset's defaults, ``motion_source`` when the model names one,
@@ -239,7 +242,17 @@ class TalkingHeadPipeline:
 
     def resolve(self, options: "GenerateOptions | None" = None) -> "GenerateOptions":
         """``options`` (default: all defaults) completed for this model."""
-        return (options or GenerateOptions()).resolved(self.cfg.name, self.motion_source, self.default_fps)
+        return self.with_sampler((options or GenerateOptions()).resolved(self.cfg.name, self.motion_source,
+                                                                         self.default_fps))
+
+    def with_sampler(self, opts: "GenerateOptions") -> "GenerateOptions":
+        """``opts`` with its sampler named (None: the family's own, :attr:`sampler`), checked."""
+        opts.sampler = sampler_name(sampler_kind(self.sampler, opts.sampler))
+        return opts
+
+    def scheduler(self, opts: "GenerateOptions"):
+        """The scheduler of resolved ``opts``: its sampler in this family's configuration."""
+        return make_scheduler(opts.steps, kind=sampler_kind(self.sampler, opts.sampler))
 
     # ---------------------------------------------------------------- building blocks
     def check_size(self, size: int | None) -> int:
@@ -385,7 +398,7 @@ class TalkingHeadPipeline:
         frames_total = self.video_frames(audio, speech, opts.fps)
         F, M = self.cfg.clip_frames, self.cfg.motion_frames
         clips = math.ceil(frames_total / F)
-        sched = make_scheduler(opts.steps, kind=self.sampler)
+        sched = self.scheduler(opts)
         total_steps = clips * opts.steps
         done = 0
         t_prep = time.perf_counter() - t0

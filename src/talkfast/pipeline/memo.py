@@ -91,8 +91,7 @@ class MemoPipeline(TalkingHeadPipeline):
 
     def sidecar_extras(self) -> dict:
         labelled = self.prep is not None and self.prep.emotion_model is not None and not self.emotion_given
-        return {"emotion": "per clip (emotion2vec)" if labelled else EMOTIONS[self.emotion],
-                "sampler": "rectified-flow Euler"}
+        return {"emotion": "per clip (emotion2vec)" if labelled else EMOTIONS[self.emotion]}  # the sampler: options.sampler
 
     def portrait(self, image, size: int | None = None, name: str = "portrait", regions=None) -> Portrait:
         """MEMO's ``preprocess_image``: the whole photo resized, and insightface's embedding of the

@@ -22,7 +22,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from ..models.unet import StagePlan
-from .scheduler import scheduler_step
+from .scheduler import reset_state, scheduler_step
 
 # predict(latents (n, C, F, h, w), timesteps (n,), stage_plan) -> guided model output (n, C, F, h, w)
 Predictor = Callable[[torch.Tensor, torch.Tensor, "StagePlan | None"], torch.Tensor]
@@ -180,7 +180,10 @@ def denoise(
     on_step: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Run the whole schedule from ``latents`` (1, C, F, h, w); returns the final latents.
-    ``scheduler``: DDIM or flow matching (:mod:`talkfast.sampling.scheduler`).
+    ``scheduler``: DDIM, flow matching or a multistep solver (:mod:`talkfast.sampling.scheduler`);
+    a multistep solver's state is reset first (:func:`~.scheduler.reset_state`: a fresh history per
+    call, i.e. per clip and per EchoMimic window run), and every prediction, a reduced step's too,
+    goes through its ``step`` in step order and enters its history.
 
     For a reduced action the planner supplies one input latent per step (``batch_latents``); the
     outputs are applied one after the other. With ``chain(action)`` True (the default of the
@@ -189,6 +192,7 @@ def denoise(
     from (FasterDiffusion's noise injection); the final latent is never changed after its step.
     """
     planner = planner or FullSteps()
+    reset_state(scheduler)
     planner.reset(scheduler)
     timesteps = scheduler.timesteps
     on_device = timesteps.to(latents.device)  # sliced per action: no host-device copy in the loop

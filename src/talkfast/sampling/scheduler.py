@@ -11,6 +11,14 @@ the clean-sample and noise predictions it implies).
   the model dtype), computed here from the step index: diffusers' ``step`` keeps a step counter
   inside the scheduler, which one scheduler shared by every clip (and a reduced step applied out
   of its call) would have to reset; tests/test_sampling.py checks the two agree.
+- DPM-Solver++ (2M) and UniPC (bh2), diffusers' multistep solvers, in each family's training
+  configuration (:mod:`.solvers`): ``--sampler dpmpp2m|unipc``. Their ``step`` keeps a history
+  (state), so the loop resets it at the start of every :func:`~.loop.denoise` (:func:`reset_state`)
+  and steps them in order through diffusers' own ``step``.
+
+Sampler names (:data:`SAMPLERS`) are what the user picks; the scheduler *kind* adds the family's
+parameterisation: ``dpmpp2m`` on a DDIM family is kind "dpmpp2m", on MEMO (flow) "flow-dpmpp2m"
+(:func:`sampler_kind`).
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+
+from .solvers import MULTISTEP, is_multistep, make_multistep, reset_multistep
 
 
 @dataclass(frozen=True)
@@ -35,27 +45,72 @@ class SchedulerConfig:
     set_alpha_to_one: bool = True
 
 
-SAMPLERS = ("ddim", "flow")
+SAMPLERS = ("ddim", "flow", *MULTISTEP)  # what --sampler accepts (a family takes its own + MULTISTEP)
+KINDS = ("ddim", "flow", *MULTISTEP, *(f"flow-{m}" for m in MULTISTEP))
+
+
+def family_samplers(family: str) -> tuple[str, ...]:
+    """The samplers a model family (its own sampler: "ddim" or "flow") can run: its own first."""
+    return (family, *MULTISTEP)
+
+
+def sampler_kind(family: str, sampler: str | None = None) -> str:
+    """The scheduler kind (:data:`KINDS`) of ``sampler`` (None: the family's own) on a family
+    whose own sampler is ``family`` ("ddim": Hallo, EchoMimic, talkfast's models; "flow": MEMO)."""
+    sampler = family if sampler is None else str(sampler).strip()
+    if sampler not in family_samplers(family):
+        raise ValueError(f"--sampler must be one of {', '.join(family_samplers(family))} for this model "
+                         f"(its own sampler is {family}), not {sampler!r}")
+    return f"flow-{sampler}" if family == "flow" and sampler != "flow" else sampler
+
+
+def sampler_name(kind: str) -> str:
+    """The sampler name of a scheduler kind ("flow-unipc" -> "unipc")."""
+    return kind[len("flow-"):] if kind.startswith("flow-") else kind
 
 
 def make_scheduler(num_steps: int, cfg: SchedulerConfig = SchedulerConfig(), device=None, kind: str = "ddim"):
     """A scheduler with ``num_steps`` inference steps set. ``kind`` "ddim": a DDIMScheduler whose
     ``step`` uses the previous timestep ``t - num_train_timesteps // num_steps`` (Hallo's rule),
-    with alpha_prev = 1 below 0. "flow": MEMO's FlowMatchEulerDiscreteScheduler (defaults)."""
+    with alpha_prev = 1 below 0. "flow": MEMO's FlowMatchEulerDiscreteScheduler (defaults).
+    "dpmpp2m" / "unipc" (and their "flow-" forms): diffusers' multistep solvers configured as the
+    DDIM family (``cfg``) or MEMO is trained (:func:`.solvers.make_multistep`)."""
     if num_steps < 1:
         raise ValueError("steps must be at least 1")
     if kind == "flow":
         sched = FlowMatchEulerDiscreteScheduler()
     elif kind == "ddim":
         sched = DDIMScheduler(**asdict(cfg))
+    elif kind in KINDS:
+        return make_multistep(sampler_name(kind), num_steps, asdict(cfg), flow=kind.startswith("flow-"), device=device)
     else:
-        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not {kind!r}")
+        raise ValueError(f"sampler must be one of {', '.join(KINDS)}, not {kind!r}")
     sched.set_timesteps(num_steps, device=device)
     return sched
 
 
+def scheduler_kind(sched) -> str:
+    """The kind (:data:`KINDS`) a scheduler of :func:`make_scheduler` was made as."""
+    if isinstance(sched, FlowMatchEulerDiscreteScheduler):
+        return "flow"
+    if isinstance(sched, DDIMScheduler):
+        return "ddim"
+    name = "dpmpp2m" if type(sched).__name__.startswith("DPMSolver") else "unipc"
+    return f"flow-{name}" if is_flow(sched) else name
+
+
+def reset_state(sched) -> None:
+    """Forget what a stateful (multistep) solver kept from an earlier run: its history of
+    predictions, its step counter (the next ``step`` is step 0) and UniPC's corrector input. DDIM
+    and flow Euler keep nothing. :func:`~.loop.denoise` calls it before every schedule (per clip,
+    per EchoMimic window run)."""
+    if is_multistep(sched):
+        reset_multistep(sched)
+
+
 def is_flow(sched) -> bool:
-    return isinstance(sched, FlowMatchEulerDiscreteScheduler)
+    """Flow-matching parameterisation (MEMO): the Euler scheduler or a solver with flow sigmas."""
+    return isinstance(sched, FlowMatchEulerDiscreteScheduler) or bool(getattr(sched.config, "use_flow_sigmas", False))
 
 
 def _sigma(sched, t) -> float:
@@ -65,6 +120,11 @@ def _sigma(sched, t) -> float:
 
 def scheduler_step(sched, output: torch.Tensor, index: int, sample: torch.Tensor) -> torch.Tensor:
     """The latent after step ``index`` (timestep ``sched.timesteps[index]``) from ``sample``."""
+    if is_multistep(sched):
+        if sched.step_index != index and not (index == 0 and sched.step_index is None):
+            raise RuntimeError(f"multistep solver at step {sched.step_index}, asked for step {index}: its state "
+                               "was not reset for this schedule (sampling.scheduler.reset_state)")
+        return sched.step(output, sched.timesteps[index], sample).prev_sample
     if is_flow(sched):
         d = sched.sigmas[index + 1] - sched.sigmas[index]  # a 0-d tensor, as diffusers computes it
         return (sample.to(torch.float32) + d * output).to(output.dtype)
@@ -74,8 +134,8 @@ def scheduler_step(sched, output: torch.Tensor, index: int, sample: torch.Tensor
 def input_timestep(sched, index: int):
     """The timestep at which the latent entering step ``index`` (> 0) lies, by the sampler's own
     rule: DDIM (Hallo) ``t_{index-1} - num_train_timesteps // S``, which is ``timesteps[index]`` or
-    one off it; flow matching ``timesteps[index]``."""
-    if is_flow(sched):
+    one off it; flow matching and the multistep solvers ``timesteps[index]``."""
+    if is_flow(sched) or is_multistep(sched):
         return float(sched.timesteps[index])
     return previous_timestep(sched, int(sched.timesteps[index - 1]))
 
