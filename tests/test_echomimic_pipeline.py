@@ -127,10 +127,10 @@ def test_long_audio_is_made_in_chunks(echo_folder, speech):
 
 
 # ------------------------------------------------------------------------------ accelerators on the windows
-def _frames(pipe, speech, acc=None, steps=4, guidance=None):
+def _frames(pipe, speech, acc=None, steps=4, guidance=None, sampler=None):
     pieces = []
-    pipe.generate(PORTRAIT, speech, None, GenerateOptions(steps=steps, guidance=guidance, fps=24), accelerator=acc,
-                  on_clip=pieces.append)
+    pipe.generate(PORTRAIT, speech, None, GenerateOptions(steps=steps, guidance=guidance, fps=24, sampler=sampler),
+                  accelerator=acc, on_clip=pieces.append)
     return torch.cat(pieces)
 
 
@@ -146,6 +146,22 @@ def test_every_accelerator_degenerate_setting_equals_the_windowed_baseline(echo_
         torch.testing.assert_close(_frames(pipe, speech, acc), base, rtol=0, atol=0)
         s = acc.summary()
         assert s["reduced_steps"] == 0 and s["full_steps"] == 4, cfg.method
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("sampler", ["dpmpp2m", "unipc"])
+def test_multistep_samplers_on_the_windows(echo_folder, speech, sampler):
+    """EchoMimic's windows with a multistep solver (one solver state over the whole latent, reset
+    per run): degenerate LightningCP equals the plain solver; key steps 0 and 2 run reduced."""
+    root, _ = echo_folder
+    pipe = load_pipeline(root, device="cpu", dtype="fp32")
+    base = _frames(pipe, speech, sampler=sampler)
+    assert not torch.equal(base, _frames(pipe, speech))  # not DDIM
+    torch.testing.assert_close(_frames(pipe, speech, build_accelerator(every_step("lightningcp")), sampler=sampler),
+                               base, rtol=0, atol=0)
+    acc = build_accelerator(AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=2))))
+    out = _frames(pipe, speech, acc, sampler=sampler)
+    assert acc.summary()["reduced_steps"] == 2 and torch.isfinite(out).all() and not torch.equal(out, base)
 
 
 @torch.no_grad()

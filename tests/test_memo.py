@@ -329,6 +329,20 @@ def test_reduced_steps_run_on_memo(pipe, inputs, baseline, name):
     assert (out - baseline).abs().max() > 1e-6
 
 
+@pytest.mark.parametrize("sampler", ["dpmpp2m", "unipc"])
+def test_multistep_flow_samplers_on_memo_clips(pipe, inputs, baseline, sampler):
+    """MEMO with the flow variants of the multistep solvers: a fresh solver state per chained clip,
+    every degenerate setting equal to the plain solver, reduced steps running on it."""
+    base = generated_frames(pipe, inputs, steps=6, sampler=sampler)
+    assert base.shape == baseline.shape and not torch.equal(base, baseline)  # not flow Euler
+    for cfg in DEGENERATE.values():
+        torch.testing.assert_close(generated_frames(pipe, inputs, build_accelerator(cfg), steps=6, sampler=sampler),
+                                   base, rtol=0, atol=0)
+    acc = build_accelerator(AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=3), forecast=1)))
+    out = generated_frames(pipe, inputs, acc, steps=6, sampler=sampler)
+    assert acc.summary()["reduced_steps"] == 3 * 4 and torch.isfinite(out).all() and not torch.equal(out, base)
+
+
 def test_reduced_path_with_the_key_steps_audio_stream_reproduces_the_full_output(pipe):
     """The cut check on MEMO: the shallow path on the key step's own latent and timestep gives the
     full output, because the audio stream entering the last audio module comes from the key step's

@@ -49,12 +49,13 @@ def tone_inputs(seconds: float):
     return load_image(PORTRAIT), Audio(wave, sr, sr, 1)
 
 
-def generated_frames(pipe, inputs, acc=None, steps: int = 8, seed: int = 42) -> torch.Tensor:
+def generated_frames(pipe, inputs, acc=None, steps: int = 8, seed: int = 42, sampler: str | None = None) -> torch.Tensor:
     """Every frame ``pipe`` makes of ``inputs`` (nothing written), with ``acc`` attached for the run
-    and detached after it."""
+    and detached after it; ``sampler`` None: the family's own."""
     frames = []
     img, audio = inputs
-    pipe.generate(img, audio, None, GenerateOptions(steps=steps, seed=seed), accelerator=acc, on_clip=frames.append)
+    pipe.generate(img, audio, None, GenerateOptions(steps=steps, seed=seed, sampler=sampler), accelerator=acc,
+                  on_clip=frames.append)
     if acc is not None:
         acc.detach()
     return torch.cat(frames)
