@@ -100,3 +100,23 @@ def test_tuner_sampler_axis_and_recorded_sampler(tmp_path):
                                         "sampler": "unipc"}})
     choice = resolve("balanced", tmp_path)
     assert choice.sampler == "unipc" and choice.steps == 6 and "UniPC" in choice.text()
+
+
+def test_bench_runs_the_accelerated_rows_on_other_samplers(tmp_path, capsys):
+    """``bench --samplers unipc``: every accelerated row again on UniPC, named ``<row>~unipc``, owned
+    by "lightningcp on UniPC" on the frontier; a sampler the model has not is refused before work."""
+    import json
+
+    from talkfast.app.cli import main
+
+    out = tmp_path / "b"
+    assert main(["bench", "--quick", "--controls", "none", "--reference", "0", "--samplers", "unipc", "--no-flops",
+                 "--out", str(out), "-q"]) == 0
+    rows = {m["name"]: m for m in json.loads((out / "bench.json").read_text())["methods"]}
+    assert list(rows) == ["baseline", "lightningcp", "lightningcp~unipc"]
+    assert rows["lightningcp~unipc"]["sampler"] == "unipc" and rows["lightningcp"]["sampler"] == "ddim"
+    assert rows["lightningcp~unipc"]["family"] == "lightningcp on UniPC"
+    assert rows["lightningcp~unipc"]["seconds"] > 0
+    capsys.readouterr()
+    assert main(["bench", "--quick", "--samplers", "flow", "--out", str(tmp_path / "c"), "-q"]) != 0
+    assert "--samplers" in capsys.readouterr().err and not (tmp_path / "c" / "bench.json").exists()

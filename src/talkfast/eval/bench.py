@@ -81,6 +81,7 @@ from .bench_methods import (
     control_steps,
     default_methods,
     method_set,
+    on_samplers,
     reference_method,
     sweep_methods,
     tuned_methods,
@@ -127,7 +128,7 @@ __all__ = [  # the public names, importable from here as before the split into m
     "human_flops", "markdown_table", "method_set", "nice_ticks", "one_clip", "plot_png", "read_json",
     "resolve_dtype", "run_bench", "run_denoise", "run_speed_bench", "speed_setup", "sweep_methods", "table_rows",
     "to_markdown", "trim_audio", "write_json", "write_outputs", "PLAIN", "STAGES", "Runner", "control_method",
-    "control_steps", "reference_method", "tuned_methods", "frontier_flags", "frontier_sentence", "mark_frontier",
+    "control_steps", "on_samplers", "reference_method", "tuned_methods", "frontier_flags", "frontier_sentence", "mark_frontier",
     "stage_seconds",
     "_lcp", "_clean", "_mean", "_sync",  # used by scripts and tests
 ]
@@ -209,7 +210,7 @@ class Runner:
             raise ValueError("repeats must be >= 1")
         opts, device = self.options(m), self.device
         mr = MethodResult(m.name, None if m.accel is None else m.accel.describe(), m.key_steps(opts.steps), opts.steps,
-                          family=m.family_on(opts.sampler), role=role)
+                          family=m.family_on(opts.sampler), sampler=opts.sampler, role=role)
         acc = m.build()
         acc.sync_timing = device.type == "cuda"
         try:

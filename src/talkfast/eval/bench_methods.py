@@ -99,6 +99,15 @@ def control_methods(ks, samplers: Sequence[str], methods: Sequence[BenchMethod],
     return [control_method(k, s) for s in samplers for k in sorted(set(ks), reverse=True) if (k, s) not in have]
 
 
+def on_samplers(methods: Sequence[BenchMethod], samplers: Sequence[str]) -> list[BenchMethod]:
+    """Every accelerated row of ``methods`` again on each sampler of ``samplers`` (named
+    ``<name>~<sampler>``, e.g. "tuned:balanced~unipc"): the same steps and accelerator on another
+    solver. Plain rows are left out (the controls already run each sampler at fewer steps), and so
+    is a row's own sampler."""
+    return [dataclasses.replace(m, name=f"{m.name}~{s}", sampler=s) for m in methods if not m.is_plain
+            for s in samplers if s != m.sampler]
+
+
 def reference_method(base_steps: int, factor: int = 2) -> BenchMethod:
     """Plain DDIM at ``factor`` x the baseline's steps: the longer (more converged) reference."""
     return BenchMethod(f"reference@{int(base_steps) * int(factor)}", None, int(base_steps) * int(factor))

@@ -62,6 +62,7 @@ class MethodResult:
     psnr_ref: float | None = None
     ssim_ref: float | None = None
     family: str = ""  # "plain DDIM" or the accelerator's method (who owns the frontier)
+    sampler: str | None = None  # the sampler the row ran (ddim, flow, dpmpp2m, unipc); None in older results
     role: str = "method"  # "baseline", "control" (plain DDIM, fewer steps), "reference" (longer), "method"
     frontier: bool | None = None  # no other row both faster and better (PSNR to the baseline); None: n/a
     stage_seconds: dict = field(default_factory=dict)  # pipeline stage -> mean seconds per generation

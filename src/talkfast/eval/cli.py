@@ -94,6 +94,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--controls", default="auto",
                    help="plain-DDIM fewer-step controls: 'auto' (step counts whose cost ratio spans the accelerated "
                         "rows' measured speedups), 'none', or step counts '3,5,7' (default: auto)")
+    p.add_argument("--samplers", default=None,
+                   help="also run every accelerated row (tuned rows included) on these samplers, comma-separated "
+                        "(dpmpp2m, unipc; named <row>~<sampler>): the same settings on another solver")
     p.add_argument("--no-tuned", action="store_true",
                    help="leave out the rows of the model's tuned settings (talkfast tune; included by default)")
     p.add_argument("--reference", type=int, default=2,
@@ -235,6 +238,15 @@ def _run(args) -> int:
             base_steps = pipe.resolve(opts).steps  # a budget whose pick is the baseline itself adds no row
             methods = methods + [m for m in bench.tuned_methods(folder_of(pipe), getattr(pipe, "variant", None))
                                  if not (m.is_plain and m.steps in (None, base_steps))]
+        if args.samplers:
+            from ..sampling.scheduler import family_samplers
+
+            wanted = [x.strip() for x in args.samplers.split(",") if x.strip()]
+            allowed = family_samplers(getattr(pipe, "sampler", "ddim"))
+            bad = [x for x in wanted if x not in allowed]
+            if bad or not wanted:
+                raise ValueError(f"--samplers takes samplers of this model ({', '.join(allowed)}), got {args.samplers!r}")
+            methods = methods + bench.on_samplers(methods, wanted)
         if args.corpus is not None:
             cases = bench.corpus_cases(args.corpus, args.split, args.limit, args.offset)
             if seconds is not None:

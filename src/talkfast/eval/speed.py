@@ -334,7 +334,8 @@ def _run_speed_bench(preset, device, dtype, frames, steps, methods, size, guidan
                 continue
         m_steps = m.steps_for(steps)  # a method may run its own number of steps (a fewer-step control)
         mr = MethodResult(m.name, None if m.accel is None else m.accel.describe(), m.key_steps(m_steps), m_steps,
-                          family=m.family_on(setup.sampler), role="baseline" if m is methods[0] else
+                          family=m.family_on(setup.sampler), sampler=m.sampler or setup.sampler,
+                          role="baseline" if m is methods[0] else
                           "control" if m.is_plain and m.steps_for(steps) < steps else "method")
         acc = _attached(m, setup)
         acc.sync_timing = dev.type == "cuda"
