@@ -36,7 +36,12 @@ class AccelConfig:
     @staticmethod
     def from_dict(d: dict) -> "AccelConfig":
         """Inverse of :meth:`describe` (a JSON round trip gives an equal config). Unknown keys
-        are an error, so a setting written by a newer talkfast is not silently misread."""
+        are an error, so a setting written by a newer talkfast is not silently misread; so is a
+        value of the wrong type (``"2"`` or ``true`` for an interval, NaN): a
+        :class:`~talkfast.io.records.RecordError` (a ValueError) naming the field."""
+        from ..io.records import check, dataclass_spec
+
+        check(d, dataclass_spec(AccelConfig))
 
         def build(cls, data, nested=None):
             if not isinstance(data, dict):

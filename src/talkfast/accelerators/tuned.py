@@ -19,10 +19,24 @@ name (``off``) is the preset itself. Used by ``generate``, ``batch`` and the dem
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import CheckpointError
+from ..io.records import (
+    Anything,
+    Int,
+    MapOf,
+    Null,
+    Num,
+    Obj,
+    RecordError,
+    Str,
+    checked,
+    describe_error,
+    read_json,
+)
+from ..sampling.scheduler import SAMPLERS
 from .config import PRESETS, AccelConfig, get_preset
 
 BUDGETS: dict[str, float] = {"quality": 36.0, "balanced": 33.0, "fast": 30.0}  # dB vs the baseline output
@@ -136,19 +150,67 @@ def tuned_file(folder: str | Path, variant: str | None = None) -> Path:
     return folder / TUNED_FILE.format("" if variant in (None, "default") else f"_{variant}")
 
 
+MAX_STEPS = 1000  # the schedulers' training timesteps (talkfast.pipeline.generate.MAX_STEPS)
+_SPEED, _SCORE = Null(Num(0.0, above=True)), Null(Num())
+# What ``talkfast tune`` writes per budget (talkfast.eval.tune.tuned_entries); checked on every read
+TUNED_ENTRY = Obj({
+    "name": Str(max_len=200), "steps": Null(Int(1, MAX_STEPS)), "accel": Anything(), "date": Null(Str(max_len=100)),
+    "sampler": Null(Str(SAMPLERS)),  # older files have none: the family's own
+    "budget": Obj({k: Num(0.0) for k in ("min_psnr_db", "lipsync_tolerance", "calibration_margin_db",
+                                          "lipsync_worst_drop", "time_tie")}),
+    "measured": Obj({**{k: _SPEED for k in ("speedup", "model_speedup", "seconds", "baseline_seconds")},
+                     **{k: _SCORE for k in ("psnr_base", "ssim_base", "lipsync", "baseline_lipsync", "psnr_gt",
+                                            "baseline_psnr_gt")},
+                     "baseline_steps": Null(Int(1, MAX_STEPS)), "samples": Null(Int(0)), "threads": Null(Int(0)),
+                     "device": Null(Str(max_len=100)), "space": Null(Str(max_len=100))}),
+}, required=("accel",))
+TUNED = MapOf(TUNED_ENTRY, keys=Str(BUDGETS))
+
+
+def check_tuned(tuned, path: str | Path, field: str = "tuned") -> dict[str, tuple[dict, AccelConfig]]:
+    """``tuned`` (the entry of :func:`tuned_file` ``path``) checked against :data:`TUNED`, each
+    budget's accelerator built and its key schedule tried on its step count: {budget: (entry,
+    AccelConfig)}, or a :class:`~talkfast.errors.CheckpointError` naming the file and the field."""
+    tuned = checked(tuned, TUNED, file=path, error=CheckpointError, what="the tuned settings in", field=field,
+                    hint=_REDO)
+    out = {}
+    for budget, entry in tuned.items():
+        where = f"{field}.{budget}.accel"
+        try:
+            accel = AccelConfig.from_dict(entry["accel"])
+            steps = entry.get("steps")
+            if accel.method != "off":
+                keys = accel.caching.keys
+                keys.keys(steps if steps is not None else max([keys.interval, *keys.steps, 0]) + 1)
+        except RecordError as err:
+            raise CheckpointError(describe_error(path, err.within(where), "the tuned settings in") + f"; {_REDO}") from None
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(describe_error(path, RecordError(where, f"is not a usable setting ({err})"),
+                                                 "the tuned settings in") + f"; {_REDO}") from None
+        out[budget] = (entry, accel)
+    return out
+
+
+_REDO = "run 'talkfast tune' again to measure them (or delete the 'tuned' entry)"
+
+
 def read_tuned(folder: str | Path | None, variant: str | None = None) -> dict:
-    """The ``tuned`` entry of :func:`tuned_file` ({} when there is no folder, file or entry)."""
+    """The ``tuned`` entry of :func:`tuned_file` ({} when there is no folder, file or entry),
+    checked (:func:`check_tuned`): a file that is not JSON, or whose ``tuned`` entry does not fit
+    the schema, is a :class:`~talkfast.errors.CheckpointError` naming the file and the field."""
+    return {budget: entry for budget, (entry, _) in _read_checked(folder, variant)[1].items()}
+
+
+def _read_checked(folder, variant) -> tuple[Path | None, dict[str, tuple[dict, AccelConfig]]]:
     if folder is None:
-        return {}
+        return None, {}
     path = tuned_file(folder, variant)
     if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    tuned = data.get("tuned") if isinstance(data, dict) else None
-    return tuned if isinstance(tuned, dict) else {}
+        return path, {}
+    data = read_json(path, error=CheckpointError, what="the tuned settings in")
+    if not isinstance(data, dict) or "tuned" not in data:
+        return path, {}  # a model.json the loader checks; no tuned settings in it
+    return path, check_tuned(data["tuned"], path)
 
 
 def model_folder(checkpoint: str | Path | None, random_weights: bool = False) -> Path | None:
@@ -183,16 +245,11 @@ def resolve(name: str, folder: str | Path | None, steps: int | None = None, vari
     if name == "off":
         return Choice("off", get_preset("off"), steps, "preset")
     budget = AUTO if name == "auto" else name
-    entry = read_tuned(folder, variant).get(budget)
-    if isinstance(entry, dict) and isinstance(entry.get("accel"), dict):
-        try:
-            accel = AccelConfig.from_dict(entry["accel"])
-            tuned_steps = int(entry["steps"]) if entry.get("steps") is not None else None
-        except (TypeError, ValueError) as err:
-            return _fallback(name, budget, folder, f"its tuned '{budget}' setting cannot be read ({err})", steps)
-        sampler = entry.get("sampler") if isinstance(entry.get("sampler"), str) else None
-        return Choice(name, accel, steps if steps is not None else tuned_steps, "tuned", budget, str(folder),
-                      entry.get("measured"), entry.get("date"), sampler=sampler)
+    _, tuned = _read_checked(folder, variant)  # a bad file: CheckpointError naming it and the field
+    if budget in tuned:
+        entry, accel = tuned[budget]
+        return Choice(name, accel, steps if steps is not None else entry.get("steps"), "tuned", budget, str(folder),
+                      entry.get("measured"), entry.get("date"), sampler=entry.get("sampler"))
     why = "has no tuned settings" if folder is not None else None
     return _fallback(name, budget, folder, why, steps)
 

@@ -79,6 +79,8 @@ def run_batch(items: list[BatchItem], pipe, defaults: dict[str, Any], *, report_
                           settings={**defaults, **it.settings}) for it in items]
     started = _now()
     warned: set[str] = set()  # a fallback-preset warning is said once per job
+    if any((r.settings.get("accel") or "auto") != "off" for r in results):
+        resolve_for("auto", pipe)  # a bad tuned-settings file: its error now, before any item runs
 
     last_write = [-math.inf]
 

@@ -308,6 +308,23 @@ def add_quality_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def read_card(path) -> dict:
+    """A model folder's ``model.json`` for its training corpus (``talkfast train export --data``
+    wrote it): a JSON object whose ``corpus``, when there, fits :data:`CARD_CORPUS`; {} when there
+    is no file. Otherwise a :class:`~talkfast.errors.CheckpointError` naming the file and the field."""
+    from pathlib import Path
+
+    from ..errors import CheckpointError
+    from ..io.records import Anything, Int, Num, Null, Obj, checked, read_json
+
+    if not Path(path).is_file():
+        return {}
+    spec = Obj({"corpus": Null(Obj({"identities": Int(1, 100_000), "sentences": Int(1, 10_000),
+                                    "seed": Int(0, 2**63 - 1), "size": Int(32, 4096),
+                                    "test_fraction": Num(0.0, 1.0)})), "preset": Anything()}, extra=True)
+    return checked(read_json(path, error=CheckpointError), spec, file=path, error=CheckpointError)
+
+
 def default_corpus(card: dict, cache: str | None, log) -> str:
     """The model card's training corpus, built once into the cache folder (deterministic by seed)."""
     from pathlib import Path
@@ -329,7 +346,6 @@ def run_quality_command(args) -> int:
 
 
 def _run_quality(args) -> int:
-    import json
     import shlex
     from pathlib import Path
 
@@ -343,7 +359,7 @@ def _run_quality(args) -> int:
     pipe = load_pipeline(args.checkpoint, random_weights=args.random_weights, preset="small",
                          device=args.device, dtype=args.dtype, seed=args.seed)
     card_path = Path(args.checkpoint or EMBEDDED_DIR) / "model.json"
-    card = json.loads(card_path.read_text()) if card_path.exists() and not args.random_weights else {}
+    card = read_card(card_path) if not args.random_weights and not args.corpus else {}
     corpus = args.corpus or default_corpus(card, args.corpus_cache, log)
     opts = GenerateOptions(steps=args.steps, guidance=args.cfg, seed=args.seed, motion_source=args.motion_source)
     if pipe.device.type == "cpu":

@@ -20,8 +20,10 @@ they can.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import platform
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,18 +31,46 @@ from typing import Callable, Sequence
 
 import torch
 
+from .. import __version__
 from ..accelerators import AccelConfig
-from ..accelerators.tuned import (BUDGETS, LIPSYNC_TOLERANCE, LIPSYNC_WORST_DROP, PSNR_MARGIN_DB, TIME_TIE,
-                                  SAMPLER_TEXT, describe_setting)
-from ..io.video import write_json_atomic
-from ..io.write_rule import check_writes, json_with_keys, text_starting_with, write_text_atomic
+from ..accelerators.tuned import (
+    BUDGETS,
+    LIPSYNC_TOLERANCE,
+    LIPSYNC_WORST_DROP,
+    MAX_STEPS,
+    PSNR_MARGIN_DB,
+    SAMPLER_TEXT,
+    TIME_TIE,
+    describe_setting,
+)
 from ..errors import OutputError
+from ..io.records import (
+    Anything,
+    Int,
+    List,
+    MapOf,
+    Null,
+    Num,
+    Obj,
+    RecordError,
+    Str,
+    check,
+    parse_json,
+)
+from ..io.video import write_json_atomic
+from ..io.write_rule import (
+    check_writes,
+    json_with_keys,
+    text_starting_with,
+    write_text_atomic,
+)
 from ..paths import display_source
+from ..sampling.scheduler import SAMPLERS
 from .bench import BenchCase, BenchMethod, Runner, flushed_denormals, frontier_flags
 from .tune_space import Setting
 
 CACHE_NAME = "tune_cache.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: entries with a digest (talkfast tune sets a version 1 cache aside)
 FIELDS = ("seconds", "model_seconds", "psnr_base", "ssim_base", "psnr_gt", "ssim_gt", "l1_gt", "lipsync")
 
 
@@ -48,16 +78,38 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def model_signature(pipe) -> dict:
-    """What identifies the model: its folder and a hash of its weights file (when it has one)."""
-    source = str(getattr(pipe, "source", ""))
-    sig = {"model": pipe.cfg.name, "source": source}
-    weights = Path(source) / "net.safetensors" if source and not source.startswith("random:") else None
-    if weights is not None and weights.is_file():
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+_HASHES: dict[tuple, str] = {}  # (path, size, mtime_ns, inode) -> sha256, for this process
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, computed once per process for a file whose size, modification
+    time and inode have not changed."""
+    path = Path(path)
+    st = path.stat()
+    ident = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if ident not in _HASHES:
         h = hashlib.sha256()
-        with open(weights, "rb") as f:
+        with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
+        _HASHES[ident] = h.hexdigest()
+    return _HASHES[ident]
+
+
+def model_signature(pipe) -> dict:
+    """What identifies the model: its name, folder, variant and a hash of its weights (every
+    weights file under the folder: ``net.safetensors`` and the VAE's of a talkfast folder, all of
+    another project's checkpoint), so that cached measurements of other weights are not taken for
+    this model's."""
+    source = str(getattr(pipe, "source", ""))
+    sig = {"model": pipe.cfg.name, "source": source, "variant": getattr(pipe, "variant", None)}
+    folder = Path(source) if source and not source.startswith("random:") else None
+    if folder is not None and folder.is_dir():
+        files = sorted(p for p in folder.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+        h = hashlib.sha256()
+        for p in files:
+            h.update(f"{p.relative_to(folder).as_posix()}\0{file_sha256(p)}\0".encode())
         sig["weights_sha256"] = h.hexdigest()
     return sig
 
@@ -73,24 +125,130 @@ def samples_signature(run: Runner) -> dict:
             "motion_source": o.motion_source}
 
 
+_SCORE = Null(Num(-1.0, 1.0))
+_DB = Null(Num(-1000.0, 1000.0))
+_LIST = List(Null(Num(-1000.0, 1000.0)), max_len=100_000)
+# One measured setting as :func:`_entry` writes it, and the digest that ties it to what it measured
+CACHE_ENTRY = Obj({
+    "name": Str(max_len=200), "steps": Int(1, MAX_STEPS), "accel": Anything(), "full_steps": Int(0),
+    "stage_seconds": MapOf(Null(Num(0.0)), max_len=1000), "cases": Int(1), "date": Str(max_len=100),
+    "case_lipsync": _LIST, "case_psnr": _LIST,
+    "seconds": Null(Num(0.0, above=True)), "model_seconds": Null(Num(0.0, above=True)),
+    "psnr_base": _DB, "ssim_base": _SCORE, "psnr_gt": _DB, "ssim_gt": _SCORE, "l1_gt": Null(Num(0.0)),
+    "lipsync": _SCORE, "digest": Str(max_len=200), "sampler": Null(Str(SAMPLERS)),
+}, required=("name", "steps", "accel", "seconds", "model_seconds", "psnr_base", "digest"))
+CACHE_FILE = Obj({"version": Int(), "entries": MapOf(Anything(), keys=Str(max_len=200))},
+                 required=("version", "entries"))  # each entry then checked against CACHE_ENTRY
+
+
+def fingerprint(context) -> str:
+    """What a cached measurement is tied to: a hash of the run's ``context`` (the model and its
+    weights' hash, the samples and options, device, dtype, threads, repeats) and this talkfast's
+    version."""
+    blob = json.dumps([__version__, *context], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _digest(key: str, entry: dict, fp: str) -> str:
+    body = {k: v for k, v in entry.items() if k != "digest"}
+    blob = json.dumps([key, body], sort_keys=True, allow_nan=False)
+    return hmac.new(fp.encode(), blob.encode(), hashlib.sha256).hexdigest()
+
+
 class TuneCache:
-    """The measured settings, a JSON file rewritten (atomically) after every setting."""
+    """The measured settings, a JSON file rewritten (atomically) after every setting.
 
-    def __init__(self, path: str | Path):
+    Nothing in it is trusted as it stands. On opening, the file must fit :data:`CACHE_FILE` (this
+    version, every entry typed and in range, numbers finite); each entry is also tied to what it
+    measured: its key hashes the setting with the run's context, and its ``digest`` is an HMAC of
+    the key and the entry's content keyed by :func:`fingerprint` (model weights' hash, samples,
+    options, device, talkfast version), checked by :meth:`get` along with the setting the entry
+    says it measured. This guards against accidental and naive edits (a changed number, an entry
+    copied from another model's cache), not against a determined forger, who can recompute the
+    digest from the same inputs. A file that fails any check is set aside (renamed to
+    ``tune_cache.json.untrusted-<time>``, never deleted) with a warning; its entries that did fail
+    are measured again, the others kept."""
+
+    def __init__(self, path: str | Path, warn: Callable[[str], None] | None = None):
         self.path = Path(path)
+        self.warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr, flush=True))
         self.entries: dict[str, dict] = {}
-        if self.path.exists():
+        if not self.path.exists():
+            return
+        try:
+            data = parse_json(self.path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            self._set_aside(f"it cannot be read ({err})")
+            return
+        if isinstance(data, dict) and data.get("version") != CACHE_VERSION:
+            self._set_aside(f"it is not a version {CACHE_VERSION} cache (from another talkfast)")
+            return
+        try:
+            check(data, CACHE_FILE)
+        except RecordError as err:
+            self._set_aside(f"{err.field or 'its content'} {err.problem}")
+            return
+        bad = []
+        for key, entry in data["entries"].items():
             try:
-                data = json.loads(self.path.read_text())
-            except (OSError, json.JSONDecodeError) as err:
-                raise ValueError(f"the tune cache {self.path} cannot be read ({err}); delete it to start over") from None
-            if data.get("version") == CACHE_VERSION:
-                self.entries = dict(data.get("entries", {}))
+                check(entry, CACHE_ENTRY, f"entries.{key}")
+            except RecordError as err:
+                bad.append(str(err))
+                continue
+            try:
+                AccelConfig.from_dict(entry["accel"])
+            except RecordError as err:
+                bad.append(str(err.within(f"entries.{key}.accel")))
+                continue
+            except (TypeError, ValueError) as err:
+                bad.append(f"entries.{key}.accel: {err}")
+                continue
+            self.entries[key] = entry
+        if bad:
+            self._set_aside(f"{len(bad)} entr{'y does' if len(bad) == 1 else 'ies do'} not fit the schema "
+                            f"({bad[0]}{'; ...' if len(bad) > 1 else ''})")
 
-    def get(self, key: str) -> dict | None:
-        return self.entries.get(key)
+    def _set_aside(self, why: str) -> None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        target = self.path.with_name(f"{self.path.name}.untrusted-{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.untrusted-{stamp}-{n}")
+        try:
+            self.path.rename(target)
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            raise OutputError(f"the tune cache {self.path} is not trusted ({why}) and cannot be set aside: "
+                              f"{err.strerror or err}") from None
+        self.warn(f"the tune cache {self.path} is not trusted: {why}; set aside as {target.name}, and what it "
+                  "held is measured again")
 
-    def put(self, key: str, entry: dict) -> None:
+    def get(self, key: str, fp: str | None = None, setting: Setting | None = None) -> dict | None:
+        """The entry under ``key`` if its digest matches ``fp`` (:func:`fingerprint`) and it
+        measured ``setting``; an entry that fails either is dropped (the file set aside) and None
+        is returned, so the setting is measured again."""
+        entry = self.entries.get(key)
+        if entry is None or fp is None:
+            return entry
+        why = None
+        if not hmac.compare_digest(str(entry.get("digest", "")), _digest(key, entry, fp)):
+            why = (f"the entry {key} ({entry.get('name')}) does not match its digest (edited, or from another "
+                   "model, samples or talkfast)")
+        elif setting is not None and (entry["steps"] != setting.steps
+                                      or AccelConfig.from_dict(entry["accel"]) != setting.accel):
+            why = f"the entry {key} ({entry.get('name')}) is not the setting {setting.name} its key names"
+        if why is None:
+            return {k: v for k, v in entry.items() if k != "digest"}
+        del self.entries[key]
+        self._set_aside(why)
+        return None
+
+    def put(self, key: str, entry: dict, fp: str | None = None) -> None:
+        entry = dict(entry)
+        if fp is not None:
+            entry["digest"] = _digest(key, entry, fp)
         self.entries[key] = entry
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path, {"version": CACHE_VERSION, "entries": self.entries})
@@ -196,7 +354,8 @@ def run_tune(pipe, cases: Sequence[BenchCase], settings: Sequence[Setting], opti
         run = Runner(pipe, cases, options, size=size, log=lambda _m: None)
         S = run.opts.steps
         context = [model_signature(pipe), samples_signature(run), str(pipe.device), str(pipe.dtype),
-                   torch.get_num_threads(), repeats]
+                   torch.get_num_threads(), repeats, __version__]
+        fp = fingerprint(context)
         cache = TuneCache(cache_path)
         base_setting = Setting("baseline", S, AccelConfig())
         base_key = base_setting.key(*context)
@@ -205,16 +364,16 @@ def run_tune(pipe, cases: Sequence[BenchCase], settings: Sequence[Setting], opti
         log(f"baseline: {S} steps, plain DDIM, on {len(run.cases)} samples")
         fresh = _entry(base_setting, run.measure(BenchMethod("baseline"), count_flops=False, warm=False, keep="base",
                                                  repeats=repeats))
-        baseline = cache.get(base_key)
+        baseline = cache.get(base_key, fp, base_setting)
         if baseline is None:
             baseline = fresh
-            cache.put(base_key, baseline)
+            cache.put(base_key, baseline, fp)
         rows, measured, cached, failed = [], 0, 0, []
         bar = tqdm(total=len(settings), unit="setting", desc="tune", disable=not progress, dynamic_ncols=True)
         try:
             for s in settings:
                 key = s.key(*context)
-                entry = cache.get(key)
+                entry = cache.get(key, fp, s)
                 if entry is None:
                     bar.set_postfix_str(s.name)
                     try:
@@ -224,7 +383,7 @@ def run_tune(pipe, cases: Sequence[BenchCase], settings: Sequence[Setting], opti
                         log(f"{s.name}: failed ({err}); left out")
                         bar.update(1)
                         continue
-                    cache.put(key, entry)
+                    cache.put(key, entry, fp)
                     measured += 1
                 else:
                     cached += 1

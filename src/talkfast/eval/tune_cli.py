@@ -82,15 +82,13 @@ def _cases(args, log):
             cases.append(bench.BenchCase(f"{i}:{Path(image).stem}+{Path(audio).stem}", image, audio))
         what = f"{len(cases)} given samples"
     else:
-        import json
-
         from ..models.loading import EMBEDDED_DIR
-        from .cli import default_corpus
+        from .cli import default_corpus, read_card
 
         corpus = args.corpus
         if corpus is None:
             card_path = Path(args.checkpoint or EMBEDDED_DIR) / "model.json"
-            card = json.loads(card_path.read_text()) if card_path.exists() and not args.random_weights else {}
+            card = read_card(card_path) if not args.random_weights else {}
             corpus = default_corpus(card, args.corpus_cache, log)
         cases = bench.corpus_cases(corpus, args.split, args.limit)
         what = f"{len(cases)} {args.split} samples of {corpus}"

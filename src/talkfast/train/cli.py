@@ -229,7 +229,7 @@ def _export(args) -> int:
     net_ckpt = run_dir / "net_ckpt.pt"
     if not net_ckpt.exists():
         raise CheckpointError(f"{net_ckpt} not found: run 'talkfast train net' with the same --out first")
-    state = load_checkpoint(net_ckpt)
+    state = load_checkpoint(net_ckpt, need=("step", "history"))
     _load_into(net, state["model"], net_ckpt, args.model)
     card = {"trained_steps": state["step"], "train_config": state.get("config"),
             "final_loss": sum(state["history"][-50:]) / max(1, len(state["history"][-50:])),
@@ -237,10 +237,12 @@ def _export(args) -> int:
             "vae_scaling_factor": float(vae.config.scaling_factor)}
     if args.motion_source is not None:
         card["motion_source"] = args.motion_source
+    from .loop import read_summary
+
     for part in ("vae", "vae_decoder", "net"):
         summary = run_dir / f"{part}_train.json"
         if summary.exists():
-            card[f"{part}_training"] = json.loads(summary.read_text())
+            card[f"{part}_training"] = read_summary(summary)
     if args.data:
         from ..data.corpus import read_manifest
 

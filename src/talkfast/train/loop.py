@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from diffusers import AutoencoderKL
 
+from ..io.records import Anything, Int, List, MapOf, Num, Obj, Where, checked, read_json
 from ..models.net import TalkingHeadNet
 from .objective import ClipExample, DiffusionObjective, decoder_loss, vae_loss
 
@@ -42,11 +43,30 @@ def _lr(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, cfg.steps)))))
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def _is_tensor(v) -> bool:
+    return isinstance(v, torch.Tensor)
+
+
+# What _fit writes (and _store_scaling_factor adds); checked on every read. The state dicts are
+# left to load_state_dict, which checks them against the module and optimizer.
+CHECKPOINT = Obj({
+    "model": Where(lambda v: all(isinstance(k, str) and _is_tensor(t) for k, t in v.items()),
+                   "a state dict (names -> tensors)", MapOf(Anything())),
+    "opt": Obj({"state": Anything(), "param_groups": List(Anything())}, required=("state", "param_groups")),
+    "rng": Where(lambda v: _is_tensor(v) and v.dtype == torch.uint8 and v.dim() == 1, "a generator state (uint8 tensor)"),
+    "history": List(Num()), "step": Int(0), "config": MapOf(Anything()), "seconds": Num(0.0),
+    "scaling_factor": Num(0.0, above=True),
+}, required=("model",))
+
+
+def load_checkpoint(path: str | Path, need: tuple[str, ...] = ()) -> dict:
     """A run-folder checkpoint read with ``weights_only=True``: tensors, numbers, strings, lists
     and dicts only (model, optimizer and RNG state are all of that form). A file that needs any
     other object (a pickle that would call code) is refused with a :class:`CheckpointError`, so a
-    planted ``*_ckpt.pt`` cannot run anything."""
+    planted ``*_ckpt.pt`` cannot run anything. Its entries are then checked against
+    :data:`CHECKPOINT` (``need``: entries that must be there besides ``model``): a missing or
+    mistyped one (``step`` not an integer, a ``history`` of strings, a NaN) is a
+    :class:`CheckpointError` naming the file and the entry."""
     from ..errors import CheckpointError
 
     path = Path(path)
@@ -62,7 +82,26 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"cannot read the training checkpoint {path}: {type(err).__name__}: {err}") from err
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not a talkfast training checkpoint (no 'model' entry)")
-    return state
+    spec = Obj(CHECKPOINT.fields, ("model", *need), extra=True)  # extra: entries a newer talkfast adds
+    checked(state, spec, file=path, error=CheckpointError, what="the training checkpoint",
+            hint="it was not written by talkfast train, or was damaged")
+    return state  # as loaded (the state dicts keep their type and metadata)
+
+
+# <name>_train.json, the summary _fit writes beside the checkpoint (export copies it into the card)
+SUMMARY = Obj({"steps": Int(0), "of": Int(1), "final_loss": Num(), "first_loss": Num(), "seconds": Num(0.0),
+               "config": MapOf(Anything())}, required=("steps", "of", "final_loss", "first_loss", "seconds"),
+              extra=True)
+
+
+def read_summary(path: str | Path) -> dict:
+    """A run's ``<name>_train.json`` checked against :data:`SUMMARY` (CheckpointError naming the
+    file and the field otherwise)."""
+    from ..errors import CheckpointError
+
+    data = read_json(path, error=CheckpointError, what="the training summary")
+    return checked(data, SUMMARY, file=path, error=CheckpointError, what="the training summary",
+                   hint="it was not written by talkfast train, or was damaged")
 
 
 def _save(path: Path, state: dict) -> None:
@@ -80,7 +119,7 @@ def _fit(name: str, module: torch.nn.Module, params, loss_fn: Callable[[torch.Ge
     history: list[float] = []
     start, before = 0, 0.0  # steps and seconds of earlier invocations
     if resume and ckpt.exists():
-        state = load_checkpoint(ckpt)
+        state = load_checkpoint(ckpt, need=("opt", "rng", "history", "step"))
         module.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["rng"])
