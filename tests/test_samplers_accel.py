@@ -3,7 +3,7 @@ estimation following the solver) and through the pipeline, the bench controls an
 
 import pytest
 import torch
-from tiny_pipeline import DEGENERATE, every_step, generated_frames, randomized_tiny_pipeline, tone_inputs
+from tiny_pipeline import DEGENERATE, every_step, randomized_tiny_pipeline, tone_inputs
 
 from talkfast.accelerators import AccelConfig, CachingConfig, KeySchedule, build_accelerator
 from talkfast.pipeline.generate import GenerateOptions
