@@ -24,7 +24,7 @@ from diffusers import AutoencoderKL
 
 from .. import __version__
 from ..accelerators.base import Accelerator
-from ..app.threads import available_cores
+from ..threads import available_cores
 from ..io.audio import load_audio
 from ..io.image import load_image, to_uint8
 from ..io.video import VideoWriter, check_output_path, remove_stale_temporaries
@@ -218,7 +218,7 @@ class TalkingHeadPipeline:
         """Whether :meth:`generate` decodes clip k while clip k+1 samples (:mod:`.publish`): never
         when the next clip's motion frames come from the decoded pixels, or with one clip; by
         default (``background_decode`` None) on a CPU where torch's intra-op threads leave a core
-        of the process's :func:`~talkfast.app.threads.available_cores` free (``--threads`` below
+        of the process's :func:`~talkfast.threads.available_cores` free (``--threads`` below
         the core count)."""
         if opts.motion_source == "pixels" or clips < 2:
             return False
