@@ -18,7 +18,9 @@ writes them) and draw each with ``FaceMeshVisualizer(draw_iris=False, draw_mouse
 
 :func:`draw_face_pose` is that drawing; :class:`PoseSequence` reads a pose input for the pipeline:
 a folder of EchoMimic's ``N.pkl`` files (or ``N.npy``; the ``.pkl`` files are read with an
-unpickler that accepts numpy arrays only, never arbitrary objects), a folder of already drawn
+unpickler that accepts numpy arrays of numbers only, never arbitrary objects, and checks the shape
+and dtype each file declares, at most :data:`MAX_POSE_VALUES` numbers, before numpy allocates
+them: :func:`read_landmarks`), a folder of already drawn
 ``N.png``/``N.jpg`` frames, or a video of drawn frames. Frames are drawn or read a chunk at a time.
 """
 
