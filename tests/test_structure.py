@@ -1,4 +1,5 @@
-"""The package's shape: no two talkfast modules import each other, directly or through others.
+"""The package's shape: no two talkfast modules import each other, directly or through others, and no
+import runs from a lower room to a higher one (:data:`ROOM_RANKS`).
 
 Every ``import`` counts, at module level or inside a function (a deferred import is still a
 dependency; only blocks under ``if TYPE_CHECKING:`` are skipped), so that a lazy import cannot hide
@@ -106,6 +107,65 @@ def test_no_import_circles() -> None:
     assert "talkfast.app.batch" in graph and "talkfast.app.jobs" in graph["talkfast.parallel.ray_batch"]
     circles = import_circles(graph)
     assert not circles, "import circles among talkfast modules:\n" + "\n".join(" <-> ".join(c) for c in circles)
+
+
+#: The rooms from the bottom up: a module may import its own room and the rooms of a lower or equal
+#: rank, never a higher one (the package's own leaf modules -- errors, paths, threads, examples,
+#: ``talkfast/__init__`` -- are the floor). Rooms of one rank are peers.
+ROOM_RANKS = {
+    "": 0,  # talkfast/__init__.py, errors.py, paths.py, threads.py, examples.py
+    "io": 1, "models": 1, "audio": 1,
+    "face": 2, "sampling": 2,
+    "accelerators": 3,
+    "pipeline": 4,
+    "data": 5, "eval": 5, "train": 5,
+    "app": 6, "parallel": 6, "__main__": 6,
+}
+
+
+def room_of(module: str) -> str:
+    """``talkfast.pipeline.generate`` -> ``pipeline``; a module directly in the package -> ``""``."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return ""
+    if len(parts) == 2 and parts[1] not in ROOM_RANKS:
+        return ""
+    return parts[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """``"a -> b"`` for every import from a lower room into a higher one (or into an unranked room)."""
+    bad = []
+    for module, targets in sorted(graph.items()):
+        rank = ROOM_RANKS.get(room_of(module))
+        for target in sorted(targets):
+            other = ROOM_RANKS.get(room_of(target))
+            if rank is None or other is None or other > rank:
+                bad.append(f"{module} ({room_of(module) or 'package'}) -> {target} ({room_of(target) or 'package'})")
+    return bad
+
+
+def test_no_import_runs_from_a_lower_room_to_a_higher_one() -> None:
+    graph = import_graph(SRC)
+    bad = upward_imports(graph)
+    assert not bad, "imports from a lower room into a higher one:\n" + "\n".join(bad)
+    assert "talkfast.threads" in graph["talkfast.pipeline.generate"]  # the thread helpers sit below the pipeline
+
+
+def test_room_order_sees_an_upward_import(tmp_path: Path) -> None:
+    pkg = tmp_path / "talkfast"
+    for folder in ("app", "pipeline", "io"):
+        (pkg / folder).mkdir(parents=True)
+        (pkg / folder / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "errors.py").write_text("")
+    (pkg / "app" / "threads.py").write_text("")
+    (pkg / "io" / "video.py").write_text("from ..errors import InputError\n")
+    (pkg / "pipeline" / "generate.py").write_text(
+        "from ..io import video\n\ndef run():\n    from ..app.threads import x\n    return x\n")
+    (pkg / "app" / "cli.py").write_text("from ..pipeline import generate\n")
+    bad = upward_imports(import_graph(pkg))
+    assert bad == ["talkfast.pipeline.generate (pipeline) -> talkfast.app.threads (app)"]
 
 
 def test_circle_finder_sees_deferred_and_relative_imports(tmp_path: Path) -> None:

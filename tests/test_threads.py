@@ -1,4 +1,4 @@
-"""talkfast.app.threads: the thread count from affinity and cgroup quota, the OpenMP wait policy set
+"""talkfast.threads: the thread count from affinity and cgroup quota, the OpenMP wait policy set
 before torch loads, and ``--threads N``."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from talkfast.app import threads
+from talkfast import threads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,7 +106,8 @@ class Watch:
             seen["env"] = {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME")}
         return None
 sys.meta_path.insert(0, Watch())
-from talkfast.app import cli, threads
+from talkfast import threads
+from talkfast.app import cli
 real = threads.apply
 def apply_then_stop(n):
     real(n)

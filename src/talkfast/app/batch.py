@@ -13,8 +13,10 @@ The whole manifest is checked before the model is loaded: a missing or unknown c
 JSON line or value, or two items writing the same output is an error naming the line, and nothing
 is generated. Then every item runs in turn:
 
-* an output that already exists and probes as a video with frames and audio is **skipped**, so a
-  killed job resumes by running the same command again (``--overwrite`` regenerates everything);
+* an output talkfast finished (its sidecar beside it, and the video probes with audio and the
+  frame count the sidecar records) is **skipped**, so a killed job resumes by running the same
+  command again (``--overwrite`` regenerates everything); an existing output that is not (a foreign
+  video without our sidecar, or one of another length) is never counted as done;
 * hidden temporaries that a killed run left next to an output are deleted before it is generated;
   the video itself is published with an atomic rename (:class:`~talkfast.io.video.VideoWriter`),
   so an output path holds either nothing or a finished video;

@@ -11,9 +11,9 @@ import threading
 from .. import examples
 from ..errors import TalkfastError
 from ..pipeline import MOTION_SOURCES
-from . import threads
+from .. import threads
 
-#: Subcommands that run a model and take --threads N (talkfast.app.threads).
+#: Subcommands that run a model and take --threads N (talkfast.threads).
 THREADED_COMMANDS = ("generate", "batch", "bench", "quality", "tune", "demo")
 
 

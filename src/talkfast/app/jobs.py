@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..errors import TalkfastError
+from ..errors import OutputError, TalkfastError
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +50,32 @@ class ItemResult:
 
 
 def existing_video(path: Path) -> tuple[bool, str]:
-    """(True, what) if ``path`` is a finished video (it probes, has frames and audio), else (False, why)."""
-    from ..io.video import probe_video
+    """(True, what) if ``path`` is an output talkfast finished: our sidecar beside it
+    (:func:`~talkfast.io.video.is_talkfast_output`) records its frame count, and the video probes
+    with that many frames and with audio; else (False, why). A foreign video (no sidecar) or one
+    whose length is not the sidecar's is not done, whatever it holds."""
+    import json
+
+    from ..io.video import is_talkfast_output, probe_video
 
     if not path.is_file():
         return False, "missing"
+    sidecar = path.with_suffix(".json")
+    if not is_talkfast_output(path):
+        return False, "a symbolic link" if path.is_symlink() else f"no talkfast sidecar {sidecar.name} beside it"
+    try:
+        expected = json.loads(sidecar.read_text(encoding="utf-8")).get("frames")
+    except (OSError, UnicodeDecodeError, ValueError) as err:  # changed since is_talkfast_output read it
+        return False, f"its sidecar {sidecar.name} is unreadable ({err})"
+    if isinstance(expected, bool) or not isinstance(expected, int) or expected < 1:
+        return False, f"its sidecar {sidecar.name} records no frame count"
     try:
         info = probe_video(path)
     except TalkfastError as err:
         return False, str(err)
-    if info.num_frames < 1 or not info.has_audio:
-        return False, f"{info.num_frames} frames, {'with' if info.has_audio else 'no'} audio"
+    if info.num_frames != expected or not info.has_audio:
+        return False, (f"{info.num_frames} frames where its sidecar {sidecar.name} records {expected}, "
+                       f"{'with' if info.has_audio else 'no'} audio")
     return True, f"{info.num_frames} frames, {info.video_duration:.2f} s"
 
 
@@ -71,7 +86,7 @@ def run_batch(items: list[BatchItem], pipe, defaults: dict[str, Any], *, report_
     failure. ``defaults`` holds the settings an item does not set (keys of :data:`SETTINGS`)."""
     from ..accelerators import build_accelerator
     from ..accelerators.tuned import resolve_for
-    from ..io.video import remove_stale_temporaries, write_json_atomic
+    from ..io.video import is_talkfast_output, remove_stale_temporaries, write_json_atomic
     from ..pipeline.generate import GenerateOptions
 
     stream = stream if stream is not None else sys.stdout
@@ -107,6 +122,10 @@ def run_batch(items: list[BatchItem], pipe, defaults: dict[str, Any], *, report_
                 skip, what = existing_video(item.output)
                 if skip:
                     res.status, res.reason = "skipped", f"output exists ({what})"
+                elif not is_talkfast_output(item.output):  # not ours: neither done nor ours to replace
+                    raise OutputError(f"{item.output} exists and was not written by talkfast ({what}); it is not "
+                                      "counted as done and is left as it is: choose another output path or pass "
+                                      "--overwrite")
                 else:
                     log.warning("%s exists but is not a finished video (%s); generating it again", item.output, what)
             if not skip:

@@ -18,7 +18,9 @@ writes them) and draw each with ``FaceMeshVisualizer(draw_iris=False, draw_mouse
 
 :func:`draw_face_pose` is that drawing; :class:`PoseSequence` reads a pose input for the pipeline:
 a folder of EchoMimic's ``N.pkl`` files (or ``N.npy``; the ``.pkl`` files are read with an
-unpickler that accepts numpy arrays only, never arbitrary objects), a folder of already drawn
+unpickler that accepts numpy arrays of numbers only, never arbitrary objects, and checks the shape
+and dtype each file declares, at most :data:`MAX_POSE_VALUES` numbers, before numpy allocates
+them: :func:`read_landmarks`), a folder of already drawn
 ``N.png``/``N.jpg`` frames, or a video of drawn frames. Frames are drawn or read a chunk at a time.
 """
 
@@ -94,26 +96,155 @@ def draw_face_pose(keypoints, size: int = CANVAS, image_size: tuple[int, int] = 
     return image
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays (and plain lists/numbers) only: a pose file never runs code."""
+# What one frame's landmark file may declare, checked before anything is allocated: a frame needs
+# MediaPipe's face mesh (468 points, 478 with the irises) of 2 or 3 coordinates; the bounds are
+# generous (20x the points, a 4th coordinate) and still keep a hostile file to a few hundred KB.
+MAX_POSE_POINTS = 10_000
+MAX_POSE_COORDS = 4
+MAX_POSE_VALUES = MAX_POSE_POINTS * MAX_POSE_COORDS
+MAX_POSE_NDIM = 3
+MAX_POSE_FILE_BYTES = 4 * 2**20  # a 478 x 3 float64 frame is 11 KB
+_POSE_KINDS = "biuf"  # bool, integer, unsigned, floating point: what becomes float64 coordinates
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar")}
+
+def _check_declared(shape, dtype, what: str) -> tuple[tuple[int, ...], np.dtype]:
+    """``shape`` and ``dtype`` as a pose file declares them, checked against what one frame needs
+    (at most :data:`MAX_POSE_VALUES` numbers, :data:`MAX_POSE_NDIM` axes) before an array is made."""
+    try:
+        dt = np.dtype(dtype)
+    except (TypeError, ValueError) as err:
+        raise pickle.UnpicklingError(f"{what} declares an unusable dtype ({err})") from None
+    if dt.kind not in _POSE_KINDS or dt.hasobject or dt.fields is not None or dt.subdtype is not None \
+            or not 1 <= dt.itemsize <= 16:
+        raise pickle.UnpicklingError(f"{what} declares dtype {dt.str!r}; landmarks are numbers (bool, int or float)")
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
+    if not isinstance(shape, tuple) or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool)
+                                               for n in shape):
+        raise pickle.UnpicklingError(f"{what} declares a shape that is not a tuple of whole numbers")
+    shape = tuple(int(n) for n in shape)
+    if len(shape) > MAX_POSE_NDIM or any(not 0 <= n <= MAX_POSE_VALUES for n in shape) \
+            or math.prod(shape) > MAX_POSE_VALUES:
+        raise pickle.UnpicklingError(
+            f"{what} declares an array of shape {shape if len(shape) <= 8 else shape[:8] + ('...',)}; one frame's "
+            f"landmarks are at most {MAX_POSE_POINTS} points x {MAX_POSE_COORDS} coordinates")
+    return shape, dt
+
+
+class _CheckedArray(np.ndarray):
+    """The array a pose pickle rebuilds: its state (shape, dtype, raw bytes) is checked before numpy
+    takes it (``ndarray.__setstate__`` would otherwise allocate whatever the stream declares)."""
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("a pose file's array has a malformed state")
+        shape, dtype, _fortran, raw = state[-4:]
+        shape, dt = _check_declared(shape, dtype, "a pose file's array")
+        if not isinstance(raw, (bytes, bytearray)) or len(raw) != math.prod(shape) * dt.itemsize:
+            raise pickle.UnpicklingError(f"a pose file's array of shape {shape} and dtype {dt.str!r} holds "
+                                         f"{len(raw) if isinstance(raw, (bytes, bytearray)) else type(raw).__name__} "
+                                         "bytes of data, not its size")
+        super().__setstate__(state)
+
+
+def _reconstruct(subtype, shape, dtype):
+    """numpy's ``_reconstruct`` with the declared shape and dtype checked first (it allocates them)."""
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError("a pose file may hold plain numpy arrays only")
+    shape, dt = _check_declared(shape, dtype, "a pose file's array")
+    return np.ndarray.__new__(_CheckedArray, shape, dt)
+
+
+def _dtype(*args):
+    dt = np.dtype(*args)
+    _check_declared((), dt, "a pose file's dtype")
+    return dt
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays of numbers (and plain lists/numbers) only: a pose file never runs
+    code, and every array's declared shape and dtype are checked (:func:`_check_declared`) before
+    numpy allocates it."""
+
+    CHECKED = {("numpy.core.multiarray", "_reconstruct"): "reconstruct",
+               ("numpy._core.multiarray", "_reconstruct"): "reconstruct",
+               ("numpy", "ndarray"): "ndarray", ("numpy", "dtype"): "dtype",
+               ("numpy.core.multiarray", "scalar"): "scalar", ("numpy._core.multiarray", "scalar"): "scalar"}
 
     def find_class(self, module: str, name: str):
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
+        kind = self.CHECKED.get((module, name))
+        if kind == "reconstruct":
+            return _reconstruct
+        if kind == "ndarray":
+            return np.ndarray
+        if kind == "dtype":
+            return _dtype
+        if kind == "scalar":
+            real = super().find_class(module, name)
+
+            def scalar(dtype, *args):
+                _check_declared((), dtype, "a pose file's number")
+                return real(dtype, *args)
+            return scalar
         raise pickle.UnpicklingError(f"refers to {module}.{name}; a pose file may hold a numpy array only")
 
 
+def _count_values(obj, limit: int) -> int:
+    """The numbers a loaded pose object holds (arrays, nested lists/tuples of numbers), stopping
+    past ``limit`` (a list may repeat one array many times: counted by reference, never expanded)."""
+    total, stack = 0, [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, np.ndarray):
+            total += item.size
+        elif isinstance(item, (list, tuple)):
+            total += len(item) == 0
+            stack.extend(item)
+        else:
+            total += 1
+        if total > limit:
+            raise pickle.UnpicklingError(f"holds more than {limit} numbers; one frame's landmarks are at most "
+                                         f"{MAX_POSE_POINTS} points x {MAX_POSE_COORDS} coordinates")
+    return total
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """A ``.npy`` file whose header (shape, dtype) is checked before its data are read."""
+    from numpy.lib import format as npy
+
+    with open(path, "rb") as f:
+        version = npy.read_magic(f)
+        readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+        if version not in readers:  # 3.0 only differs for utf-8 field names, which landmarks have none of
+            raise ValueError(f".npy format version {version[0]}.{version[1]}; landmarks are written as 1.0 or 2.0")
+        shape, fortran, dtype = readers[version](f)
+        try:
+            shape, dt = _check_declared(shape, dtype, "the .npy header")
+        except pickle.UnpicklingError as err:
+            raise ValueError(str(err)) from None
+        nbytes = math.prod(shape) * dt.itemsize
+        data = f.read(nbytes + 1)
+    if len(data) != nbytes:
+        raise ValueError(f"the .npy header declares {nbytes} bytes of data, the file holds {len(data)}")
+    order = "F" if fortran else "C"
+    return np.frombuffer(data, dtype=dt).reshape(shape, order=order).copy()
+
+
 def read_landmarks(path: Path) -> np.ndarray:
-    """One frame's landmarks from an EchoMimic ``.pkl`` (numpy arrays only) or a ``.npy`` file."""
+    """One frame's landmarks from an EchoMimic ``.pkl`` (numpy arrays of numbers only) or a ``.npy``
+    file. The file's size, and the shape and dtype it declares, are checked against what one frame
+    needs (:data:`MAX_POSE_VALUES` numbers) before anything is allocated."""
     try:
+        size = path.stat().st_size
+        if size > MAX_POSE_FILE_BYTES:
+            raise ValueError(f"the file is {size} bytes; one frame's landmarks take at most {MAX_POSE_FILE_BYTES}")
         if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        return np.asarray(_ArrayUnpickler(io.BytesIO(path.read_bytes())).load(), dtype=np.float64)
-    except (OSError, ValueError, pickle.UnpicklingError, EOFError, TypeError) as err:
+            return _read_npy(path)
+        obj = _ArrayUnpickler(io.BytesIO(path.read_bytes())).load()
+        _count_values(obj, MAX_POSE_VALUES)
+        return np.asarray(obj, dtype=np.float64)
+    except (OSError, ValueError, pickle.UnpicklingError, EOFError, TypeError, AttributeError, IndexError,
+            KeyError, OverflowError, RecursionError, MemoryError) as err:
         raise InputError(f"cannot read pose landmarks from {path}: {err}") from err
 
 

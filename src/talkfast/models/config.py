@@ -123,6 +123,12 @@ class ModelConfig:
     image_projection: bool = True  # an ``imageproj`` child (face-identity embedding -> context tokens)
     audio_projection: bool = True  # an ``audioproj`` child (windowed audio features -> audio tokens)
     face_locator: bool = True  # a ``face_locator`` child (MEMO has none: the first skip is conv_in(x))
+    # Trained as Hallo and MEMO were released: each clip's motion frames re-encoded from the previous
+    # clip's decoded pixels, and the reference net's images paired with the image contexts in Hallo's
+    # interleaved order. The sampling defaults follow the network, not its name
+    # (GenerateOptions.resolved: motion_source "pixels" and hallo_context_tiling); the hallo and memo
+    # presets set it, and so do the loaders of Hallo and MEMO checkpoint folders.
+    hallo_chaining: bool = True
 
     @property
     def latent_size(self) -> int:
@@ -136,6 +142,7 @@ HALLO = ModelConfig()
 
 TINY = ModelConfig(
     name="tiny",
+    hallo_chaining=False,
     unet=UNetConfig(
         tile_reference_groups=False,
         fp16_reference_banks=False,
@@ -166,6 +173,7 @@ TINY = ModelConfig(
 # UNet call (16 frames x CFG 2) takes ~0.4 s on 2 CPU cores (fp32, torch 2.13).
 SMALL = ModelConfig(
     name="small",
+    hallo_chaining=False,
     unet=UNetConfig(
         tile_reference_groups=False,  # trained without Hallo's reference-reader quirks
         fp16_reference_banks=False,
@@ -200,6 +208,7 @@ SMALL = ModelConfig(
 # 10 whisper rows x 5 layers x 384.
 ECHOMIMIC = ModelConfig(
     name="echomimic",
+    hallo_chaining=False,
     unet=UNetConfig(
         cross_attention_dim=384,
         audio_attention_dim=384,

@@ -131,7 +131,7 @@ def build_random(preset: str | ModelConfig, seed: int = 0) -> tuple[TalkingHeadN
 def load_hallo(root: str | Path) -> tuple[TalkingHeadNet, AutoencoderKL, Path]:
     """Hallo's released weights from a local ``pretrained_models``-style folder."""
     paths = find_hallo_checkpoint(root)
-    cfg = get_preset("hallo")
+    cfg = get_preset("hallo").replace(hallo_chaining=True)  # a Hallo release samples as Hallo does, whatever its preset says
     net = build_net(cfg, device="meta")
     load_net_weights(net, read_state_dict(paths.net), str(paths.net))
     net = net.eval().requires_grad_(False)

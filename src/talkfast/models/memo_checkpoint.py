@@ -94,7 +94,7 @@ def load_memo(folder: str | Path, cfg: ModelConfig | None = None) -> MemoWeights
     they are (MEMO's are fp32)."""
     root = Path(folder).expanduser()
     files = memo_weight_files(root)
-    net = build_net(cfg or get_preset("memo"), device="meta")
+    net = build_net((cfg or get_preset("memo")).replace(hallo_chaining=True), device="meta")  # MEMO samples as released
     states = {}
     for sub, path in files.items():
         try:

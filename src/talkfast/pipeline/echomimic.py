@@ -222,7 +222,7 @@ class EchoMimicPipeline(TalkingHeadPipeline):
                     guidance=guidance if o.guidance is None else o.guidance,
                     seed=ECHOMIMIC_SEED if o.seed is None else o.seed,
                     hallo_context_tiling=False, motion_source="reference")
-        return self.with_sampler(o.resolved(self.cfg.name, fps=self.default_fps))
+        return self.with_sampler(o.resolved(self.cfg, fps=self.default_fps))
 
     def make_window_predictor(self, face: torch.Tensor, tokens: torch.Tensor, guidance: float, timesteps,
                               length: int) -> WindowedPredictor:

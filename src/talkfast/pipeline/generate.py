@@ -24,15 +24,16 @@ from diffusers import AutoencoderKL
 
 from .. import __version__
 from ..accelerators.base import Accelerator
-from ..app.threads import available_cores
 from ..io.audio import load_audio
 from ..io.image import load_image, to_uint8
 from ..io.video import VideoWriter, check_output_path, remove_stale_temporaries
 from ..models.attention import ItemLayout
+from ..models.config import PRESETS, ModelConfig
 from ..models.net import TalkingHeadNet
 from ..models.unet import StagePlan, UNetCond
 from ..sampling.loop import StepPlanner, denoise, guided
 from ..sampling.scheduler import make_scheduler, sampler_kind, sampler_name
+from ..threads import available_cores
 from . import MOTION_SOURCES
 from .conditioning import AudioConditioner, Portrait, prepare_portrait
 from .publish import ClipPublisher
@@ -41,9 +42,6 @@ log = logging.getLogger(__name__)
 
 # Sampling defaults per model preset: (steps, guidance).
 SAMPLING_DEFAULTS = {"hallo": (40, 3.5), "small": (15, 3.5), "tiny": (4, 2.0), "memo": (20, 3.5), "memo_tiny": (4, 3.5)}
-# Presets of released models that chain clips through decoded pixels and pair the reference net's
-# images with the image contexts in Hallo's interleaved order (MEMO does both the same way).
-RELEASED_CHAINING = ("hallo", "memo", "memo_tiny")
 # Ranges of the sampling options (GenerateOptions.resolved; the batch manifest's columns too).
 DEFAULT_SEED = 42  # Hallo's scripts/inference.py and MEMO's inference.py (EchoMimic: ECHOMIMIC_SEED, 420)
 MAX_STEPS = 1000  # the scheduler's training timesteps
@@ -75,31 +73,38 @@ class GenerateOptions:
     seed: int | None = None  # None: the family's default (42; EchoMimic 420, set by its pipeline's resolve)
     fps: int | None = None  # None: the pipeline's (25; EchoMimic 24, MEMO 30)
     motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    hallo_context_tiling: bool | None = None  # None: True for the hallo and memo presets (as released), else False
+    hallo_context_tiling: bool | None = None  # None: the model's ModelConfig.hallo_chaining (Hallo, MEMO as released)
     # Where the next clip's motion frames come from: "pixels" re-encodes the last decoded frames
     # (Hallo as released), "latents" reuses the last frames' sampled latents and skips the VAE round
     # trip, whose loss compounds from clip to clip with a small autoencoder; "reference" gives every
     # clip the portrait as its motion frames (no chaining: no drift, no continuity from the previous
-    # clip). None: what the model folder's model.json names ("motion_source"), else "pixels" for
-    # the hallo and memo presets and "latents" for the others.
+    # clip). None: what the model folder's model.json names ("motion_source"), else "pixels" for a
+    # network trained with pixel chaining (ModelConfig.hallo_chaining: Hallo, MEMO) and "latents"
+    # for the others.
     motion_source: str | None = None
     # The sampler (talkfast.sampling.scheduler.SAMPLERS): None is the family's own (DDIM; MEMO: flow),
     # "dpmpp2m" / "unipc" diffusers' multistep solvers in the family's configuration
     sampler: str | None = None
 
-    def resolved(self, preset: str, motion_source: str | None = None, fps: int = 25) -> "GenerateOptions":
-        """Every None filled in: the preset's defaults, ``motion_source`` when the model names one,
-        ``fps`` (the pipeline's frame rate)."""
-        steps, guidance = SAMPLING_DEFAULTS.get(preset, (25, 3.5))
+    def resolved(self, model: ModelConfig | str, motion_source: str | None = None, fps: int = 25) -> "GenerateOptions":
+        """Every None filled in: the model's defaults (``model``: its configuration, or a preset's
+        name), ``motion_source`` when the model folder names one, ``fps`` (the pipeline's frame
+        rate). How clips chain and pair their reference contexts follows the network's
+        ``hallo_chaining``, so a renamed configuration keeps its behaviour."""
+        def chained() -> bool:  # asked only where the caller left the choice open
+            cfg = PRESETS.get(model) if isinstance(model, str) else model
+            return bool(cfg is not None and cfg.hallo_chaining)
+
+        steps, guidance = SAMPLING_DEFAULTS.get(model if isinstance(model, str) else model.name, (25, 3.5))
         out = GenerateOptions(**asdict(self))
         out.fps = self.fps if self.fps is not None else fps
         out.steps = self.steps if self.steps is not None else steps
         out.guidance = self.guidance if self.guidance is not None else guidance
         out.seed = self.seed if self.seed is not None else DEFAULT_SEED
         if out.hallo_context_tiling is None:
-            out.hallo_context_tiling = preset in RELEASED_CHAINING
+            out.hallo_context_tiling = chained()
         if out.motion_source is None:
-            out.motion_source = motion_source or ("pixels" if preset in RELEASED_CHAINING else "latents")
+            out.motion_source = motion_source or ("pixels" if chained() else "latents")
         if out.motion_source not in MOTION_SOURCES:
             raise ValueError(f"--motion-source must be one of {', '.join(MOTION_SOURCES)}, not {out.motion_source!r}")
         # every number finite and in range (NaN fails every comparison, so test "inside", not "outside")
@@ -232,7 +237,7 @@ class TalkingHeadPipeline:
         """Whether :meth:`generate` decodes clip k while clip k+1 samples (:mod:`.publish`): never
         when the next clip's motion frames come from the decoded pixels, or with one clip; by
         default (``background_decode`` None) on a CPU where torch's intra-op threads leave a core
-        of the process's :func:`~talkfast.app.threads.available_cores` free (``--threads`` below
+        of the process's :func:`~talkfast.threads.available_cores` free (``--threads`` below
         the core count)."""
         if opts.motion_source == "pixels" or clips < 2:
             return False
@@ -242,8 +247,7 @@ class TalkingHeadPipeline:
 
     def resolve(self, options: "GenerateOptions | None" = None) -> "GenerateOptions":
         """``options`` (default: all defaults) completed for this model."""
-        return self.with_sampler((options or GenerateOptions()).resolved(self.cfg.name, self.motion_source,
-                                                                         self.default_fps))
+        return self.with_sampler((options or GenerateOptions()).resolved(self.cfg, self.motion_source, self.default_fps))
 
     def with_sampler(self, opts: "GenerateOptions") -> "GenerateOptions":
         """``opts`` with its sampler named (None: the family's own, :attr:`sampler`), checked."""
