@@ -3,6 +3,8 @@
 
 import logging
 import os
+import shutil
+from pathlib import Path
 
 # Before torch loads OpenMP, which reads these once: the test models are tiny and gain nothing from
 # a second thread, and OpenMP threads spinning against another process on a busy 2-core machine turn
@@ -12,7 +14,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
 
@@ -50,3 +54,27 @@ def restore_logging():
         if h not in handlers:
             root.removeHandler(h)
     root.setLevel(level)
+
+
+# a saved tiny model folder (random weights, once per module), a fresh copy of it per test, and one
+# 4-frame clip of a 220 Hz tone at 16 kHz (tune, read-back and write-rule tests)
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    from talkfast.models.config import get_preset
+    from talkfast.models.loading import build_random, save_embedded
+
+    net, vae = build_random(get_preset("tiny"), 0)
+    return save_embedded(net, vae, tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def folder(tiny_folder, tmp_path) -> Path:
+    return Path(shutil.copytree(tiny_folder, tmp_path / "model"))
+
+
+@pytest.fixture(scope="module")
+def wav(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("audio") / "speech.wav"
+    t = np.arange(int(0.16 * 16000)) / 16000  # one 4-frame clip of the tiny model at 25 fps
+    sf.write(str(path), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+    return path

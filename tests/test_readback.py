@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from talkfast.accelerators import AccelConfig, CachingConfig, KeySchedule
@@ -235,28 +232,6 @@ def test_the_fingerprint_covers_the_weights_and_the_talkfast_version(tmp_path, m
     fp = tune.fingerprint([second])
     monkeypatch.setattr(tune, "__version__", "99.0")
     assert tune.fingerprint([second]) != fp
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory) -> Path:
-    from talkfast.models.config import get_preset
-    from talkfast.models.loading import build_random, save_embedded
-
-    net, vae = build_random(get_preset("tiny"), 0)
-    return save_embedded(net, vae, tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture
-def folder(tiny_folder, tmp_path) -> Path:
-    return Path(shutil.copytree(tiny_folder, tmp_path / "model"))
-
-
-@pytest.fixture(scope="module")
-def wav(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("audio") / "speech.wav"
-    t = np.arange(int(0.16 * 16000)) / 16000  # one 4-frame clip of the tiny model at 25 fps
-    sf.write(str(path), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
-    return path
 
 
 def test_tune_does_not_trust_a_forged_cache_entry(folder, wav, tmp_path, capsys):

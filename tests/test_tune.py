@@ -6,7 +6,6 @@ writes model.json and resumes from its cache, the preset fallback with its warni
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -100,28 +99,6 @@ def test_refine_takes_the_fastest_settings_that_reach_each_floor():
     assert [s.name for s in tune.refine_candidates(screening, space, 1)] == ["b", "c", "d"]
     # two per budget: quality b, a; balanced c, f; fast d, c
     assert [s.name for s in tune.refine_candidates(screening, space, 2)] == ["a", "b", "c", "d", "f"]
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory) -> Path:
-    from talkfast.models.config import get_preset
-    from talkfast.models.loading import build_random, save_embedded
-
-    net, vae = build_random(get_preset("tiny"), 0)
-    return save_embedded(net, vae, tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture
-def folder(tiny_folder, tmp_path) -> Path:
-    return Path(shutil.copytree(tiny_folder, tmp_path / "model"))
-
-
-@pytest.fixture(scope="module")
-def wav(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("audio") / "speech.wav"
-    t = np.arange(int(0.16 * 16000)) / 16000  # one 4-frame clip of the tiny model at 25 fps
-    sf.write(str(path), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
-    return path
 
 
 def test_tune_writes_model_json_and_resumes(folder, wav, tmp_path, capsys, monkeypatch):

@@ -9,9 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from talkfast.app.cli import main
@@ -21,28 +19,6 @@ from talkfast.io.write_rule import check_writes, json_with_keys, png_by_talkfast
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PORTRAIT = Path(__file__).resolve().parent.parent / "src" / "talkfast" / "assets" / "examples" / "portrait.png"
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory) -> Path:
-    from talkfast.models.config import get_preset
-    from talkfast.models.loading import build_random, save_embedded
-
-    net, vae = build_random(get_preset("tiny"), 0)
-    return save_embedded(net, vae, tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture
-def folder(tiny_folder, tmp_path) -> Path:
-    return Path(shutil.copytree(tiny_folder, tmp_path / "m"))
-
-
-@pytest.fixture(scope="module")
-def wav(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("audio") / "speech.wav"
-    t = np.arange(int(0.16 * 16000)) / 16000  # one 4-frame clip of the tiny model at 25 fps
-    sf.write(str(path), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
-    return path
 
 
 def _snapshot(*paths: Path) -> dict[Path, bytes]:

@@ -247,7 +247,8 @@ class TalkingHeadPipeline:
 
     def resolve(self, options: "GenerateOptions | None" = None) -> "GenerateOptions":
         """``options`` (default: all defaults) completed for this model."""
-        return self.with_sampler((options or GenerateOptions()).resolved(self.cfg, self.motion_source, self.default_fps))
+        opts = (options or GenerateOptions()).resolved(self.cfg, self.motion_source, self.default_fps)
+        return self.with_sampler(opts)
 
     def with_sampler(self, opts: "GenerateOptions") -> "GenerateOptions":
         """``opts`` with its sampler named (None: the family's own, :attr:`sampler`), checked."""
