@@ -30,7 +30,7 @@ from talkfast.errors import CheckpointError
 from talkfast.face import mtcnn as M
 from talkfast.face.masks import echomimic_crop, echomimic_face_mask
 from talkfast.pipeline.echomimic import ECHOMIMIC_SEED, EchoMimicPipeline, echomimic_portrait
-from talkfast.pipeline.generate import GenerateOptions
+from talkfast.pipeline.generate import GenerateOptions, TalkingHeadPipeline
 from talkfast.sampling.windows import WindowedPredictor
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -287,7 +287,8 @@ def test_bad_weights_are_a_checkpoint_error(tmp_path):
 
 def test_seed_default_is_per_family():
     assert ECHOMIMIC_SEED == 420
-    fake = SimpleNamespace(variant="default", cfg=SimpleNamespace(name="echomimic"), default_fps=24)
+    fake = SimpleNamespace(variant="default", cfg=SimpleNamespace(name="echomimic"), default_fps=24, sampler="ddim")
+    fake.with_sampler = lambda opts: TalkingHeadPipeline.with_sampler(fake, opts)
     assert EchoMimicPipeline.resolve(fake, None).seed == 420
     assert EchoMimicPipeline.resolve(fake, GenerateOptions(seed=7)).seed == 7
     fake.variant = "acc"
