@@ -20,10 +20,10 @@ While the clips come, :class:`StreamingVideoWriter` feeds every frame to two ffm
 
 When the run ends the final video (and its sidecar) is published and the growing file is deleted.
 On Ctrl-C, SIGTERM or an error the final path gets nothing (the VideoWriter's rule) and the growing
-file is stopped where it is (ffmpeg is asked to finish: SIGTERM, then it writes what it holds) and
-kept as ``<name>.partial.mp4``: a playable prefix, its audio cut near its last frame. If the Python
-process is killed outright, ffmpeg sees the end of its input and finishes the file the same way
-(the audio then runs on to the end of the recording over the last frame). A later ``--stream``
+file is stopped where it is (its ffmpeg killed: :meth:`GrowingVideo.stop`) and kept as
+``<name>.partial.mp4``: a playable prefix, its audio cut near its last frame. If the Python process
+is killed outright, ffmpeg sees the end of its input and finishes the file normally (the audio then
+runs on to the end of the recording over the last frame). A later ``--stream``
 run of the same output replaces a partial file talkfast wrote (it carries :data:`PARTIAL_MARK` in
 its header); any other file there needs ``--overwrite`` (:func:`talkfast.io.write_rule.check_writes`).
 """
@@ -31,7 +31,6 @@ its header); any other file there needs ``--overwrite`` (:func:`talkfast.io.writ
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -50,7 +49,6 @@ __all__ = ["PARTIAL_MARK", "GrowingVideo", "StreamingVideoWriter", "check_stream
 #: The comment every growing file carries in its header (written first: ``empty_moov``).
 PARTIAL_MARK = "talkfast partial video"
 _HEAD = 1 << 16  # the bytes of a file searched for the mark
-_STOP_WAIT = 30.0  # seconds ffmpeg gets to finish a stopped growing file before it is killed
 
 
 def partial_path(path) -> Path:
@@ -147,19 +145,17 @@ class GrowingVideo:
         self._close_log()
 
     def stop(self) -> None:
-        """Stop where it is (an interrupted run): ffmpeg is asked to finish the fragments it holds
-        (SIGTERM; killed if it has not exited after 30 s), so the file stays a playable prefix."""
+        """Stop where it is (an interrupted run): ffmpeg is killed, so that it neither waits for
+        more frames nor runs the audio on past the video (it would, finishing normally); every
+        fragment it wrote is complete and self-contained (``flush_packets``), so the file is a
+        playable prefix (a fragment cut by the kill is ignored by players)."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
         try:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=_STOP_WAIT)
-            except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.wait()
+            proc.wait()
         finally:
             try:
                 proc.stdin.close()
