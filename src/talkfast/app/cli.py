@@ -26,6 +26,10 @@ def _add_generate(sub) -> None:
     p.add_argument("-o", "--output", default="talkfast_out.mp4", help="output .mp4 (a .json sidecar is written beside it)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output (or .json beside it) that talkfast did not write")
+    p.add_argument("--stream", action="store_true",
+                   help="watch while it works: OUTPUT.partial.mp4 (talk.mp4 -> talk.partial.mp4) grows clip by clip "
+                        "as a fragmented mp4 a player can open at once; at the end the normal mp4 is written at the "
+                        "output path and the partial file removed (interrupted: the partial file is kept, playable)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, e.g. 40 for hallo)")
     p.add_argument("--sampler", default=None,
                    help="ddim, dpmpp2m (DPM-Solver++ 2M), unipc (UniPC bh2); MEMO: flow, dpmpp2m, unipc (default: the "
@@ -206,8 +210,20 @@ def cmd_generate(args) -> int:
             extra.update(par.generate_kwargs(pipe))
         extra["extra_sidecar"] = {**extra.get("extra_sidecar", {}), "accel_choice": choice.describe()}
         output = args.output if par is None or par.rank == 0 else None
-        result = pipe.generate(args.source_image, args.driving_audio, output, opts, size=args.size,
-                               progress=progress, accelerator=acc, overwrite=args.overwrite, **extra)
+        if args.stream and output is not None:
+            from ..io.stream import partial_path
+
+            extra["growing"] = True
+            partial = partial_path(output)
+            print(f"streaming: {partial} grows clip by clip (open it in a player); {output} is written at the end",
+                  flush=True)
+        try:
+            result = pipe.generate(args.source_image, args.driving_audio, output, opts, size=args.size,
+                                   progress=progress, accelerator=acc, overwrite=args.overwrite, **extra)
+        except BaseException:
+            if extra.get("growing") and partial.is_file():
+                print(f"the video so far is in {partial} (not the output: the run did not finish)", file=sys.stderr)
+            raise
     finally:
         if bar is not None:
             bar.close()

@@ -407,7 +407,7 @@ class VideoWriter:
         """Copy the video stream into the partial file, adding the length-matched audio track."""
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-y", "-v", "error", "-i", str(self._video_tmp)]
         if self.audio is not None:
-            self._write_matched_wav()
+            self.matched_audio()
             cmd += ["-i", str(self._wav_tmp), "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-b:a", "128k"]
         else:
             cmd += ["-map", "0:v:0"]
@@ -418,12 +418,15 @@ class VideoWriter:
             detail = lines[-1] if lines else f"exit code {proc.returncode}"
             raise OutputError(f"Writing {self.path} failed while muxing: {detail}")
 
-    def _write_matched_wav(self) -> None:
-        """Write the audio padded with silence / trimmed to exactly the video's duration."""
+    def matched_audio(self, frames: int | None = None) -> Path:
+        """Write the audio padded with silence / trimmed to exactly the duration of ``frames``
+        frames (default: the frames written) into this writer's temporary WAV (removed with the
+        other temporaries); returns its path (:mod:`talkfast.io.stream` reads it while growing)."""
         assert self.audio is not None
         rate = self.audio.sample_rate
-        target = -(-self.frames_written * rate // self.fps)  # ceil(frames / fps * rate)
-        save_wav(self._wav_tmp, self.audio.samples, rate, length=target)  # streamed: no full copy
+        count = self.frames_written if frames is None else frames
+        target = -(-count * rate // self.fps)  # ceil(frames / fps * rate)
+        return save_wav(self._wav_tmp, self.audio.samples, rate, length=target)  # streamed: no full copy
 
     def abort(self) -> None:
         """Stop encoding and delete every temporary file; nothing is published. Idempotent."""

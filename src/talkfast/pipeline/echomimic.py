@@ -61,7 +61,7 @@ import logging
 import platform
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -77,10 +77,12 @@ from ..face.mtcnn import echomimic_face_box, load_mtcnn
 from ..face.pose import PoseSequence
 from ..io.audio import load_audio
 from ..io.image import load_image, to_tensor, to_uint8
+from ..io.stream import StreamingVideoWriter, check_stream_path
 from ..io.video import VideoWriter, check_output_path, remove_stale_temporaries
 from ..models.unet import UNetCond
 from ..sampling.loop import StepPlanner, denoise
 from ..sampling.windows import WindowedPredictor
+from .clips import Clip, make_clip, run_to_end
 from .generate import (
     GenerateOptions,
     GenerationResult,
@@ -243,11 +245,27 @@ class EchoMimicPipeline(TalkingHeadPipeline):
                  progress: Callable[[int, int], None] | None = None,
                  on_clip: Callable[[torch.Tensor], None] | None = None, extra_sidecar: dict | None = None,
                  regions=None, wrap_predictor: Callable[[Callable], Callable] | None = None,
-                 overwrite: bool = False, pose=None) -> GenerationResult:
+                 overwrite: bool = False, pose=None, growing: bool = False) -> GenerationResult:
         """As :meth:`TalkingHeadPipeline.generate`; ``on_clip`` receives each decoded piece of frames.
         ``regions`` is not used (EchoMimic detects the face itself). ``pose`` (the pose variants
         only, and needed there): a :class:`~talkfast.face.pose.PoseSequence` source, a folder of
-        per-frame landmark files or drawings, or a video of drawings."""
+        per-frame landmark files or drawings, or a video of drawings. This is :meth:`stream` run
+        to its end."""
+        return run_to_end(self.stream(source_image, driving_audio, options, output=output, size=size,
+                                      accelerator=accelerator, progress=progress, extra_sidecar=extra_sidecar,
+                                      regions=regions, wrap_predictor=wrap_predictor, overwrite=overwrite,
+                                      pose=pose, growing=growing), on_clip)
+
+    @torch.no_grad()
+    def stream(self, source_image, driving_audio, options: GenerateOptions | None = None, *, output=None,
+               size: int | None = None, accelerator: StepPlanner | None = None,
+               progress: Callable[[int, int], None] | None = None, extra_sidecar: dict | None = None,
+               regions=None, wrap_predictor: Callable[[Callable], Callable] | None = None,
+               overwrite: bool = False, pose=None, growing: bool = False) -> Iterator[Clip]:
+        """As :meth:`TalkingHeadPipeline.stream`, over EchoMimic's windows: a frame is final once
+        its chunk's last denoising step has run (every step's shifting windows, wrapping around the
+        chunk, touch every frame of it), so the clips are the chunk's decoded pieces of
+        :data:`WINDOW_FRAMES` frames, yielded after the chunk's last step."""
         if self.pose != (pose is not None):
             raise InputError(f"the EchoMimic {self.variant!r} variant needs a pose input (--pose: per-frame landmarks "
                              "or drawings)" if self.pose else
@@ -257,9 +275,12 @@ class EchoMimicPipeline(TalkingHeadPipeline):
         size = self.check_size(size)
         image = load_image(source_image) if isinstance(source_image, (str, Path)) else source_image
         audio = load_audio(driving_audio) if isinstance(driving_audio, (str, Path)) else driving_audio
-        out_path = (check_output_path(output, overwrite=overwrite, inputs=(
-            source_image, driving_audio, *self.input_paths(), *([pose] if isinstance(pose, (str, Path)) else [])))
-                    if output is not None else None)
+        inputs = (source_image, driving_audio, *self.input_paths(), *([pose] if isinstance(pose, (str, Path)) else []))
+        out_path = check_output_path(output, overwrite=overwrite, inputs=inputs) if output is not None else None
+        if growing:
+            if out_path is None:
+                raise ValueError("streaming to a growing file (--stream) needs an output path")
+            check_stream_path(out_path, overwrite=overwrite, inputs=inputs)
         if out_path is not None and remove_stale_temporaries(out_path):
             log.warning("%s: removed the temporary files of an interrupted run", out_path)
         haar = self.prep_plan is not None and self.prep_plan.path("face_box") is None
@@ -295,13 +316,14 @@ class EchoMimicPipeline(TalkingHeadPipeline):
         with guarded_run(self, accelerator, por) as run:
             writer = None
             if out_path is not None:
-                writer = run.writer = VideoWriter(out_path, opts.fps, (size, size), audio=audio,
-                                                  max_frames=frames_total, sidecar=sidecar, reject_blank=True,
-                                                  overwrite=overwrite)
+                kind, more = ((StreamingVideoWriter, {"keyframe_every": WINDOW_FRAMES, "inputs": inputs}) if growing
+                              else (VideoWriter, {}))
+                writer = run.writer = kind(out_path, opts.fps, (size, size), audio=audio, max_frames=frames_total,
+                                           sidecar=sidecar, reject_blank=True, overwrite=overwrite, **more)
             gen = torch.Generator("cpu").manual_seed(opts.seed)
             stage = _StageClock(timings, self.device)
             h = w = size // self.cfg.vae_scale_factor
-            calls = 0
+            calls = index = 0
             with stage("encode"):
                 ref_latent = self.encode(por.pixels[None])
             with stage("reference"):  # once per video (EchoMimic: at step 0)
@@ -331,15 +353,18 @@ class EchoMimicPipeline(TalkingHeadPipeline):
                 with stage("denoise"):
                     latents = denoise(call, sched, noise, accelerator, on_step=step_done)
                 calls += predict.calls
+                away = 0.0  # seconds the consumer held the pieces (not the chunk's)
                 for a in range(0, length, WINDOW_FRAMES):  # bounded: a few decoded frames at a time
                     with stage("decode"):
                         frames = self.decode(latents[:, :, a : a + WINDOW_FRAMES])
                     with stage("write"):
                         if writer is not None:
                             writer.write(to_uint8(frames))
-                        if on_clip is not None:
-                            on_clip(frames)
-                timings["clips"].append(time.perf_counter() - tc)
+                    ty = time.perf_counter()
+                    yield make_clip(index, frames, s + a, opts.fps, audio, ty - t0, timings)
+                    index += 1
+                    away += time.perf_counter() - ty
+                timings["clips"].append(time.perf_counter() - tc - away)
             sidecar["window_calls"] = calls
             finish_run(self, run, accelerator, sidecar, timings, t0)
         return GenerationResult(out_path, frames_total, len(starts), timings, sidecar)

@@ -9,6 +9,7 @@ audio length.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import logging
@@ -17,7 +18,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from diffusers import AutoencoderKL
@@ -26,6 +27,7 @@ from .. import __version__
 from ..accelerators.base import Accelerator
 from ..io.audio import load_audio
 from ..io.image import load_image, to_uint8
+from ..io.stream import StreamingVideoWriter, check_stream_path
 from ..io.video import VideoWriter, check_output_path, remove_stale_temporaries
 from ..models.attention import ItemLayout
 from ..models.config import PRESETS, ModelConfig
@@ -35,6 +37,7 @@ from ..sampling.loop import StepPlanner, denoise, guided
 from ..sampling.scheduler import make_scheduler, sampler_kind, sampler_name
 from ..threads import available_cores
 from . import MOTION_SOURCES
+from .clips import Clip, make_clip, run_to_end
 from .conditioning import AudioConditioner, Portrait, prepare_portrait
 from .publish import ClipPublisher
 
@@ -373,12 +376,13 @@ class TalkingHeadPipeline:
         regions=None,
         wrap_predictor: Callable[[Callable], Callable] | None = None,
         overwrite: bool = False,
+        growing: bool = False,
     ) -> GenerationResult:
         """Generate the video. ``source_image``/``driving_audio`` are paths (or a PIL image and an
         :class:`Audio`). ``output`` None keeps nothing on disk (frames go to ``on_clip`` only).
         ``progress(done, total)`` is called after every denoising step; ``on_clip(frames)`` with
-        each clip's frames in order, from the decoding thread when the decode runs in the
-        background (:meth:`decode_in_background`). ``accelerator`` (see
+        each clip's frames in order (on the caller's thread; the decode may run in the background,
+        :meth:`decode_in_background`). ``accelerator`` (see
         :mod:`talkfast.accelerators`) is attached to the network if it is not yet (and then detached
         again at the end, so a later call without it runs the plain network), reset for this
         generation, and asked for every step; its ``summary()`` goes into the sidecar. ``regions``:
@@ -386,15 +390,49 @@ class TalkingHeadPipeline:
         ``wrap_predictor(predict) -> predict``: applied to every clip's predictor (multi-process
         splitting, :mod:`talkfast.parallel`). ``overwrite`` False: an existing file at ``output`` (or
         its sidecar) that talkfast did not write is an error, not replaced
-        (:func:`~talkfast.io.video.check_output_path`)."""
+        (:func:`~talkfast.io.video.check_output_path`). ``growing`` (``generate --stream``): also
+        write ``<output stem>.partial.mp4``, a fragmented MP4 a player can open while it grows
+        (:mod:`talkfast.io.stream`). This is :meth:`stream` run to its end."""
+        return run_to_end(self.stream(source_image, driving_audio, options, output=output, size=size,
+                                      accelerator=accelerator, progress=progress, extra_sidecar=extra_sidecar,
+                                      regions=regions, wrap_predictor=wrap_predictor, overwrite=overwrite,
+                                      growing=growing), on_clip)
+
+    @torch.no_grad()
+    def stream(
+        self,
+        source_image,
+        driving_audio,
+        options: GenerateOptions = GenerateOptions(),
+        *,
+        output: str | Path | None = None,
+        size: int | None = None,
+        accelerator: StepPlanner | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        extra_sidecar: dict | None = None,
+        regions=None,
+        wrap_predictor: Callable[[Callable], Callable] | None = None,
+        overwrite: bool = False,
+        growing: bool = False,
+    ) -> Iterator[Clip]:
+        """The generation as an iterator of :class:`~.clips.Clip` (frames, their audio span,
+        timings), each yielded once decoded (and written, with an ``output``); the arguments are
+        :meth:`generate`'s, which runs this same generator to its end (its return value, the
+        ``StopIteration`` value, is the :class:`GenerationResult`). Nothing runs before the first
+        ``next``; leave early with ``close()`` (or ``contextlib.closing``): the generation is
+        aborted as on an error (no output, the accelerator detached). With the decode in the
+        background clip k is yielded once clip k + 1 has sampled."""
         t0 = time.perf_counter()
         opts = self.resolve(options)
         size = self.check_size(size)  # before any input is read
         image = load_image(source_image) if isinstance(source_image, (str, Path)) else source_image
         audio = load_audio(driving_audio) if isinstance(driving_audio, (str, Path)) else driving_audio
-        out_path = (check_output_path(output, overwrite=overwrite,
-                                      inputs=(source_image, driving_audio, *self.input_paths()))
-                    if output is not None else None)
+        inputs = (source_image, driving_audio, *self.input_paths())
+        out_path = check_output_path(output, overwrite=overwrite, inputs=inputs) if output is not None else None
+        if growing:
+            if out_path is None:
+                raise ValueError("streaming to a growing file (--stream) needs an output path")
+            check_stream_path(out_path, overwrite=overwrite, inputs=inputs)
         if out_path is not None and remove_stale_temporaries(out_path):  # a killed run's (never a running one's)
             log.warning("%s: removed the temporary files of an interrupted run", out_path)
         por = self.portrait(image, size, name=str(source_image) if isinstance(source_image, (str, Path)) else "portrait",
@@ -422,9 +460,10 @@ class TalkingHeadPipeline:
         with guarded_run(self, accelerator, por) as run:
             writer = None
             if out_path is not None:
-                writer = run.writer = VideoWriter(  # an all-black video is an error
-                    out_path, opts.fps, por.image.size, audio=audio, max_frames=frames_total, sidecar=sidecar,
-                    reject_blank=True, overwrite=overwrite)
+                # an all-black video is an error; --stream: the growing file too, a keyframe per clip
+                kind, more = (StreamingVideoWriter, {"keyframe_every": F, "inputs": inputs}) if growing else (VideoWriter, {})
+                writer = run.writer = kind(out_path, opts.fps, por.image.size, audio=audio, max_frames=frames_total,
+                                           sidecar=sidecar, reject_blank=True, overwrite=overwrite, **more)
             gen = torch.Generator("cpu").manual_seed(opts.seed)
             stage = _StageClock(timings, self.device)
             with stage("encode"):
@@ -438,16 +477,19 @@ class TalkingHeadPipeline:
             # the ReferenceNet runs once per generation instead of once per clip
             fixed_reference = opts.motion_source == "reference"
             memory = bool(self.net.memory_modules())  # MEMO: the past frames update a long-term memory
+            ready: collections.deque = collections.deque()  # (index, frames, elapsed): published, not yielded
 
-            def publish(latents: torch.Tensor, count: int) -> torch.Tensor:
+            def clip(c: int, keep: torch.Tensor, elapsed: float) -> Clip:
+                return make_clip(c, keep, c * F, opts.fps, audio, elapsed, timings)
+
+            def publish(latents: torch.Tensor, count: int, c: int) -> torch.Tensor:
                 with stage("decode"):
                     frames = self.decode(latents)
                 keep = frames[:count]  # the last clip runs past the audio
                 with stage("write"):
                     if writer is not None:
                         writer.write(to_uint8(keep))
-                    if on_clip is not None:
-                        on_clip(keep)
+                ready.append((c, keep, time.perf_counter() - t0))  # made a Clip on the caller's thread
                 return frames
 
             def step_done(_j: int) -> None:
@@ -480,15 +522,19 @@ class TalkingHeadPipeline:
                         latents = denoise(predict, sched, noise, accelerator, on_step=step_done)
                     if not fixed_reference:
                         self.net.clear_reference()
-                    frames = publisher.submit(latents, frames_total - c * F)  # None while in the background
+                    frames = publisher.submit(latents, frames_total - c * F, c)  # None while in the background
                     if opts.motion_source == "latents":
                         motion = latents[0, :, -M:].permute(1, 0, 2, 3)
                     elif opts.motion_source == "pixels":  # never in the background (decode_in_background)
                         with stage("encode"):
                             motion = self.encode(frames[-M:].to(torch.float32) * 2 - 1)
                     timings["clips"].append(time.perf_counter() - tc)
+                    while ready:  # this clip (inline decode) or the one before it (background)
+                        yield clip(*ready.popleft())
                 publisher.wait()  # the last clip published (its failure raised)
             finally:
                 publisher.close()
+            while ready:
+                yield clip(*ready.popleft())
             finish_run(self, run, accelerator, sidecar, timings, t0)
         return GenerationResult(out_path, frames_total, clips, timings, sidecar)

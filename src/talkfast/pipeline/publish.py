@@ -2,8 +2,9 @@
 
 On a CPU the VAE decode of clip k needs nothing of clip k+1, and (unless the next clip's motion
 frames are re-encoded from decoded pixels) clip k+1's sampling needs nothing of clip k's
-pixels. With a core left over by torch's intra-op threads, :class:`ClipPublisher` decodes,
-writes and hands out clip k on a worker thread while the main thread samples clip k+1: the
+pixels. With a core left over by torch's intra-op threads, :class:`ClipPublisher` decodes and
+writes clip k on a worker thread (the generation yields it on its own thread after the next
+:meth:`~ClipPublisher.submit`, :mod:`.clips`) while the main thread samples clip k+1: the
 decode leaves the end-to-end critical path except for the last clip. The frames are computed by
 the same calls in the same order as without the worker, so the output is identical; at most one
 clip waits in the worker, so memory stays bounded by two clips.
@@ -30,12 +31,12 @@ def _compute_like(threads: int, flush: bool) -> None:
 
 
 class ClipPublisher:
-    """``publish(latents, keep) -> frames`` run in submission order; in the background when
+    """``publish(latents, keep, *extra) -> frames`` run in submission order; in the background when
     ``background`` (then :meth:`submit` returns None and a failure of the worker is raised by the
     next :meth:`submit` or by :meth:`wait`; :meth:`close` always stops the worker). ``timings["wait"]`` collects the seconds the caller
     spent waiting for the worker."""
 
-    def __init__(self, publish: Callable[[torch.Tensor, int], torch.Tensor], background: bool, timings: dict):
+    def __init__(self, publish: Callable[..., torch.Tensor], background: bool, timings: dict):
         self._publish = publish
         self._timings = timings
         self._pool = None
@@ -44,11 +45,11 @@ class ClipPublisher:
                                             initargs=(torch.get_num_threads(), flushes_denormals()))
         self._pending: Future | None = None
 
-    def submit(self, latents: torch.Tensor, keep: int) -> torch.Tensor | None:
+    def submit(self, latents: torch.Tensor, keep: int, *extra) -> torch.Tensor | None:
         if self._pool is None:
-            return self._publish(latents, keep)
+            return self._publish(latents, keep, *extra)
         self.wait()  # one clip in flight at most
-        self._pending = self._pool.submit(self._publish, latents, keep)
+        self._pending = self._pool.submit(self._publish, latents, keep, *extra)
         return None
 
     def wait(self) -> None:
