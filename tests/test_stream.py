@@ -134,7 +134,7 @@ def test_leaving_the_iterator_early_aborts_the_generation(pipe, tmp_path):
     assert list(tmp_path.iterdir()) == []  # no video, no sidecar, no temporaries
 
 
-def test_echomimic_stream_emits_a_chunk_once_its_last_step_ran(echo_folder, speech, tmp_path, monkeypatch):
+def test_echomimic_stream_emits_a_chunk_once_its_last_step_ran(echo_folder, speech, tmp_path, monkeypatch):  # noqa: F811
     from talkfast.io.audio import load_audio
     from talkfast.pipeline.loader import load_pipeline
 
