@@ -34,7 +34,7 @@ except ImportError:  # not POSIX: no lock, a running writer's temporaries are no
 
 from talkfast.errors import InputError, OutputError, TalkfastError
 from talkfast.io.audio import Audio, save_wav
-from talkfast.io.write_rule import check_writes
+from talkfast.io.write_rule import check_writes, replacing
 
 __all__ = ["BlankVideoError", "VideoInfo", "VideoWriter", "check_output_path", "is_talkfast_output", "output_path",
            "probe_video", "remove_stale_temporaries", "write_json_atomic"]
@@ -105,7 +105,9 @@ def is_talkfast_output(path: StrPath) -> bool:
 
 
 def write_json_atomic(path: StrPath, obj: Any) -> Path:
-    """Write ``obj`` as JSON to ``path`` via a temporary file and ``os.replace``.
+    """Write ``obj`` as JSON to ``path`` via a temporary file and ``os.replace``
+    (:func:`talkfast.io.write_rule.replacing`; the temporary is named ``.<name>.XXXXXXXX.tmp``,
+    which :func:`remove_stale_temporaries` recognises for a sidecar).
 
     Readers never see a partial file. Raises :class:`OutputError` if the file cannot be written;
     a ``TypeError`` from a non-serialisable ``obj`` propagates (a programming error).
@@ -115,24 +117,12 @@ def write_json_atomic(path: StrPath, obj: Any) -> Path:
         fd, tmp_name = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     except OSError as err:
         raise OutputError(f"Cannot write {p}: {err.strerror or err}.") from err
-    tmp = Path(tmp_name)
-    try:
+    with replacing(p, Path(tmp_name)):
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(obj, fh, indent=2, ensure_ascii=False)
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
-        # mkstemp creates 0600; give the file the permissions of an ordinary new file.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, p)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"Cannot write {p}: {err.strerror or err}.") from err
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return p
 
 

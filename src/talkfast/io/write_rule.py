@@ -179,11 +179,12 @@ def png_by_talkfast(path: Path) -> bool:
 
 
 @contextmanager
-def replacing(path: StrPath) -> Iterator[Path]:
-    """A temporary path beside ``path`` (same suffix) to write the whole file into; on leaving the
-    block normally it is renamed over ``path``, on an error deleted (``path`` untouched)."""
+def replacing(path: StrPath, tmp: Path | None = None) -> Iterator[Path]:
+    """A temporary path beside ``path`` (same suffix; or ``tmp``, a caller's own temporary name) to
+    write the whole file into; on leaving the block normally it gets an ordinary new file's
+    permissions and is renamed over ``path``, on an error deleted (``path`` untouched)."""
     p = Path(path)
-    tmp = p.with_name(f".{p.stem}.{secrets.token_hex(6)}.tmp{p.suffix}")
+    tmp = tmp if tmp is not None else p.with_name(f".{p.stem}.{secrets.token_hex(6)}.tmp{p.suffix}")
     try:
         yield tmp
         umask = os.umask(0)
