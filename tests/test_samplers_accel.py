@@ -3,10 +3,9 @@ estimation following the solver) and through the pipeline, the bench controls an
 
 import pytest
 import torch
-from tiny_pipeline import DEGENERATE, every_step, randomized_tiny_pipeline, tone_inputs
+from tiny_pipeline import DEGENERATE, every_step, generated_frames, randomized_tiny_pipeline, tone_inputs
 
 from talkfast.accelerators import AccelConfig, CachingConfig, KeySchedule, build_accelerator
-from talkfast.pipeline.generate import GenerateOptions
 from talkfast.sampling.loop import denoise
 from talkfast.sampling.scheduler import make_scheduler, noise_to, output_for, split_prediction
 from talkfast.sampling.solvers import held_path
@@ -25,13 +24,7 @@ def inputs():
 
 
 def frames(pipe, inputs, sampler, acc=None):
-    out = []
-    img, audio = inputs
-    pipe.generate(img, audio, None, GenerateOptions(steps=STEPS, seed=42, sampler=sampler), accelerator=acc,
-                  on_clip=out.append)
-    if acc is not None:
-        acc.detach()
-    return torch.cat(out)
+    return generated_frames(pipe, inputs, acc, steps=STEPS, sampler=sampler)
 
 
 @pytest.mark.parametrize("sampler", ["dpmpp2m", "unipc"])
