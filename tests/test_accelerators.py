@@ -211,7 +211,7 @@ def test_generate_detaches_when_the_writer_cannot_start(pipe, inputs, tmp_path, 
     def no_writer(*_a, **_k):
         raise OSError("the encoder cannot start")
 
-    monkeypatch.setattr(generate_module, "VideoWriter", no_writer)
+    monkeypatch.setattr(generate_module, "open_writer", no_writer)
     before = _processors(pipe.net)
     img, audio = inputs
     acc = build_accelerator(AccelConfig("lightningcp", CachingConfig(keys=KeySchedule("uniform", interval=3)),

@@ -40,11 +40,11 @@ import imageio_ffmpeg
 import numpy as np
 
 from talkfast.errors import OutputError
-from talkfast.io.video import VideoWriter, output_path
+from talkfast.io.video import VideoWriter, check_output_path, output_path
 from talkfast.io.write_rule import check_writes
 
-__all__ = ["PARTIAL_MARK", "GrowingVideo", "StreamingVideoWriter", "check_stream_path", "is_partial_by_talkfast",
-           "partial_path"]
+__all__ = ["PARTIAL_MARK", "GrowingVideo", "StreamingVideoWriter", "check_outputs", "check_stream_path",
+           "is_partial_by_talkfast", "open_writer", "partial_path"]
 
 #: The comment every growing file carries in its header (written first: ``empty_moov``).
 PARTIAL_MARK = "talkfast partial video"
@@ -77,6 +77,30 @@ def check_stream_path(path, *, overwrite: bool = False, inputs=()) -> Path:
                         overwrite=overwrite, ours=is_partial_by_talkfast,
                         mark=f"no '{PARTIAL_MARK}' comment in its header")
     return p
+
+
+def check_outputs(output, *, overwrite: bool = False, inputs=(), growing: bool = False) -> Path | None:
+    """A generation's output path checked before any work (:func:`~talkfast.io.video.check_output_path`),
+    and with ``growing`` (``--stream``) its growing file too (:func:`check_stream_path`); None
+    without an ``output``."""
+    if output is None:
+        if growing:
+            raise ValueError("streaming to a growing file (--stream) needs an output path")
+        return None
+    out = check_output_path(output, overwrite=overwrite, inputs=inputs)
+    if growing:
+        check_stream_path(out, overwrite=overwrite, inputs=inputs)
+    return out
+
+
+def open_writer(path, fps: int, size: tuple[int, int], *, growing: bool = False, keyframe_every: int | None = None,
+                inputs=(), **options):
+    """The writer of a generation's video: a :class:`~talkfast.io.video.VideoWriter`, or with
+    ``growing`` a :class:`StreamingVideoWriter` (a keyframe every ``keyframe_every`` frames: the
+    clip length); ``options`` are the VideoWriter's (audio, max_frames, sidecar, ...)."""
+    if growing:
+        return StreamingVideoWriter(path, fps, size, keyframe_every=keyframe_every, inputs=inputs, **options)
+    return VideoWriter(path, fps, size, **options)
 
 
 class GrowingVideo:

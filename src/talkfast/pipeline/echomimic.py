@@ -77,8 +77,8 @@ from ..face.mtcnn import echomimic_face_box, load_mtcnn
 from ..face.pose import PoseSequence
 from ..io.audio import load_audio
 from ..io.image import load_image, to_tensor, to_uint8
-from ..io.stream import StreamingVideoWriter, check_stream_path
-from ..io.video import VideoWriter, check_output_path, remove_stale_temporaries
+from ..io.stream import check_outputs, open_writer
+from ..io.video import remove_stale_temporaries
 from ..models.unet import UNetCond
 from ..sampling.loop import StepPlanner, denoise
 from ..sampling.windows import WindowedPredictor
@@ -276,11 +276,7 @@ class EchoMimicPipeline(TalkingHeadPipeline):
         image = load_image(source_image) if isinstance(source_image, (str, Path)) else source_image
         audio = load_audio(driving_audio) if isinstance(driving_audio, (str, Path)) else driving_audio
         inputs = (source_image, driving_audio, *self.input_paths(), *([pose] if isinstance(pose, (str, Path)) else []))
-        out_path = check_output_path(output, overwrite=overwrite, inputs=inputs) if output is not None else None
-        if growing:
-            if out_path is None:
-                raise ValueError("streaming to a growing file (--stream) needs an output path")
-            check_stream_path(out_path, overwrite=overwrite, inputs=inputs)
+        out_path = check_outputs(output, overwrite=overwrite, inputs=inputs, growing=growing)
         if out_path is not None and remove_stale_temporaries(out_path):
             log.warning("%s: removed the temporary files of an interrupted run", out_path)
         haar = self.prep_plan is not None and self.prep_plan.path("face_box") is None
@@ -316,10 +312,10 @@ class EchoMimicPipeline(TalkingHeadPipeline):
         with guarded_run(self, accelerator, por) as run:
             writer = None
             if out_path is not None:
-                kind, more = ((StreamingVideoWriter, {"keyframe_every": WINDOW_FRAMES, "inputs": inputs}) if growing
-                              else (VideoWriter, {}))
-                writer = run.writer = kind(out_path, opts.fps, (size, size), audio=audio, max_frames=frames_total,
-                                           sidecar=sidecar, reject_blank=True, overwrite=overwrite, **more)
+                writer = run.writer = open_writer(out_path, opts.fps, (size, size), growing=growing,
+                                                  keyframe_every=WINDOW_FRAMES, inputs=inputs, audio=audio,
+                                                  max_frames=frames_total, sidecar=sidecar, reject_blank=True,
+                                                  overwrite=overwrite)
             gen = torch.Generator("cpu").manual_seed(opts.seed)
             stage = _StageClock(timings, self.device)
             h = w = size // self.cfg.vae_scale_factor

@@ -27,8 +27,8 @@ from .. import __version__
 from ..accelerators.base import Accelerator
 from ..io.audio import load_audio
 from ..io.image import load_image, to_uint8
-from ..io.stream import StreamingVideoWriter, check_stream_path
-from ..io.video import VideoWriter, check_output_path, remove_stale_temporaries
+from ..io.stream import check_outputs, open_writer
+from ..io.video import VideoWriter, remove_stale_temporaries
 from ..models.attention import ItemLayout
 from ..models.config import PRESETS, ModelConfig
 from ..models.net import TalkingHeadNet
@@ -428,11 +428,7 @@ class TalkingHeadPipeline:
         image = load_image(source_image) if isinstance(source_image, (str, Path)) else source_image
         audio = load_audio(driving_audio) if isinstance(driving_audio, (str, Path)) else driving_audio
         inputs = (source_image, driving_audio, *self.input_paths())
-        out_path = check_output_path(output, overwrite=overwrite, inputs=inputs) if output is not None else None
-        if growing:
-            if out_path is None:
-                raise ValueError("streaming to a growing file (--stream) needs an output path")
-            check_stream_path(out_path, overwrite=overwrite, inputs=inputs)
+        out_path = check_outputs(output, overwrite=overwrite, inputs=inputs, growing=growing)
         if out_path is not None and remove_stale_temporaries(out_path):  # a killed run's (never a running one's)
             log.warning("%s: removed the temporary files of an interrupted run", out_path)
         por = self.portrait(image, size, name=str(source_image) if isinstance(source_image, (str, Path)) else "portrait",
@@ -461,9 +457,9 @@ class TalkingHeadPipeline:
             writer = None
             if out_path is not None:
                 # an all-black video is an error; --stream: the growing file too, a keyframe per clip
-                kind, more = (StreamingVideoWriter, {"keyframe_every": F, "inputs": inputs}) if growing else (VideoWriter, {})
-                writer = run.writer = kind(out_path, opts.fps, por.image.size, audio=audio, max_frames=frames_total,
-                                           sidecar=sidecar, reject_blank=True, overwrite=overwrite, **more)
+                writer = run.writer = open_writer(out_path, opts.fps, por.image.size, growing=growing, keyframe_every=F,
+                                                  inputs=inputs, audio=audio, max_frames=frames_total, sidecar=sidecar,
+                                                  reject_blank=True, overwrite=overwrite)
             gen = torch.Generator("cpu").manual_seed(opts.seed)
             stage = _StageClock(timings, self.device)
             with stage("encode"):
