@@ -198,19 +198,21 @@ def read_tuned(folder: str | Path | None, variant: str | None = None) -> dict:
     """The ``tuned`` entry of :func:`tuned_file` ({} when there is no folder, file or entry),
     checked (:func:`check_tuned`): a file that is not JSON, or whose ``tuned`` entry does not fit
     the schema, is a :class:`~talkfast.errors.CheckpointError` naming the file and the field."""
-    return {budget: entry for budget, (entry, _) in _read_checked(folder, variant)[1].items()}
+    return {budget: entry for budget, (entry, _) in tuned_settings(folder, variant).items()}
 
 
-def _read_checked(folder, variant) -> tuple[Path | None, dict[str, tuple[dict, AccelConfig]]]:
+def tuned_settings(folder: str | Path | None, variant: str | None = None) -> dict[str, tuple[dict, AccelConfig]]:
+    """As :func:`read_tuned`, each budget's entry with its accelerator built:
+    {budget: (entry, AccelConfig)} (:func:`check_tuned`)."""
     if folder is None:
-        return None, {}
+        return {}
     path = tuned_file(folder, variant)
     if not path.is_file():
-        return path, {}
+        return {}
     data = read_json(path, error=CheckpointError, what="the tuned settings in")
     if not isinstance(data, dict) or "tuned" not in data:
-        return path, {}  # a model.json the loader checks; no tuned settings in it
-    return path, check_tuned(data["tuned"], path)
+        return {}  # a model.json the loader checks; no tuned settings in it
+    return check_tuned(data["tuned"], path)
 
 
 def model_folder(checkpoint: str | Path | None, random_weights: bool = False) -> Path | None:
@@ -245,7 +247,7 @@ def resolve(name: str, folder: str | Path | None, steps: int | None = None, vari
     if name == "off":
         return Choice("off", get_preset("off"), steps, "preset")
     budget = AUTO if name == "auto" else name
-    _, tuned = _read_checked(folder, variant)  # a bad file: CheckpointError naming it and the field
+    tuned = tuned_settings(folder, variant)  # a bad file: CheckpointError naming it and the field
     if budget in tuned:
         entry, accel = tuned[budget]
         return Choice(name, accel, steps if steps is not None else entry.get("steps"), "tuned", budget, str(folder),

@@ -149,18 +149,12 @@ def tuned_methods(folder, variant: str | None = None) -> list[BenchMethod]:
     """The settings ``talkfast tune`` stored for a model folder (:func:`~talkfast.accelerators.tuned.
     tuned_file`; ``variant``: an EchoMimic folder's), one row per
     distinct setting, named after its budgets (``tuned:balanced``, ``tuned:balanced=fast``)."""
-    from ..accelerators.tuned import BUDGETS, read_tuned
+    from ..accelerators.tuned import BUDGETS, tuned_settings
 
     groups: dict[str, tuple] = {}
-    for budget, entry in read_tuned(folder, variant).items():
-        if budget not in BUDGETS or not isinstance(entry, dict):
-            continue
-        try:
-            accel = AccelConfig.from_dict(entry["accel"])
-            steps = int(entry["steps"]) if entry.get("steps") is not None else None
-        except (KeyError, TypeError, ValueError):
-            continue
-        sampler = entry.get("sampler") if isinstance(entry.get("sampler"), str) else None  # older files: none
+    # checked on read (budget names, types, the accelerator built): a bad file is a CheckpointError
+    for budget, (entry, accel) in tuned_settings(folder, variant).items():
+        steps, sampler = entry.get("steps"), entry.get("sampler")  # older files: no sampler
         sig = repr((steps, accel, sampler))
         groups.setdefault(sig, ([], steps, accel, sampler))[0].append(budget)
     out = []
