@@ -177,18 +177,29 @@ def check_tuned(tuned, path: str | Path, field: str = "tuned") -> dict[str, tupl
     for budget, entry in tuned.items():
         where = f"{field}.{budget}.accel"
         try:
-            accel = AccelConfig.from_dict(entry["accel"])
+            accel = accel_record(entry["accel"], where)
             steps = entry.get("steps")
             if accel.method != "off":
                 keys = accel.caching.keys
-                keys.keys(steps if steps is not None else max([keys.interval, *keys.steps, 0]) + 1)
+                try:
+                    keys.keys(steps if steps is not None else max([keys.interval, *keys.steps, 0]) + 1)
+                except (TypeError, ValueError) as err:
+                    raise RecordError(where, f"is not a usable setting ({err})") from None
         except RecordError as err:
-            raise CheckpointError(describe_error(path, err.within(where), "the tuned settings in") + f"; {_REDO}") from None
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(describe_error(path, RecordError(where, f"is not a usable setting ({err})"),
-                                                 "the tuned settings in") + f"; {_REDO}") from None
+            raise CheckpointError(describe_error(path, err, "the tuned settings in") + f"; {_REDO}") from None
         out[budget] = (entry, accel)
     return out
+
+
+def accel_record(value, field: str) -> AccelConfig:
+    """An accelerator setting read back from a file (``AccelConfig.describe()``'s dict) built, any
+    problem with it a :class:`~talkfast.io.records.RecordError` at ``field``."""
+    try:
+        return AccelConfig.from_dict(value)
+    except RecordError as err:
+        raise err.within(field) from None
+    except (TypeError, ValueError) as err:
+        raise RecordError(field, f"is not a usable setting ({err})") from None
 
 
 _REDO = "run 'talkfast tune' again to measure them (or delete the 'tuned' entry)"

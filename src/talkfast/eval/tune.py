@@ -41,6 +41,7 @@ from ..accelerators.tuned import (
     PSNR_MARGIN_DB,
     SAMPLER_TEXT,
     TIME_TIE,
+    accel_record,
     describe_setting,
 )
 from ..errors import OutputError
@@ -196,12 +197,9 @@ class TuneCache:
                 bad.append(str(err))
                 continue
             try:
-                AccelConfig.from_dict(entry["accel"])
+                accel_record(entry["accel"], f"entries.{key}.accel")
             except RecordError as err:
-                bad.append(str(err.within(f"entries.{key}.accel")))
-                continue
-            except (TypeError, ValueError) as err:
-                bad.append(f"entries.{key}.accel: {err}")
+                bad.append(str(err))
                 continue
             self.entries[key] = entry
         if bad:
