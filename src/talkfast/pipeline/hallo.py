@@ -45,8 +45,9 @@ class HalloPipeline(TalkingHeadPipeline):
 
     def video_frames(self, audio, speech, fps: float) -> int:
         """Hallo's frame count: ``S = math.ceil(n / 16000 * fps)`` in floating point over the 16 kHz
-        vocals (``AudioProcessor.preprocess``), the length ``scripts/inference.py`` cuts its frames
-        to before writing (one more than the exact count for some lengths, e.g. 4480 samples at
+        vocals (hallo 8fd7c57 ``hallo/datasets/audio_processor.py``, ``AudioProcessor.preprocess``),
+        the length ``scripts/inference.py`` cuts its frames to before writing
+        (``tensor_result[:, :audio_length]``, line 343) (one more than the exact count for some lengths, e.g. 4480 samples at
         25 fps: 8 frames, not 7)."""
         if self.audio.kind == "wav2vec2_file":
             return self.audio.num_frames(speech, fps)
