@@ -16,6 +16,30 @@ from .. import threads
 #: Subcommands that run a model and take --threads N (talkfast.threads).
 THREADED_COMMANDS = ("generate", "batch", "bench", "quality", "tune", "demo")
 
+#: The guide each command's --help ends with: a file of the talkfast repository (there is no web copy).
+#: tests/test_docs.py checks that every subcommand has one and that the file exists.
+GUIDES = {"": "README.md", "generate": "docs/generating.md", "doctor": "docs/generating.md",
+          "batch": "docs/batch_and_scaling.md", "tune": "docs/acceleration.md", "bench": "docs/acceleration.md",
+          "quality": "docs/embedded_model.md", "data": "docs/embedded_model.md", "train": "docs/embedded_model.md",
+          "demo": "docs/demo.md"}
+
+
+def guide_pointer(command: str = "") -> str:
+    """The last line of ``talkfast [command] --help``."""
+    return f"Guide: {GUIDES[command]} (in the talkfast repository)"
+
+
+def _add_guides(parser: argparse.ArgumentParser, sub) -> None:
+    """End the help of the program, of every subcommand and of their own subcommands (``data build``,
+    ``train vae``, ...) with the guide pointer."""
+    parser.epilog = guide_pointer()
+    for name, p in sub.choices.items():
+        p.epilog = guide_pointer(name)
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for nested in action.choices.values():
+                    nested.epilog = guide_pointer(name)
+
 
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="portrait + speech -> talking-head mp4")
@@ -273,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_app.add_parser(sub)
     for name in THREADED_COMMANDS:
         threads.add_argument(sub.choices[name])
+    _add_guides(parser, sub)
     return parser
 
 
