@@ -479,6 +479,13 @@ def test_browser_plays_the_first_clip_while_the_rest_is_generated(server, browse
                 duration = page.evaluate("() => document.querySelector('#result video').duration")
                 assert duration == pytest.approx(0.3, abs=0.1)
                 page.locator("#summary").get_by_text("wall time").first.wait_for(timeout=30_000)
+                # The live stream got every clip, on one timeline: one buffered range to the video's end.
+                page.wait_for_function("""() => { const v = document.querySelector('#live video');
+                    return v.buffered.length > 0 && v.buffered.end(v.buffered.length - 1) >= 0.28; }""",
+                                       timeout=120_000)
+                ranges = page.evaluate("""() => { const b = document.querySelector('#live video').buffered;
+                    return Array.from({length: b.length}, (_, i) => [b.start(i), b.end(i)]); }""")
+                assert len(ranges) == 1 and ranges[0][0] < 0.1, ranges
             except Exception:
                 page.screenshot(path=str(shots / "demo_live_failure.png"), full_page=True)
                 raise
@@ -488,3 +495,19 @@ def test_browser_plays_the_first_clip_while_the_rest_is_generated(server, browse
         release.set()
         engine.between_clips = None
     assert not list(engine.out_dir.glob("segments-*"))  # the segments were cleaned up
+
+
+def test_stream_left_early_aborts_and_cleans_up(tiny_pipe, short_wav: Path, tmp_path: Path) -> None:
+    """A page closed mid-run (Gradio closes the iterator): no final video, no segment left, the
+    network restored and the lock free for the next run."""
+    engine = DemoEngine(tiny_pipe, out_dir=tmp_path / "out")
+    run = engine.stream(str(PORTRAIT), str(short_wav), "fast", 2)
+    first = next(run)
+    assert isinstance(first, demo_app.DemoSegment) and first.path.is_file()
+    run.close()
+    assert sorted(p.name for p in engine.out_dir.iterdir()) == []
+    assert engine.segment_seconds(first.path) is None
+    assert engine._lock.acquire(blocking=False)  # released (not waited for: that could hang)
+    engine._lock.release()
+    again = engine.generate(str(PORTRAIT), str(short_wav), "fast", 2)
+    assert again.video.is_file()
