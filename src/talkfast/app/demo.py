@@ -3,7 +3,10 @@
 Upload a portrait and a speech recording (or pick the bundled examples), choose an accelerator
 preset and the number of steps, and watch the video with a speed summary: how many steps ran the
 full network and how many the reduced path, the wall time, and an *estimate* of the time the same
-run would have taken without acceleration (see :func:`speed_report`).
+run would have taken without acceleration (see :func:`speed_report`). The video starts playing
+after the first clip, while the rest is generated: every clip goes to a streaming ``gr.Video`` as a
+small MPEG-TS segment (:meth:`DemoEngine.stream`, :func:`_serve_segments`); the final mp4 (the
+same file ``talkfast generate`` writes) follows at the end.
 
 The model is loaded once per process; generations run one at a time (a lock, plus a queue of one).
 Outputs go to a temporary folder removed at exit. The app only listens on the address given
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import itertools
 import os
 import shutil
@@ -27,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..errors import TalkfastError
 
@@ -38,6 +42,9 @@ PRESETS = ("auto", "off", "quality", "balanced", "fast")  # auto = balanced (tal
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 KEEP_RUNS = 8  # videos kept in the output folder; older ones are deleted
+# Where the live stream's timeline starts (seconds): past zero, so that the AAC encoder's priming
+# frame before each segment's first sample keeps a positive timestamp (Gradio 6's own value).
+STREAM_START = 10.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,6 +140,19 @@ class DemoResult:
     sidecar: dict = field(default_factory=dict)
 
 
+@dataclass
+class DemoSegment:
+    """One clip of a running generation as a playable piece of the live stream: ``path`` a small
+    MPEG-TS file (H.264 + AAC) whose timestamps start at :data:`STREAM_START` + ``start_seconds``."""
+
+    path: Path
+    clip: int
+    frames: int
+    start_seconds: float
+    seconds: float
+    elapsed: float
+
+
 class DemoEngine:
     """Holds the pipeline (or loads it on first use with ``loader``), a lock so that only one
     generation runs at a time, and the temporary output folder."""
@@ -154,6 +174,10 @@ class DemoEngine:
         self.seed, self.fps = seed, fps
         self.off_step_seconds: float | None = None  # per-step time of the latest `off` run
         self._default_steps = default_steps
+        self._segment_seconds: dict[str, float] = {}
+        #: Called (in the generating thread) with each :class:`DemoSegment` once the consumer of
+        #: :meth:`stream` asked for more, before the next clip is generated; tests hold a run here.
+        self.between_clips: Callable[[DemoSegment], None] | None = None
         if out_dir is None:
             self.out_dir = Path(tempfile.mkdtemp(prefix="talkfast-demo-"))
             atexit.register(shutil.rmtree, self.out_dir, ignore_errors=True)
@@ -189,6 +213,21 @@ class DemoEngine:
                  progress: Callable[[int, int], None] | None = None) -> DemoResult:
         """Validate the form, run one generation (waiting for any other to finish) and return
         the video path and the speed summary. User mistakes raise :class:`TalkfastError`."""
+        with contextlib.closing(self.stream(image, audio, preset, steps, seed, progress, segments=False)) as run:
+            return list(run)[-1]
+
+    def stream(self, image: str | Path | None, audio: str | Path | None, preset: str = "auto",
+               steps: int | float | None = None, seed: int | float | None = None,
+               progress: Callable[[int, int], None] | None = None, *,
+               segments: bool = True) -> Iterator[DemoSegment | DemoResult]:
+        """:meth:`generate` as it goes: with ``segments``, a :class:`DemoSegment` (a small MPEG-TS
+        file of the clip's frames and audio, :func:`~talkfast.io.stream.write_segment`, in a folder
+        of the output folder) as soon as each clip is ready, and last the :class:`DemoResult` (the
+        final video, written by the same writer as without segments). A segment file is the
+        consumer's to read at once: the next one (and at the end the folder) replaces it. Holds
+        the generation lock until it ends or is closed (closing it early aborts the generation).
+        The summary's wall time leaves out the segment encoding and the time spent in the
+        consumer (and in :attr:`between_clips`), so it is the generation's own."""
         if not image:
             raise DemoInputError("Upload a portrait image (or pick the bundled example) first.")
         if not audio:
@@ -200,6 +239,8 @@ class DemoEngine:
 
         from ..accelerators import build_accelerator
         from ..accelerators.tuned import resolve_for
+        from ..io.image import to_uint8
+        from ..io.stream import write_segment
         from ..pipeline.generate import GenerateOptions
 
         with self._lock:
@@ -209,18 +250,45 @@ class DemoEngine:
             choice = resolve_for(preset, pipe, None if n_steps in (None, self.default_steps()) else n_steps)
             if choice.source == "tuned":
                 n_steps = choice.steps
-            out = self.out_dir / f"talk-{next(self._count):04d}-{preset}.mp4"
+            number = next(self._count)
+            out = self.out_dir / f"talk-{number:04d}-{preset}.mp4"
+            seg_dir = self.out_dir / f"segments-{number:04d}"
             acc = build_accelerator(choice.accel)  # "off" too: its records time every (full) step
-            t0 = time.perf_counter()
+            t0, paused = time.perf_counter(), 0.0
+            clips = pipe.stream(image, audio, GenerateOptions(steps=n_steps, seed=n_seed, fps=self.fps),
+                                output=out, accelerator=acc, progress=progress,
+                                extra_sidecar={"accel_choice": choice.describe()})
             try:
-                result = pipe.generate(image, audio, out, GenerateOptions(steps=n_steps, seed=n_seed, fps=self.fps),
-                                       accelerator=acc, progress=progress,
-                                       extra_sidecar={"accel_choice": choice.describe()})
+                while True:
+                    try:
+                        clip = next(clips)
+                    except StopIteration as stop:
+                        result = stop.value
+                        break
+                    if not segments:
+                        continue
+                    t_pause = time.perf_counter()
+                    seg_dir.mkdir(exist_ok=True)
+                    path = write_segment(seg_dir / f"clip-{clip.index:04d}.ts", to_uint8(clip.frames.float().cpu()),
+                                         clip.fps, clip.audio, clip.sample_rate,
+                                         start_seconds=STREAM_START + clip.start_seconds)
+                    seg = DemoSegment(path, clip.index, clip.end_frame - clip.start_frame, clip.start_seconds,
+                                      clip.end_seconds - clip.start_seconds, clip.elapsed)
+                    self._segment_seconds[str(path)] = seg.seconds
+                    yield seg
+                    self._segment_seconds.pop(str(path), None)
+                    path.unlink(missing_ok=True)
+                    if self.between_clips is not None:
+                        self.between_clips(seg)
+                    paused += time.perf_counter() - t_pause
             except TalkfastError as err:
                 raise TalkfastError(self._short_paths(str(err), image, audio)) from err
             finally:
+                self._segment_seconds.clear()
+                clips.close()  # an early close aborts the generation (no output)
                 acc.detach()  # DFA / reference removal must not stay on the shared network
-            wall = time.perf_counter() - t0
+                shutil.rmtree(seg_dir, ignore_errors=True)
+            wall = time.perf_counter() - t0 - paused
             self._prune()
             report = speed_report(acc.summary(), wall, self.off_step_seconds)
             if preset == "off" and report.get("seconds_per_full_step"):
@@ -229,7 +297,11 @@ class DemoEngine:
                              fps=result.sidecar["options"]["fps"],
                              weights=getattr(pipe, "source", ""))
         text += "\n\n" + choice.text() + (f"\n\n_{choice.warning.removeprefix('warning: ')}_" if choice.warning else "")
-        return DemoResult(out, text, report, result.sidecar)
+        yield DemoResult(out, text, report, result.sidecar)
+
+    def segment_seconds(self, path) -> float | None:
+        """The duration of a segment :meth:`stream` yielded and has not yet replaced."""
+        return self._segment_seconds.get(str(path))
 
     @staticmethod
     def _whole(value, name: str, lo: int, hi: int) -> int:
@@ -288,7 +360,16 @@ def _pass_undecodable_uploads(component):
 
 
 def run_for_ui(engine: DemoEngine, image, audio, preset, steps, seed=None, progress=None):
-    """The Generate button: (video path, summary Markdown, details). User mistakes and pipeline
+    """The Generate button run to its end (:func:`stream_for_ui` without the live stream):
+    (video path, summary Markdown, details)."""
+    with contextlib.closing(stream_for_ui(engine, image, audio, preset, steps, seed, progress, live=False)) as run:
+        return list(run)[-1][1:]
+
+
+def stream_for_ui(engine: DemoEngine, image, audio, preset, steps, seed=None, progress=None, *, live: bool = True):
+    """The Generate button: yields (live segment, video, summary, details) for the outputs, first
+    once per clip (its segment for the live player, with ``live``; the others unchanged) and last
+    with the final video path, the summary Markdown and the details. User mistakes and pipeline
     input errors become ``gr.Error`` (shown as a message in the page)."""
     gr = _gradio()
 
@@ -299,14 +380,50 @@ def run_for_ui(engine: DemoEngine, image, audio, preset, steps, seed=None, progr
     try:
         if progress is not None and not engine.loaded:
             progress(0.0, desc="loading the model")
-        res = engine.generate(image, audio, preset, steps, seed, progress=report)
+        with contextlib.closing(engine.stream(image, audio, preset, steps, seed, progress=report, segments=live)) as run:
+            for item in run:
+                if isinstance(item, DemoSegment):
+                    note = (f"_{item.start_seconds + item.seconds:.1f} s of video so far: it plays above while the "
+                            "rest is generated ..._")
+                    yield str(item.path), (None if item.clip == 0 else gr.skip()), note, gr.skip()  # no stale result
     except (TalkfastError, ValueError) as err:  # ValueError: option values the pipeline rejects
         raise gr.Error(str(err), title="Cannot generate", print_exception=False) from err
-    details = {"speed": res.report, "accelerator": res.sidecar.get("accelerator", {}),
-               "seconds": res.sidecar.get("seconds", {}), "model": res.sidecar.get("model"),
-               "weights": res.sidecar.get("weights"), "size": res.sidecar.get("size"),
-               "face_detected": res.sidecar.get("face_detected")}
-    return str(res.video), res.markdown, details
+    details = {"speed": item.report, "accelerator": item.sidecar.get("accelerator", {}),
+               "seconds": item.sidecar.get("seconds", {}), "model": item.sidecar.get("model"),
+               "weights": item.sidecar.get("weights"), "size": item.sidecar.get("size"),
+               "face_detected": item.sidecar.get("face_detected")}
+    yield gr.skip(), str(item.video), item.markdown, details
+
+
+def _serve_segments(component, engine: DemoEngine):
+    """Make a ``gr.Video(streaming=True)`` output send the engine's segments to the browser as
+    they are. Gradio 6.31's own ``Video.stream_output`` re-encodes every chunk with the ``ffmpeg``
+    and ``ffprobe`` programs on PATH, which talkfast does not need or have (it encodes with
+    imageio-ffmpeg's binary); its player (hls.js over the ``playlist.m3u8`` Gradio serves) and its
+    stream bookkeeping take a chunk as ``{"data": MPEG-TS bytes, "duration": seconds, "extension":
+    ".ts"}`` (``MediaStreamChunk``), which :func:`~talkfast.io.stream.write_segment` already makes:
+    H.264 + AAC on one timeline. Each segment file is read once and deleted. Done on the instance
+    (see :func:`_pass_undecodable_uploads`)."""
+
+    async def stream_output(value, output_id: str, first_chunk: bool):  # noqa: ARG001 (Gradio's signature)
+        meta = {"path": output_id, "is_stream": True, "orig_name": "live.mp4", "meta": {"_type": "gradio.FileData"}}
+        if value is None:
+            return None, meta
+        path = Path(str(value))
+        seconds = engine.segment_seconds(path)
+        if seconds is None:
+            raise TalkfastError(f"{path.name} is not a segment of the running generation")
+        data = path.read_bytes()
+        path.unlink(missing_ok=True)
+        return {"data": data, "duration": seconds, "extension": ".ts"}, meta
+
+    async def flush_stream_output(output_id: str):  # noqa: ARG001 (nothing is held back)
+        return None
+
+    component.stream_output = stream_output
+    component.flush_stream_output = flush_stream_output
+    component.end_stream_output = lambda output_id: None
+    return component
 
 
 def build_demo(source, *, out_dir: str | Path | None = None, default_steps: int | None = None):
@@ -316,7 +433,7 @@ def build_demo(source, *, out_dir: str | Path | None = None, default_steps: int 
     engine = source if isinstance(source, DemoEngine) else DemoEngine(source, out_dir=out_dir, default_steps=default_steps)
 
     def on_generate(image, audio, preset, steps, seed, progress=gr.Progress()):
-        return run_for_ui(engine, image, audio, preset, steps, seed, progress)
+        yield from stream_for_ui(engine, image, audio, preset, steps, seed, progress)
 
     # delete_cache: Gradio's copies of uploads and results older than an hour go, hourly.
     with gr.Blocks(title="talkfast demo", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
@@ -339,11 +456,14 @@ def build_demo(source, *, out_dir: str | Path | None = None, default_steps: int 
                     seed = gr.Number(value=engine.seed, precision=0, minimum=0, label="Seed", elem_id="seed")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():
+                # the clips as they are generated (played from the first one on), then the final video
+                live = _serve_segments(gr.Video(label="Live (plays while the rest is generated)", streaming=True,
+                                                autoplay=True, interactive=False, buttons=[], elem_id="live"), engine)
                 video = gr.Video(label="Result", format="mp4", interactive=False, elem_id="result")
                 summary = gr.Markdown(elem_id="summary")
                 with gr.Accordion("Details", open=False):
                     details = gr.JSON(label="Run details", elem_id="details")
-        run.click(on_generate, inputs=[image, audio, preset, steps, seed], outputs=[video, summary, details],
+        run.click(on_generate, inputs=[image, audio, preset, steps, seed], outputs=[live, video, summary, details],
                   concurrency_limit=1)
     demo.engine = engine  # for callers and tests
     return demo

@@ -40,11 +40,12 @@ import imageio_ffmpeg
 import numpy as np
 
 from talkfast.errors import OutputError
+from talkfast.io.audio import save_wav
 from talkfast.io.video import VideoWriter, check_output_path, output_path
 from talkfast.io.write_rule import check_writes
 
 __all__ = ["PARTIAL_MARK", "GrowingVideo", "StreamingVideoWriter", "check_outputs", "check_stream_path",
-           "is_partial_by_talkfast", "open_writer", "partial_path"]
+           "encoder_command", "is_partial_by_talkfast", "open_writer", "partial_path", "write_segment"]
 
 #: The comment every growing file carries in its header (written first: ``empty_moov``).
 PARTIAL_MARK = "talkfast partial video"
@@ -103,6 +104,54 @@ def open_writer(path, fps: int, size: tuple[int, int], *, growing: bool = False,
     return VideoWriter(path, fps, size, **options)
 
 
+def encoder_command(fps: int, size: tuple[int, int], audio_wav: Path | None = None, *, crf: int = 18,
+                    preset: str = "veryfast", keyframe_every: int | None = None) -> list[str]:
+    """The ffmpeg command, up to its output options, that encodes raw rgb24 frames read from stdin
+    (``size`` (W, H) at ``fps``) to H.264 without lookahead (``-tune zerolatency``: a frame leaves
+    the encoder when it enters), with ``audio_wav`` muxed as AAC (or no audio track); a keyframe
+    every ``keyframe_every`` frames. Shared by the growing file and :func:`write_segment`."""
+    w, h = size
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+           "-s", f"{w}x{h}", "-framerate", str(int(fps)), "-i", "pipe:0"]
+    if audio_wav is not None:
+        cmd += ["-i", str(audio_wav), "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-b:a", "128k"]
+    else:
+        cmd += ["-map", "0:v:0"]
+    cmd += ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(crf), "-preset", preset, "-tune", "zerolatency"]
+    if keyframe_every:
+        cmd += ["-g", str(int(keyframe_every)), "-sc_threshold", "0"]
+    return cmd
+
+
+def write_segment(path, frames: np.ndarray, fps: int, audio: np.ndarray | None = None, sample_rate: int = 16000, *,
+                  start_seconds: float = 0.0) -> Path:
+    """One piece of a live stream: uint8 frames (T, H, W, 3) and their audio span (mono samples at
+    ``sample_rate``, or None) as a self-contained MPEG-TS file at ``path`` (H.264 + AAC, a keyframe
+    first) whose timestamps start at ``start_seconds`` (``-output_ts_offset``; no mux delay), so
+    that consecutive pieces continue one timeline (an HLS stream's segments). Encoded with the
+    growing file's settings (:func:`encoder_command`); raises :class:`OutputError` if ffmpeg fails."""
+    path = Path(path)
+    arr = np.ascontiguousarray(np.asarray(frames, dtype=np.uint8))
+    if arr.ndim != 4 or arr.shape[-1] != 3 or len(arr) == 0:
+        raise ValueError(f"frames must have shape (T, H, W, 3) with T > 0, got {arr.shape}")
+    wav = path.with_name(f"{path.stem}.wav") if audio is not None else None
+    try:
+        if wav is not None:
+            save_wav(wav, np.asarray(audio, dtype=np.float32), sample_rate)
+        cmd = encoder_command(fps, (arr.shape[2], arr.shape[1]), wav, keyframe_every=len(arr))
+        cmd += ["-output_ts_offset", f"{start_seconds:.6f}", "-muxdelay", "0", "-muxpreload", "0",
+                "-f", "mpegts", str(path)]
+        proc = subprocess.run(cmd, input=arr.tobytes(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    finally:
+        if wav is not None:
+            wav.unlink(missing_ok=True)
+    if proc.returncode != 0 or not path.is_file():
+        lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        path.unlink(missing_ok=True)
+        raise OutputError(f"Writing the stream segment {path} failed: {lines[-1] if lines else proc.returncode}")
+    return path
+
+
 class GrowingVideo:
     """The fragmented MP4 at ``path``, written frame by frame by one ffmpeg process (see the
     module); ``audio_wav``: the whole audio track (already of the video's final length), or None."""
@@ -119,17 +168,8 @@ class GrowingVideo:
         self._log = None
 
     def command(self) -> list[str]:
-        w, h = self.size
-        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
-               "-s", f"{w}x{h}", "-framerate", str(self.fps), "-i", "pipe:0"]
-        if self.audio_wav is not None:
-            cmd += ["-i", str(self.audio_wav), "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-b:a", "128k"]
-        else:
-            cmd += ["-map", "0:v:0"]
-        cmd += ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(self.crf), "-preset", self.preset,
-                "-tune", "zerolatency"]
-        if self.keyframe_every:
-            cmd += ["-g", str(int(self.keyframe_every)), "-sc_threshold", "0"]
+        cmd = encoder_command(self.fps, self.size, self.audio_wav, crf=self.crf, preset=self.preset,
+                              keyframe_every=self.keyframe_every)
         cmd += ["-metadata", f"comment={PARTIAL_MARK}", "-metadata:s:v:0", f"handler_name={PARTIAL_MARK}",
                 # a fragment per frame (frag_every_frame instead leaves the fragments' times wrong when
                 # there is an audio track: frames overlap and are dropped; ffmpeg 9.0)
