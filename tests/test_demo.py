@@ -509,3 +509,21 @@ def test_stream_left_early_aborts_and_cleans_up(tiny_pipe, short_wav: Path, tmp_
     engine._lock.release()
     again = engine.generate(str(PORTRAIT), str(short_wav), "fast", 2)
     assert again.video.is_file()
+
+
+def test_live_player_only_with_gradio_631s_streaming_hooks():
+    """The live player replaces Gradio 6.31's Video.stream_output hooks; a Gradio whose hooks
+    differ gets the video at the end instead (never Gradio's own chunk encoding)."""
+    import gradio as gr
+
+    assert demo_app.segments_servable(gr.Video)
+
+    class Renamed(gr.Video):
+        async def stream_output(self, value, output_id, first_chunk, extra=None):  # a changed signature
+            return None
+
+    class Missing:
+        pass
+
+    assert not demo_app.segments_servable(Renamed)
+    assert not demo_app.segments_servable(Missing)

@@ -22,6 +22,7 @@ import argparse
 import atexit
 import contextlib
 import itertools
+import logging
 import os
 import shutil
 import socket
@@ -41,6 +42,7 @@ from ..examples import SPEECH as EXAMPLE_SPEECH
 PRESETS = ("auto", "off", "quality", "balanced", "fast")  # auto = balanced (talkfast.accelerators.tuned)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
+logger = logging.getLogger(__name__)
 KEEP_RUNS = 8  # videos kept in the output folder; older ones are deleted
 # Where the live stream's timeline starts (seconds): past zero, so that the AAC encoder's priming
 # frame before each segment's first sample keeps a positive timestamp (Gradio 6's own value).
@@ -395,6 +397,25 @@ def stream_for_ui(engine: DemoEngine, image, audio, preset, steps, seed=None, pr
     yield gr.skip(), str(item.video), item.markdown, details
 
 
+def segments_servable(video_class) -> bool:
+    """Whether ``video_class`` (Gradio's ``Video``) has the streaming hooks :func:`_serve_segments`
+    replaces, with Gradio 6.31's parameters; another Gradio version falls back to showing the
+    video at the end (a warning), never to Gradio's own chunk encoding, which needs the ffmpeg
+    and ffprobe programs on PATH."""
+    import inspect
+
+    wanted = {"stream_output": ["self", "value", "output_id", "first_chunk"],
+              "flush_stream_output": ["self", "output_id"], "end_stream_output": ["self", "output_id"]}
+    for name, params in wanted.items():
+        hook = getattr(video_class, name, None)
+        try:
+            if hook is None or list(inspect.signature(hook).parameters) != params:
+                return False
+        except (TypeError, ValueError):
+            return False
+    return True
+
+
 def _serve_segments(component, engine: DemoEngine):
     """Make a ``gr.Video(streaming=True)`` output send the engine's segments to the browser as
     they are. Gradio 6.31's own ``Video.stream_output`` re-encodes every chunk with the ``ffmpeg``
@@ -432,8 +453,13 @@ def build_demo(source, *, out_dir: str | Path | None = None, default_steps: int 
     gr = _gradio()
     engine = source if isinstance(source, DemoEngine) else DemoEngine(source, out_dir=out_dir, default_steps=default_steps)
 
+    live_ok = segments_servable(gr.Video)
+    if not live_ok:
+        logger.warning("this Gradio version's streaming video differs from 6.31's (stream_output(value, output_id, "
+                       "first_chunk)): the demo shows the video when the run ends, without the live player")
+
     def on_generate(image, audio, preset, steps, seed, progress=gr.Progress()):
-        yield from stream_for_ui(engine, image, audio, preset, steps, seed, progress)
+        yield from stream_for_ui(engine, image, audio, preset, steps, seed, progress, live=live_ok)
 
     # delete_cache: Gradio's copies of uploads and results older than an hour go, hourly.
     with gr.Blocks(title="talkfast demo", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
@@ -457,8 +483,10 @@ def build_demo(source, *, out_dir: str | Path | None = None, default_steps: int 
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():
                 # the clips as they are generated (played from the first one on), then the final video
-                live = _serve_segments(gr.Video(label="Live (plays while the rest is generated)", streaming=True,
-                                                autoplay=True, interactive=False, buttons=[], elem_id="live"), engine)
+                live = gr.Video(label="Live (plays while the rest is generated)", streaming=live_ok, visible=live_ok,
+                                autoplay=True, interactive=False, buttons=[], elem_id="live")
+                if live_ok:
+                    _serve_segments(live, engine)
                 video = gr.Video(label="Result", format="mp4", interactive=False, elem_id="result")
                 summary = gr.Markdown(elem_id="summary")
                 with gr.Accordion("Details", open=False):
