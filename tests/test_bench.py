@@ -480,3 +480,24 @@ def test_corpus_split_supplies_ground_truth_and_lipsync(tmp_path):
     data = json.loads((out / "bench.json").read_text())
     assert data["meta"]["cases"] == [cases[0].name] and data["meta"]["frames"] == 4
     assert -1 <= data["methods"][0]["lipsync"] <= 1 and 0 < data["methods"][0]["l1_gt"] < 1
+
+
+def test_latency_script_summarizes_the_runs_and_judges_the_quarter():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("latency", REPO / "benchmarks" / "latency.py")
+    latency = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(latency)
+    run = {"wall_s": 40.0, "first_frame_s": 8.0, "ratio": 0.2, "pipeline_s": 30.0, "pipeline_first_frame_s": -2.0}
+    late = {**run, "first_frame_s": 12.0, "ratio": 0.3}
+    never = {**run, "first_frame_s": None, "ratio": None, "pipeline_first_frame_s": None}
+    result = {"meta": {"cpus": 2, "python": "3", "extra": [], "repeat": 3, "poll_s": 0.05},
+              "summary": {"auto": latency.summarize([run, late, late]), "off": latency.summarize([never])}}
+    assert result["summary"]["auto"]["first_frame_s"] == 12.0 and result["summary"]["auto"]["ratio"] == 0.3
+    _, rows = table(latency.markdown(result))
+    assert rows["auto"]["ratio"] == "0.300" and rows["auto"]["< 25%"] == "no"
+    assert rows["off"]["first frame s"] == "n/a" and rows["off"]["< 25%"] == "n/a"
+    result["summary"]["auto"] = latency.summarize([run])
+    assert table(latency.markdown(result))[1]["auto"]["< 25%"] == "yes"
+    frames = latency.decodable_frames(REPO / "no such file.mp4")
+    assert frames == 0
