@@ -94,7 +94,7 @@ def run_stream(out: Path, accel: str, extra: list[str], poll: float) -> dict:
         "ratio": None if first is None else first / wall, "pipeline_s": pipeline,
         "pipeline_first_frame_s": None if first is None or pipeline is None else first - (wall - pipeline),
         "probe_s": probe_max, "polls": polls, "video_frames": sidecar.get("frames"),
-        "audio_seconds": sidecar.get("audio_seconds"), "accel_used": sidecar.get("accel_choice", sidecar.get("accel")),
+        "audio_seconds": sidecar.get("audio_seconds"), "accel_used": (sidecar.get("accel_choice") or {}).get("setting"),
         "decode_in_background": sidecar.get("decode_in_background"), "threads": sidecar.get("threads"),
         "output_ok": out.is_file() and not partial.exists(),
     }
