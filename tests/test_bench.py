@@ -88,6 +88,18 @@ def test_quick_bench_writes_markdown_json_and_png(quick):
     for row in rows.values():
         assert all(row[c] == "n/a" for c in GT_COLUMNS)
     assert base["psnr_gt"] is None and base["lipsync"] is None
+    # time to the first frame and the real-time factor, per row (issue 26 item 5)
+    fps = data["meta"]["fps"]
+    for m in data["methods"]:
+        assert 0 < m["first_frame_seconds"] <= m["seconds"]
+        assert m["video_seconds"] == pytest.approx(sum(c["frames"] for c in m["cases"]) / fps)
+        assert m["realtime_factor"] == pytest.approx(m["video_seconds"] / m["seconds"])
+        for c in m["cases"]:
+            assert 0 < c["first_frame_seconds"] <= c["seconds"]
+            assert c["realtime_factor"] == pytest.approx(c["frames"] / fps / c["seconds"])
+        cells = rows[m["name"]]
+        assert cells["first frame s"] == f"{m['first_frame_seconds']:.3f}"
+        assert cells["RTF"] == f"{m['realtime_factor']:.3f}x"
 
 
 def test_plot_is_a_readable_png(quick):
@@ -231,6 +243,69 @@ def test_every_step_a_key_step_is_identical_and_ground_truth_fills_the_columns(p
     assert data["methods"][1]["psnr_base"] == CAP and data["methods"][0]["l1_gt"] > 0
 
 
+class _Clock:
+    """A stand-in for the ``time`` module whose ``perf_counter`` only moves when told."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class _ClipEvents:
+    """A pipeline whose generation takes known (fake) times: 1 s of preparation, then 3 clips of
+    4 frames, 2 s each, then 0.5 s to finish (7.5 s in all, the first frame at 3 s)."""
+
+    device = torch.device("cpu")
+    dtype = torch.float32
+    source = "fake"
+
+    def __init__(self, clock: _Clock):
+        self.clock = clock
+        self.cfg = type("Cfg", (), {"name": "fake", "clip_frames": 4, "image_size": 8})()
+
+    def resolve(self, options=None):
+        return options
+
+    def generate(self, image, audio, output, opts, *, size=None, accelerator=None, on_clip=None, regions=None):
+        self.clock.now += 1.0
+        for _ in range(3):
+            self.clock.now += 2.0
+            if on_clip is not None:
+                on_clip(torch.zeros(4, 3, 8, 8))
+        self.clock.now += 0.5
+        return type("Result", (), {"clips": 3, "seconds": {"total": 7.5}})()
+
+
+def test_first_frame_is_timed_at_the_first_clip_and_rtf_is_video_over_wall(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr(bench, "time", clock)
+    case = bench.BenchCase("events", Image.new("RGB", (8, 8)), Audio(np.zeros(8000, np.float32), 16000, 16000, 1))
+    res = bench.run_bench(_ClipEvents(clock), [case], [bench.BenchMethod("baseline")], GenerateOptions(steps=2, fps=25),
+                          warmup=False, count_flops=False, controls=None, reference=0, repeats=3)
+    (base,) = res.methods
+    (cr,) = base.cases
+    assert cr.all_seconds == [7.5, 7.5, 7.5] and cr.first_frame_seconds == 3.0
+    assert cr.video_seconds == 12 / 25 and cr.realtime_factor == pytest.approx(12 / 25 / 7.5)
+    assert base.first_frame_seconds == 3.0 and base.realtime_factor == pytest.approx(12 / 25 / 7.5)
+    _, rows = table(bench.to_markdown(res))
+    assert rows["baseline"]["first frame s"] == "3.000" and rows["baseline"]["RTF"] == "0.064x"
+    assert any(n.startswith("first frame s: wall seconds from the call to generate()") for n in res.notes)
+
+
+def test_results_written_before_the_latency_columns_still_read(tmp_path):
+    res = bench.BenchResult("t", "pipeline", {"model": "tiny"}, [bench.MethodResult("baseline", None, 4, 4, seconds=2.0)])
+    data = res.to_dict()
+    for key in ("first_frame_seconds", "video_seconds", "realtime_factor"):
+        del data["methods"][0][key]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    old = bench.read_json(tmp_path / "old.json")
+    assert old.methods[0].first_frame_seconds is None and old.methods[0].realtime_factor is None
+    _, rows = table(bench.to_markdown(old))
+    assert rows["baseline"]["first frame s"] == "n/a" and rows["baseline"]["RTF"] == "n/a"
+
+
 def test_flop_memo_counts_what_a_full_count_counts():
     net = bench.build_random_net("tiny", "cpu", torch.float32)
     setup = bench.speed_setup(net, frames=4, size=64)
@@ -262,6 +337,8 @@ def test_speed_bench_adds_the_controls():
     assert all(m.flops_ratio == pytest.approx(m.steps / 4) for m in controls)  # plain DDIM: FLOPs ~ steps
     assert res.meta["controls"] == [m.steps for m in controls] and base.role == "baseline"
     assert all(m.frontier is None for m in res.methods)  # speed mode: no quality, no frontier
+    for m in res.methods:  # one clip, no VAE: the first frame comes at the end; 4 frames at the tiny (Hallo) 25 fps
+        assert m.first_frame_seconds == m.seconds and m.realtime_factor == pytest.approx(4 / 25 / m.seconds)
     fixed = bench.run_speed_bench("tiny", "cpu", torch.float32, steps=4, methods=[], setup=setup, warmup=False,
                                   count_flops=False, controls=[2])
     assert [m.name for m in fixed.methods] == ["baseline", "ddim@2", "dpmpp2m@2", "unipc@2"]
@@ -403,3 +480,24 @@ def test_corpus_split_supplies_ground_truth_and_lipsync(tmp_path):
     data = json.loads((out / "bench.json").read_text())
     assert data["meta"]["cases"] == [cases[0].name] and data["meta"]["frames"] == 4
     assert -1 <= data["methods"][0]["lipsync"] <= 1 and 0 < data["methods"][0]["l1_gt"] < 1
+
+
+def test_latency_script_summarizes_the_runs_and_judges_the_quarter():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("latency", REPO / "benchmarks" / "latency.py")
+    latency = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(latency)
+    run = {"wall_s": 40.0, "first_frame_s": 8.0, "ratio": 0.2, "pipeline_s": 30.0, "pipeline_first_frame_s": -2.0}
+    late = {**run, "first_frame_s": 12.0, "ratio": 0.3}
+    never = {**run, "first_frame_s": None, "ratio": None, "pipeline_first_frame_s": None}
+    result = {"meta": {"cpus": 2, "python": "3", "extra": [], "repeat": 3, "poll_s": 0.05},
+              "summary": {"auto": latency.summarize([run, late, late]), "off": latency.summarize([never])}}
+    assert result["summary"]["auto"]["first_frame_s"] == 12.0 and result["summary"]["auto"]["ratio"] == 0.3
+    _, rows = table(latency.markdown(result))
+    assert rows["auto"]["ratio"] == "0.300" and rows["auto"]["< 25%"] == "no"
+    assert rows["off"]["first frame s"] == "n/a" and rows["off"]["< 25%"] == "n/a"
+    result["summary"]["auto"] = latency.summarize([run])
+    assert table(latency.markdown(result))[1]["auto"]["< 25%"] == "yes"
+    frames = latency.decodable_frames(REPO / "no such file.mp4")
+    assert frames == 0

@@ -94,6 +94,7 @@ from .bench_results import (
     _clean,
     _mean,
     _relate,
+    realtime_factor,
     frontier_flags,
     frontier_sentence,
     mark_frontier,
@@ -183,11 +184,20 @@ class Runner:
         return dataclasses.replace(self.opts, steps=method.steps_for(self.opts.steps),
                                    sampler=method.sampler or self.opts.sampler)
 
-    def generate(self, acc, case: BenchCase, opts, first_clip_only: bool = False, collect: list | None = None):
+    def generate(self, acc, case: BenchCase, opts, first_clip_only: bool = False, collect: list | None = None,
+                 clip_times: list | None = None):
+        """One generation of ``case``; ``collect`` gets every clip's frames (on the CPU, float32),
+        ``clip_times`` the ``time.perf_counter()`` at which each clip reached the caller."""
         image, audio = self.loaded[case.name]
         if first_clip_only:
             audio = one_clip(audio, self.pipe.cfg.clip_frames, opts.fps)
-        on_clip = (lambda fr: collect.append(fr.detach().to("cpu", torch.float32))) if collect is not None else None
+        on_clip = None
+        if collect is not None or clip_times is not None:
+            def on_clip(fr: torch.Tensor) -> None:
+                if clip_times is not None:
+                    clip_times.append(time.perf_counter())  # before the copy: the clip as the pipeline handed it
+                if collect is not None:
+                    collect.append(fr.detach().to("cpu", torch.float32))
         return self.pipe.generate(image, audio, None, opts, size=self.size, accelerator=acc, on_clip=on_clip,
                                   regions=case.regions)
 
@@ -223,15 +233,18 @@ class Runner:
                 elif warm:
                     self.generate(acc, case, opts, first_clip_only=True)
                 secs, model_secs, stages, frames, mem, summary, res = [], [], [], None, None, None, None
+                firsts: list[float] = []
                 for r in range(repeats):
                     collect: list[torch.Tensor] = []
+                    times: list[float] = []
                     meter = PeakMemory(device) if r == 0 else contextlib.nullcontext()
                     _sync(device)
                     with meter:
                         t0 = time.perf_counter()
-                        res = self.generate(acc, case, opts, collect=collect)
+                        res = self.generate(acc, case, opts, collect=collect, clip_times=times)
                         _sync(device)
                         secs.append(time.perf_counter() - t0)
+                    firsts.append(times[0] - t0)
                     model_secs.append(acc.summary()["model_seconds"])
                     stages.append(stage_seconds(res.seconds))
                     if r == 0:
@@ -241,7 +254,9 @@ class Runner:
                                 flops=None if per_clip_flops is None else per_clip_flops * res.clips,
                                 peak_memory_mb=mem.peak_mb, memory_growth_mb=mem.growth_mb,
                                 stages={k: _mean(s.get(k) for s in stages) for k in stages[0]},
-                                extra={"memory_kind": mem.kind})
+                                extra={"memory_kind": mem.kind}, first_frame_seconds=statistics.median(firsts),
+                                video_seconds=int(frames.shape[0]) / opts.fps)
+                cr.realtime_factor = realtime_factor(cr.video_seconds, cr.seconds)
                 if keep == "base":
                     self.base_frames[case.name] = frames
                 elif keep == "ref":
@@ -389,6 +404,11 @@ def _pipeline_notes(mem_kind: str, count_flops: bool, repeats: int, pipe, cases,
            "FLOPs), each row's neighbours included." if controls_auto else "with the k given by --controls."),
         "frontier: a row is on it when no other row is both at least as fast (end-to-end) and at least as close "
         "to the baseline (PSNR), and better in one.",
+        "first frame s: wall seconds from the call to generate() (so with the portrait and audio preparation) until "
+        "the first clip's frames reached the caller (a growing --stream file is written each clip before the caller "
+        "gets it)"
+        + (", median of the runs" if repeats > 1 else "") + "; the mean over the cases. RTF (real-time factor): "
+        "seconds of video made / total s (above 1: faster than real time), over all cases.",
         "stage seconds: the pipeline's own per-stage timings (GenerationResult.seconds), mean per generation; "
         "where a clip is decoded while the next one samples (a core left free by --threads), decode and write "
         "overlap the denoising and 'wait' is the time the sampler waited for them.",

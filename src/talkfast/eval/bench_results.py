@@ -36,6 +36,12 @@ class CaseResult:
     ssim_ref: float | None = None
     stages: dict = field(default_factory=dict)  # pipeline stage -> seconds (mean of the repeats)
     extra: dict = field(default_factory=dict)
+    # wall seconds from the call to generate until the first clip's frames reached the caller
+    # (median of the repeats); the seconds of video made and video seconds / wall seconds (the
+    # real-time factor, of the median run). None in results written before they were measured.
+    first_frame_seconds: float | None = None
+    video_seconds: float | None = None
+    realtime_factor: float | None = None
 
 
 @dataclass
@@ -66,6 +72,9 @@ class MethodResult:
     role: str = "method"  # "baseline", "control" (plain DDIM, fewer steps), "reference" (longer), "method"
     frontier: bool | None = None  # no other row both faster and better (PSNR to the baseline); None: n/a
     stage_seconds: dict = field(default_factory=dict)  # pipeline stage -> mean seconds per generation
+    first_frame_seconds: float | None = None  # mean over the cases (a latency: not summed)
+    video_seconds: float | None = None  # summed over the cases
+    realtime_factor: float | None = None  # video seconds / wall seconds, both summed over the cases
     cases: list[CaseResult] = field(default_factory=list)
     summary: dict = field(default_factory=dict)  # the accelerator's summary() of the last run
 
@@ -126,6 +135,18 @@ def _aggregate(m: MethodResult) -> None:
     for c in cs:
         stages += [k for k in c.stages if k not in stages]
     m.stage_seconds = {k: _mean(c.stages.get(k) for c in cs) for k in stages}
+    m.first_frame_seconds = _mean(c.first_frame_seconds for c in cs)
+    video = [c.video_seconds for c in cs]
+    m.video_seconds = sum(video) if cs and all(v is not None for v in video) else None
+    m.realtime_factor = realtime_factor(m.video_seconds, m.seconds)
+
+
+def realtime_factor(video_seconds: float | None, wall_seconds: float | None) -> float | None:
+    """Seconds of video made per second of wall time (above 1: faster than real time); None
+    when either is unknown or the wall time is not positive."""
+    if video_seconds is None or wall_seconds is None or not wall_seconds > 0:
+        return None
+    return video_seconds / wall_seconds
 
 
 def _relate(methods: list[MethodResult]) -> None:

@@ -12,7 +12,7 @@ from .plot import plot_png
 # the pipeline's stages, in the order they run (GenerationResult.seconds)
 STAGES = ("prepare", "reference", "audio", "denoise", "decode", "encode", "write", "wait", "total")
 
-COLUMNS = ("method", "key steps", "total s", "s/step", "speedup", "model speedup", "FLOPs", "FLOPs ratio",
+COLUMNS = ("method", "key steps", "total s", "first frame s", "RTF", "s/step", "speedup", "model speedup", "FLOPs", "FLOPs ratio",
            "peak MB", "mem growth MB", "PSNR base dB", "SSIM base", "PSNR ref dB", "PSNR GT dB", "SSIM GT", "L1 GT", "lip-sync",
            "frontier")
 
@@ -36,7 +36,9 @@ def table_rows(result: BenchResult) -> list[list[str]]:
     rows = []
     for m in result.methods:
         rows.append([
-            m.name, f"{m.key_steps}/{m.steps}", _num(m.seconds, ".3f"), _num(m.seconds_per_step, ".4f"),
+            m.name, f"{m.key_steps}/{m.steps}", _num(m.seconds, ".3f"), _num(m.first_frame_seconds, ".3f"),
+            _num(m.realtime_factor, ".3f") + ("x" if m.realtime_factor is not None else ""),
+            _num(m.seconds_per_step, ".4f"),
             _num(m.speedup, ".2f") + ("x" if m.speedup is not None else ""),
             _num(m.model_speedup, ".2f") + ("x" if m.model_speedup is not None else ""),
             human_flops(m.flops), _num(None if m.flops_ratio is None else 100 * m.flops_ratio, ".1f")

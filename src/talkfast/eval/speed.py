@@ -20,7 +20,7 @@ from .bench_measure import FlopMemo, Log, _environment, _quiet, _sync, flushed_d
 from ..sampling.scheduler import family_samplers
 from .bench_methods import (BenchMethod, _baseline_first, _lcp, control_methods, control_steps, default_methods,
                             is_plain_family)
-from .bench_results import BenchResult, CaseResult, MethodResult, _aggregate, _relate
+from .bench_results import BenchResult, CaseResult, MethodResult, _aggregate, _relate, realtime_factor
 from .metrics import PeakMemory
 from .report import human_flops
 
@@ -40,6 +40,7 @@ class SpeedSetup:
     # windows shift per step), so it is made per run from them; ``predict`` is then None
     make_predict: Callable[[torch.Tensor], Callable] | None = None
     sampler: str = "ddim"  # the scheduler kind (MEMO: "flow")
+    fps: int = 25  # the family's video frame rate (the real-time factor's seconds of video)
 
     def predictor(self, timesteps: torch.Tensor) -> Callable:
         return self.make_predict(timesteps) if self.make_predict is not None else self.predict
@@ -145,7 +146,7 @@ def echomimic_speed_setup(net, *, frames: int | None = None, size: int | None = 
     :class:`~talkfast.sampling.windows.WindowedPredictor` (windows of 12, overlap 3, shift 2) over
     ``frames`` frames (default 24: three windows)."""
     from ..io.image import load_image
-    from ..pipeline.echomimic import WINDOW_FRAMES, WINDOW_OVERLAP, echomimic_portrait, window_model
+    from ..pipeline.echomimic import ECHOMIMIC_FPS, WINDOW_FRAMES, WINDOW_OVERLAP, echomimic_portrait, window_model
     from ..sampling.windows import WindowedPredictor
 
     cfg = net.cfg
@@ -172,7 +173,7 @@ def echomimic_speed_setup(net, *, frames: int | None = None, size: int | None = 
         return WindowedPredictor(run, timesteps, frames, guidance, size=WINDOW_FRAMES, overlap=WINDOW_OVERLAP, shift=2)
 
     noise = rnd(1, cfg.latent_channels, frames, lat, lat)
-    return SpeedSetup(net, None, noise, por, frames, size, make_predict)
+    return SpeedSetup(net, None, noise, por, frames, size, make_predict, fps=ECHOMIMIC_FPS)
 
 
 @torch.no_grad()
@@ -185,7 +186,7 @@ def memo_speed_setup(net, *, frames: int | None = None, size: int | None = None,
     emotion 4 (neutral) and the pipeline's CFG predictor; flow-matching Euler steps."""
     from ..io.image import load_image
     from ..sampling.loop import guided
-    from ..pipeline.memo import memo_model, memo_portrait
+    from ..pipeline.memo import MEMO_FPS, memo_model, memo_portrait
 
     cfg = net.cfg
     device = torch.device(device) if device is not None else net.device
@@ -208,7 +209,7 @@ def memo_speed_setup(net, *, frames: int | None = None, size: int | None = None,
     audio = rnd(1, frames, cfg.audio_tokens, cfg.unet.audio_attention_dim)
     predict = guided(memo_model(net, ctx, audio, 4, guidance > 1.0, dtype), guidance)
     noise = rnd(1, cfg.latent_channels, frames, lat, lat)
-    return SpeedSetup(net, predict, noise, por, frames, size, sampler="flow")
+    return SpeedSetup(net, predict, noise, por, frames, size, sampler="flow", fps=MEMO_FPS)
 
 
 def run_denoise(setup: SpeedSetup, acc: Accelerator, steps: int, sampler: str | None = None) -> torch.Tensor:
@@ -387,7 +388,11 @@ def _run_speed_bench(preset, device, dtype, frames, steps, methods, size, guidan
         cr = CaseResult("synthetic", statistics.median(secs), secs, statistics.median(model_secs), summary["steps"],
                         summary["full_steps"], frames=setup.frames, flops=flops, peak_memory_mb=mem.peak_mb,
                         memory_growth_mb=mem.growth_mb, extra={"memory_kind": mem.kind,
-                                                               "finite": bool(torch.isfinite(out).all())})
+                                                               "finite": bool(torch.isfinite(out).all())},
+                        video_seconds=setup.frames / setup.fps)
+        # one clip, no VAE: its frames exist when the loop ends, so the first frame comes at the total
+        cr.first_frame_seconds = cr.seconds
+        cr.realtime_factor = realtime_factor(cr.video_seconds, cr.seconds)
         if base_latents is None:
             base_latents = out
             per_run = max(secs)
@@ -422,6 +427,9 @@ def _run_speed_bench(preset, device, dtype, frames, steps, methods, size, guidan
         "with random weights and synthetic conditioning; no VAE, no audio extractor; quality n/a.",
         "total s: wall-clock of the whole denoising loop" + (f", median of {repeats} runs" if repeats > 1 else "")
         + "; s/step: time inside model calls / steps" + (" (CUDA-synchronised per call)" if dev.type == "cuda" else "") + ".",
+        f"first frame s: the loop is one clip and nothing decodes it, so its frames exist when the loop ends: the "
+        f"total s. RTF (real-time factor): {setup.frames} frames at {setup.fps} fps (the family's frame rate) / total s "
+        "(above 1: faster than real time); denoising only, the whole pipeline's is lower.",
         {"device": "FLOPs: torch.utils.flop_counter in each method's untimed warm-up pass on the device (first call of each "
                    "signature counted, reused for the rest); ratio vs the baseline's FLOPs.",
          "meta": "FLOPs: torch.utils.flop_counter on a shapes-only copy of the network on the meta device "

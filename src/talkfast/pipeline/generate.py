@@ -421,7 +421,9 @@ class TalkingHeadPipeline:
         ``StopIteration`` value, is the :class:`GenerationResult`). Nothing runs before the first
         ``next``; leave early with ``close()`` (or ``contextlib.closing``): the generation is
         aborted as on an error (no output, the accelerator detached). With the decode in the
-        background clip k is yielded once clip k + 1 has sampled."""
+        background the first clip is still yielded as soon as it is decoded (before the second
+        samples: the time to the first frame is one clip's sampling and decode), and a later
+        clip k once clip k + 1 has sampled (:mod:`.publish`)."""
         t0 = time.perf_counter()
         opts = self.resolve(options)
         size = self.check_size(size)  # before any input is read
@@ -519,13 +521,15 @@ class TalkingHeadPipeline:
                     if not fixed_reference:
                         self.net.clear_reference()
                     frames = publisher.submit(latents, frames_total - c * F, c)  # None while in the background
+                    if c == 0:  # the first clip as soon as it is decoded, not after the second clip samples
+                        publisher.wait()
                     if opts.motion_source == "latents":
                         motion = latents[0, :, -M:].permute(1, 0, 2, 3)
                     elif opts.motion_source == "pixels":  # never in the background (decode_in_background)
                         with stage("encode"):
                             motion = self.encode(frames[-M:].to(torch.float32) * 2 - 1)
                     timings["clips"].append(time.perf_counter() - tc)
-                    while ready:  # this clip (inline decode) or the one before it (background)
+                    while ready:  # this clip (inline decode, or the first) or the one before it (background)
                         yield clip(*ready.popleft())
                 publisher.wait()  # the last clip published (its failure raised)
             finally:

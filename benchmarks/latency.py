@@ -1,0 +1,174 @@
+"""Time to the first playable frame of ``talkfast generate --stream`` (issue 26, Done-when: the
+first clip is playable in the growing file before 25% of the run's wall time).
+
+    .venv/bin/python benchmarks/latency.py [--accel auto,off] [--repeat 1] [--warmup 1] [--out latency_out]
+                                           [--poll 0.05] [-- EXTRA GENERATE ARGS]
+
+For each ``--accel`` value, runs ``python -m talkfast generate --stream -o OUT --accel A -q`` in a
+subprocess on the bundled example (its portrait and speech, the embedded model: ``generate``'s
+defaults) and, while it runs, polls the growing ``OUT.partial.mp4`` every ``--poll`` seconds with
+the project's probe (:func:`talkfast.io.video.probe_video`, which counts decoded frames) until it
+decodes to at least one frame. Records per run:
+
+- ``wall_s``: process start to exit (what a user waits for, imports and model loading included);
+- ``first_frame_s``: process start to the first poll at which the partial file decoded to >= 1
+  frame (so late by at most one poll interval plus one probe, ``probe_s`` is the slowest probe);
+- ``ratio``: first_frame_s / wall_s (the Done-when asks for < 0.25);
+- ``pipeline_s``: the run's own ``seconds.total`` from the sidecar (inputs to published video,
+  without imports and model loading), and ``pipeline_first_frame_s``: first_frame_s minus the
+  time before the pipeline started (wall_s - pipeline_s), the same moment on the pipeline's clock.
+
+Writes ``latency.json`` and ``latency.md`` (a table, the median of ``--repeat`` runs per accel) in
+``--out``. ``--warmup`` untimed runs first warm the page cache (torch, ffmpeg, the weights).
+Arguments after ``--`` go to ``generate`` (e.g. ``-- --threads 1``). The numbers depend on
+everything else the machine runs: measure on a machine without other jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+
+def decodable_frames(path: Path) -> int:
+    """Frames the (possibly growing) video at ``path`` decodes to now; 0 while it has none or is
+    not yet readable."""
+    from talkfast.errors import InputError
+    from talkfast.io.video import probe_video
+
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return 0
+    if b"moof" not in data:  # the empty header only: no fragment yet, nothing to probe
+        return 0
+    try:
+        return probe_video(path).num_frames
+    except InputError:
+        return 0
+
+
+def run_stream(out: Path, accel: str, extra: list[str], poll: float) -> dict:
+    """One ``generate --stream`` run, the growing file polled until its first frame."""
+    from talkfast.io.stream import partial_path
+
+    partial = partial_path(out)
+    for stale in (out, out.with_suffix(".json"), partial):
+        stale.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "talkfast", "generate", "--stream", "-o", str(out), "--accel", accel, "-q", *extra]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
+    first, frames, probe_max, polls = None, 0, 0.0, 0
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None:
+        if first is None:
+            tp = time.perf_counter()
+            n = decodable_frames(partial)
+            probe_max = max(probe_max, time.perf_counter() - tp)
+            polls += 1
+            if n >= 1:
+                first, frames = tp - t0, n  # the poll's start: the frame was there by then
+        time.sleep(poll)
+    wall = time.perf_counter() - t0
+    _, stderr = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"error: generate --accel {accel} failed (exit {proc.returncode}):\n{stderr[-2000:]}")
+    try:
+        sidecar = json.loads(out.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        sidecar = {}
+    pipeline = (sidecar.get("seconds") or {}).get("total")
+    return {
+        "accel": accel, "wall_s": wall, "first_frame_s": first, "frames_at_first": frames,
+        "ratio": None if first is None else first / wall, "pipeline_s": pipeline,
+        "pipeline_first_frame_s": None if first is None or pipeline is None else first - (wall - pipeline),
+        "probe_s": probe_max, "polls": polls, "video_frames": sidecar.get("frames"),
+        "audio_seconds": sidecar.get("audio_seconds"), "accel_used": (sidecar.get("accel_choice") or {}).get("setting"),
+        "decode_in_background": sidecar.get("decode_in_background"), "threads": sidecar.get("threads"),
+        "output_ok": out.is_file() and not partial.exists(),
+    }
+
+
+def summarize(runs: list[dict]) -> dict:
+    def med(key):
+        vals = [r[key] for r in runs if r[key] is not None]
+        return statistics.median(vals) if vals else None
+
+    return {k: med(k) for k in ("wall_s", "first_frame_s", "ratio", "pipeline_s", "pipeline_first_frame_s")}
+
+
+def _cell(v, fmt: str) -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
+def markdown(result: dict) -> str:
+    lines = ["# talkfast latency: time to the first playable frame of generate --stream", "",
+             (f"{result['meta']['cpus']} CPUs, python {result['meta']['python']}, extra args "
+              f"{result['meta']['extra'] or 'none'}, median of {result['meta']['repeat']} run(s) per row; "
+              "first frame: process start until OUT.partial.mp4 decodes to >= 1 frame (polled every "
+              f"{result['meta']['poll_s']:g} s); the Done-when asks for a ratio < 0.25."), "",
+             "| accel | wall s | first frame s | ratio | pipeline s | first frame s (pipeline clock) | < 25% |",
+             "|---|---|---|---|---|---|---|"]
+    for accel, s in result["summary"].items():
+        ok = "n/a" if s["ratio"] is None else ("yes" if s["ratio"] < 0.25 else "no")
+        lines.append(f"| {accel} | {_cell(s['wall_s'], '.2f')} | {_cell(s['first_frame_s'], '.2f')} | "
+                     f"{_cell(s['ratio'], '.3f')} | {_cell(s['pipeline_s'], '.2f')} | "
+                     f"{_cell(s['pipeline_first_frame_s'], '.2f')} | {ok} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--accel", default="auto,off", help="comma-separated --accel values, one row each")
+    p.add_argument("--repeat", type=int, default=1, help="runs per accel (the median is reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (page cache)")
+    p.add_argument("--poll", type=float, default=0.05, help="seconds between polls of the growing file")
+    p.add_argument("--out", default="latency_out", help="folder for latency.json and latency.md")
+    args = p.parse_args(argv)
+    if args.repeat < 1 or args.warmup < 0 or args.poll <= 0:
+        p.error("--repeat must be >= 1, --warmup >= 0, --poll > 0")
+    accels = [a.strip() for a in args.accel.split(",") if a.strip()]
+
+    runs: dict[str, list[dict]] = {a: [] for a in accels}
+    with tempfile.TemporaryDirectory(prefix="talkfast_latency_") as tmp:
+        out = Path(tmp) / "talk.mp4"
+        for _ in range(args.warmup):
+            run_stream(out, accels[0], extra, args.poll)
+        for _ in range(args.repeat):
+            for a in accels:
+                r = run_stream(out, a, extra, args.poll)
+                runs[a].append(r)
+                print(f"--accel {a}: wall {r['wall_s']:.2f} s, first frame {_cell(r['first_frame_s'], '.2f')} s, "
+                      f"ratio {_cell(r['ratio'], '.3f')}", flush=True)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    result = {
+        "meta": {"cpus": cpus, "python": platform.python_version(), "extra": extra, "repeat": args.repeat,
+                 "warmup": args.warmup, "poll_s": args.poll, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                 "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+        "summary": {a: summarize(rs) for a, rs in runs.items()},
+        "runs": runs,
+    }
+    folder = Path(args.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "latency.json").write_text(json.dumps(result, indent=2))
+    (folder / "latency.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
