@@ -52,7 +52,7 @@ from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D  # n
 
 from talkfast.accelerators.base import CapturePlan, ShallowPlan, cut_points  # noqa: E402
 from talkfast.models.attention import ItemLayout  # noqa: E402
-from talkfast.models.layers import AudioModule, MotionModule, SpatialTransformer, TemporalAttention  # noqa: E402
+from talkfast.models.layers import AudioBlock, AudioModule, MotionModule, SpatialTransformer, TemporalAttention  # noqa: E402
 from talkfast.models.memo_layers import JointAudioModule  # noqa: E402
 from talkfast.models.unet import StagePlan, UNetCond  # noqa: E402
 from talkfast.sampling.loop import flop_counter  # noqa: E402
@@ -126,8 +126,13 @@ def component_modules(unet) -> dict[int, str]:
             out[id(mod.ff)] = "spatial.ff"
         elif isinstance(mod, SpatialTransformer):
             out[id(mod)] = "spatial.norm_proj"
+        elif isinstance(mod, AudioBlock):  # Hallo's audio module: split like the spatial one
+            out[id(mod.attn1)] = "audio.self_attn"
+            for a in (mod.attn2_0, mod.attn2_1, mod.attn2_2):
+                out[id(a)] = "audio.cross_attn"
+            out[id(mod.ff)] = "audio.ff"
         elif isinstance(mod, (AudioModule, JointAudioModule)):
-            out[id(mod)] = "audio"
+            out[id(mod)] = "audio.other"
         elif isinstance(mod, TemporalAttention):
             out[id(mod)] = "motion.attn"
         elif isinstance(mod, MotionModule):
