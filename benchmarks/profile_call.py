@@ -2,7 +2,7 @@
 component and by aten op kind, against a GEMM peak measured in the same run.
 
     PYTHONPATH=src .venv/bin/python benchmarks/profile_call.py [--threads 1] [--repeat 3]
-        [--checkpoint DIR | --preset small] [--shallow-steps 2] [--variants fp32,channels_last]
+        [--checkpoint DIR | --preset small] [--shallow-steps 2] [--variants channels_last,bf16,autocast,fp32_2t] [--precision]
         [--json out.json] [--md out.md]
 
 It profiles, on the embedded model by default (``--preset`` builds random weights instead):
@@ -18,8 +18,10 @@ It profiles, on the embedded model by default (``--preset`` builds random weight
 FLOPs: ``torch.utils.flop_counter`` (talkfast's :func:`~talkfast.sampling.loop.flop_counter`,
 which also counts CPU SDPA), attributed to the stage and component running when each op ran (the
 counter's total is read at every stage and module boundary, so the rows add up to the total
-exactly). Time: ``time.perf_counter`` at the same boundaries in separate, uncounted passes (the
-median of ``--repeat`` passes per row; the hooks' own cost is in the ``hooks`` line). Op kinds:
+exactly). Time: the clock at the same boundaries in separate, uncounted passes (the median of
+``--repeat`` passes per row; the plain call's time is reported beside the hooked one). The clock
+(``--clock``) is the thread's CPU time by default at 1 thread (robust on a shared machine: it leaves
+out the time spent waiting for a core), else wall time. Op kinds:
 ``torch.profiler`` self time per aten op, grouped (conv / gemm / sdpa / norm / elementwise /
 copy+layout / other). Peak: ``torch.mm`` of two ``--gemm-size`` square matrices at the same
 thread count (fp32, and bf16).
@@ -27,7 +29,9 @@ thread count (fp32, and bf16).
 ``--variants`` times whole calls of other settings interleaved with fp32 in the same run
 (round-robin, median): ``channels_last`` (the 4-D weights in channels_last), ``bf16`` (weights and
 inputs bf16), ``autocast`` (fp32 weights under CPU bf16 autocast), ``fp32_2t`` (2 threads), with
-the PSNR of each output against fp32 (``fp32_2t`` gives the fp32 noise floor).
+the PSNR of each output against fp32 (``fp32_2t`` gives the fp32 noise floor). ``--precision``
+runs only the bf16 check: one call each of fp32, fp32 on 2 threads, bf16 and autocast, with PSNR
+and the top ops of the bf16 calls. Results: docs/PROFILE.md.
 """
 
 from __future__ import annotations
