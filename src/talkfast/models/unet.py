@@ -14,6 +14,7 @@ only, cache the deep decoder feature) without a second copy of the forward code.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -293,6 +294,17 @@ class TalkingUNet(nn.Module):
             stages.append(Stage("out", self._out))
         assert sum(s.name.startswith("up.") and not s.name.endswith("sample") for s in stages) == n * (self.cfg.layers_per_block + 1)
         return stages
+
+    def __deepcopy__(self, memo):
+        """A deep copy whose stages run its own modules: the stage closures hold the modules they
+        call, which ``copy.deepcopy`` would otherwise leave pointing at the original's."""
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            if key != "stages":
+                new.__dict__[key] = copy.deepcopy(value, memo)
+        new.stages = new._build_stages()
+        return new
 
     def stage_index(self, name: str) -> int:
         for i, s in enumerate(self.stages):
