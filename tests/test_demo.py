@@ -518,9 +518,18 @@ def test_live_player_only_with_gradio_631s_streaming_hooks():
 
     assert demo_app.segments_servable(gr.Video)
 
-    class Renamed(gr.Video):
-        async def stream_output(self, value, output_id, first_chunk, extra=None):  # a changed signature
-            return None
+    class Renamed:  # gr.Video's hooks, one with a changed signature (not a gr.Video subclass: Gradio
+        # would write a .pyi stub of it beside this file)
+        stream_output = gr.Video.stream_output
+        flush_stream_output = gr.Video.flush_stream_output
+        end_stream_output = gr.Video.end_stream_output
+
+    assert demo_app.segments_servable(Renamed)
+
+    async def changed(self, value, output_id, first_chunk, extra=None):
+        return None
+
+    Renamed.stream_output = changed
 
     class Missing:
         pass
