@@ -190,7 +190,8 @@ class MelFeatures(torch.nn.Module):
         frame's window reaches ``n_fft - (n_fft - hop) // 2`` samples past its hop's start, plus one
         for the rounding of the segment's start (:meth:`AudioConditioner.clip
         <talkfast.pipeline.conditioning.AudioConditioner.clip>`): 361 samples (23 ms) for the
-        defaults, less than one video frame at 25 fps."""
+        defaults, less than one video frame at 25 fps. An upper bound: at 25 fps a frame's last mel
+        step falls on a mel frame, which reads 120 samples past the frame's end."""
         return self.hop_length // 2 + self.n_fft - (self.n_fft - self.hop_length) // 2 + 1
 
     def log_mel(self, waveform: torch.Tensor) -> torch.Tensor:
