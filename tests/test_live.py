@@ -266,6 +266,42 @@ def test_clip_zero_comes_before_the_input_ends_and_the_run_equals_the_complete_f
         assert result.sidecar[key] == reference.sidecar[key], key
 
 
+def test_a_family_that_needs_the_whole_input_reads_it_first(pipe, tmp_path: Path, monkeypatch) -> None:
+    """Hallo, MEMO (live_lookahead None) and EchoMimic: the first clip once the input has ended."""
+    x = speech(0.3)
+    data = wav_bytes(x, 16000)
+    feeder = Feeder([data[: len(data) // 2], data[len(data) // 2 :]])
+    feeder.start()
+    monkeypatch.setattr(type(pipe), "live_lookahead", lambda self, fps: None)
+    reader = LiveAudio(feeder.read_fd, "stdin")
+    gen = pipe.stream(PORTRAIT, reader, FAST)
+    threading.Thread(target=lambda: (reader.wait(1), feeder.release()), daemon=True).start()  # after the header
+    frames = [next(gen).frames]
+    assert feeder.done.is_set()
+    run_to_end(gen, frames.append)
+    reference = []
+    complete = written(tmp_path / "complete.wav", wav_bytes(x, 16000, open_length=False))
+    pipe.generate(PORTRAIT, complete, None, FAST, on_clip=reference.append)
+    assert len(frames) == len(reference) == 2 and all(torch.equal(a, b) for a, b in zip(frames, reference))
+
+
+def test_a_named_pipe_path(pipe, tmp_path: Path) -> None:
+    x = speech(0.3)
+    fifo = tmp_path / "speech.fifo"
+    os.mkfifo(fifo)
+
+    def write() -> None:
+        with open(fifo, "wb") as fh:  # waits for the reader
+            fh.write(wav_bytes(x, 16000))
+
+    threading.Thread(target=write, daemon=True).start()
+    frames, reference = [], []
+    result = pipe.generate(PORTRAIT, fifo, None, FAST, on_clip=frames.append)
+    complete = written(tmp_path / "complete.wav", wav_bytes(x, 16000, open_length=False))
+    pipe.generate(PORTRAIT, complete, None, FAST, on_clip=reference.append)
+    assert result.frames == 8 and all(torch.equal(a, b) for a, b in zip(frames, reference))
+
+
 def test_a_cut_off_input_stops_the_run_without_output(pipe, tmp_path: Path) -> None:
     data = wav_bytes(speech(0.62), 16000, open_length=False)
     cut = 44 + 2 * audio_sample(9 + pipe.live_lookahead(25), 25, 16000)  # clip 0 and 1 can be made, then it stops
