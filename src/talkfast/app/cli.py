@@ -46,7 +46,12 @@ def _add_generate(sub) -> None:
     p.add_argument("-s", "--source_image", "--source-image", default=str(examples.PORTRAIT),
                    help="portrait image (default: the bundled example)")
     p.add_argument("-a", "--driving_audio", "--driving-audio", default=str(examples.SPEECH),
-                   help="speech recording: wav/flac/ogg/mp3/m4a... (default: the bundled example)")
+                   help="speech recording: wav/flac/ogg/mp3/m4a... (default: the bundled example); '-' (a WAV on "
+                        "stdin), a named pipe or a WAV still being written: live, each clip starts once its audio "
+                        "has arrived")
+    p.add_argument("--audio-idle", type=float, default=None, metavar="SECONDS",
+                   help="follow a growing audio file: it ends when it has not grown for this long (default 5 for a "
+                        "WAV whose header leaves its length open; stdin and pipes end at end of file)")
     p.add_argument("-o", "--output", default="talkfast_out.mp4", help="output .mp4 (a .json sidecar is written beside it)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output (or .json beside it) that talkfast did not write")
@@ -222,8 +227,11 @@ def cmd_generate(args) -> int:
             return
         if bar is None:
             bar = tqdm(total=total, unit="step", desc="denoising", dynamic_ncols=True)
+        bar.total = total  # a live input: the total grows with the clips known so far
         bar.update(done - bar.n)
 
+    if args.audio_idle is not None:
+        extra["audio_idle"] = args.audio_idle
     if args.pose is not None:
         if not getattr(pipe, "pose", False):
             raise ValueError("--pose is for EchoMimic checkpoints with --variant pose or pose_acc")

@@ -183,6 +183,17 @@ class MelFeatures(torch.nn.Module):
         fb = mel_filterbank(self.sample_rate, self.n_fft, self.n_mels, f_min, f_max)
         self.register_buffer("mel_fb", torch.from_numpy(fb), persistent=False)
 
+    @property
+    def lookahead_samples(self) -> int:
+        """Samples past the end of video frame ``i`` that its features read: the last mel step of
+        the frame interpolates up to one mel frame past its centre (``hop / 2`` further), and a mel
+        frame's window reaches ``n_fft - (n_fft - hop) // 2`` samples past its hop's start, plus one
+        for the rounding of the segment's start (:meth:`AudioConditioner.clip
+        <talkfast.pipeline.conditioning.AudioConditioner.clip>`): 361 samples (23 ms) for the
+        defaults, less than one video frame at 25 fps. An upper bound: at 25 fps a frame's last mel
+        step falls on a mel frame, which reads 120 samples past the frame's end."""
+        return self.hop_length // 2 + self.n_fft - (self.n_fft - self.hop_length) // 2 + 1
+
     def log_mel(self, waveform: torch.Tensor) -> torch.Tensor:
         """``(M, n_mels)`` normalised log-mel frames, frame ``j`` centred at ``(j + 0.5) * hop``; ``M = ceil(N / hop)``."""
         n = waveform.shape[-1]

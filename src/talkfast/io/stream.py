@@ -256,9 +256,9 @@ class StreamingVideoWriter:
                                  reject_blank=reject_blank, overwrite=overwrite)
         self.path = self.final.path
         try:
-            wav = (self.final.matched_audio(max_frames) if audio is not None and max_frames is not None else None)
-            if audio is not None and wav is None:
-                raise ValueError("streaming with audio needs max_frames (the video's final length)")
+            # a live input's final length is unknown (max_frames None): then the growing file has no
+            # audio track; the final video has it, muxed from the received samples at the end
+            wav = self.final.matched_audio(max_frames) if audio is not None and max_frames is not None else None
             try:
                 self.partial.unlink(missing_ok=True)  # an earlier run's (ours, or --overwrite)
             except OSError as err:

@@ -159,11 +159,31 @@ class AudioConditioner:
         """``S'``: ``S`` rounded up to a multiple of 16 (``"wav2vec2_file"``); the clips cover it."""
         return self.file_features(audio, fps).padded_frames
 
+    def lookahead_frames(self, fps: float | None = None) -> int | None:
+        """Video frames of audio past a clip's last frame that :meth:`clip` reads (its features
+        depend on nothing later), or None where the features need the whole file
+        (``"wav2vec2_file"``: Hallo's and MEMO's wav2vec2 runs over the whole recording and is
+        normalised over it). ``"mel"``: the +/-``radius`` window plus what the log-mel of the
+        window's last frame reads (:attr:`MelFeatures.lookahead_samples`, 361 samples): ``radius + 1``
+        frames at 25 fps (120 ms), ``radius + 2`` at 60 fps. ``"wav2vec2"`` (per clip): the window plus the ``context_frames`` the
+        transformer sees on each side (2.08 s at 25 fps). A live input (:mod:`talkfast.io.live`)
+        starts clip k once the audio up to its end plus this many frames has arrived."""
+        fps = fps or self.fps
+        if self.kind == "wav2vec2_file":
+            return None
+        if self.kind == "mel":
+            mel = self._mel_features(fps)
+            return self.radius + math.ceil(mel.lookahead_samples * fps / mel.sample_rate)
+        return self.radius + self.context
+
+    def _mel_features(self, fps: float) -> MelFeatures:
+        if fps not in self._mel:
+            self._mel[fps] = MelFeatures(fps=fps)
+        return self._mel[fps]
+
     def extractor(self, fps: float):
         if self.kind == "mel":
-            if fps not in self._mel:
-                self._mel[fps] = MelFeatures(fps=fps)
-            return self._mel[fps]
+            return self._mel_features(fps)
         if self.kind == "wav2vec2_file":
             raise ValueError("the 'wav2vec2_file' kind has no per-clip extractor; use file_features()")
         self.wav2vec.fps = float(fps)  # used only to frame the waveform
@@ -180,7 +200,7 @@ class AudioConditioner:
             return self.file_features(audio, fps).window(start, frames, self.radius)
         total = audio.num_frames(fps)
         lo = max(0, start - self.radius - self.context)
-        hi = min(total, start + frames + self.radius + self.context)
+        hi = min(total, start + frames + self.lookahead_frames(fps))
         sr = audio.sample_rate
         a = int(lo * sr // fps)
         b = min(len(audio.samples), math.ceil(hi * sr / fps))

@@ -75,7 +75,7 @@ from ..face.detect import Box, FaceRegions, detect_face, lip_prior, portrait_pri
 from ..face.masks import echomimic_crop, echomimic_face_mask
 from ..face.mtcnn import echomimic_face_box, load_mtcnn
 from ..face.pose import PoseSequence
-from ..io.audio import load_audio
+from ..io.live import LiveAudio, read_audio
 from ..io.image import load_image, to_tensor, to_uint8
 from ..io.stream import check_outputs, open_writer
 from ..io.video import remove_stale_temporaries
@@ -245,7 +245,8 @@ class EchoMimicPipeline(TalkingHeadPipeline):
                  progress: Callable[[int, int], None] | None = None,
                  on_clip: Callable[[torch.Tensor], None] | None = None, extra_sidecar: dict | None = None,
                  regions=None, wrap_predictor: Callable[[Callable], Callable] | None = None,
-                 overwrite: bool = False, pose=None, growing: bool = False) -> GenerationResult:
+                 overwrite: bool = False, pose=None, growing: bool = False,
+                 audio_idle: float | None = None) -> GenerationResult:
         """As :meth:`TalkingHeadPipeline.generate`; ``on_clip`` receives each decoded piece of frames.
         ``regions`` is not used (EchoMimic detects the face itself). ``pose`` (the pose variants
         only, and needed there): a :class:`~talkfast.face.pose.PoseSequence` source, a folder of
@@ -254,18 +255,26 @@ class EchoMimicPipeline(TalkingHeadPipeline):
         return run_to_end(self.stream(source_image, driving_audio, options, output=output, size=size,
                                       accelerator=accelerator, progress=progress, extra_sidecar=extra_sidecar,
                                       regions=regions, wrap_predictor=wrap_predictor, overwrite=overwrite,
-                                      pose=pose, growing=growing), on_clip)
+                                      pose=pose, growing=growing, audio_idle=audio_idle), on_clip)
 
     @torch.no_grad()
     def stream(self, source_image, driving_audio, options: GenerateOptions | None = None, *, output=None,
                size: int | None = None, accelerator: StepPlanner | None = None,
                progress: Callable[[int, int], None] | None = None, extra_sidecar: dict | None = None,
                regions=None, wrap_predictor: Callable[[Callable], Callable] | None = None,
-               overwrite: bool = False, pose=None, growing: bool = False) -> Iterator[Clip]:
+               overwrite: bool = False, pose=None, growing: bool = False,
+               audio_idle: float | None = None) -> Iterator[Clip]:
         """As :meth:`TalkingHeadPipeline.stream`, over EchoMimic's windows: a frame is final once
         its chunk's last denoising step has run (every step's shifting windows, wrapping around the
         chunk, touch every frame of it), so the clips are the chunk's decoded pieces of
-        :data:`WINDOW_FRAMES` frames, yielded after the chunk's last step."""
+        :data:`WINDOW_FRAMES` frames, yielded after the chunk's last step.
+
+        A live ``driving_audio`` (:mod:`talkfast.io.live`) is read to its end before the first clip:
+        EchoMimic's lookahead is the whole input. Its whisper log-mel is clamped at the whole file's
+        maximum, and a frame is final only after its chunk's (up to :data:`MAX_FRAMES`) last step,
+        whose :data:`WINDOW_FRAMES`-frame windows (overlap :data:`WINDOW_OVERLAP`) wrap around the
+        chunk; the windows' own audio context (whisper rows ``c - 4 .. c + 5``: 0.1 s past a frame) and
+        30 s encoder segments would be a bound only without that clamp."""
         if self.pose != (pose is not None):
             raise InputError(f"the EchoMimic {self.variant!r} variant needs a pose input (--pose: per-frame landmarks "
                              "or drawings)" if self.pose else
@@ -274,7 +283,9 @@ class EchoMimicPipeline(TalkingHeadPipeline):
         opts = self.resolve(options)
         size = self.check_size(size)
         image = load_image(source_image) if isinstance(source_image, (str, Path)) else source_image
-        audio = load_audio(driving_audio) if isinstance(driving_audio, (str, Path)) else driving_audio
+        audio = read_audio(driving_audio, idle=audio_idle) if isinstance(driving_audio, (str, Path)) else driving_audio
+        if isinstance(audio, LiveAudio):
+            audio = audio.complete()
         inputs = (source_image, driving_audio, *self.input_paths(), *([pose] if isinstance(pose, (str, Path)) else []))
         out_path = check_outputs(output, overwrite=overwrite, inputs=inputs, growing=growing)
         if out_path is not None and remove_stale_temporaries(out_path):

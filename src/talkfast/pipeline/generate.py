@@ -25,7 +25,7 @@ from diffusers import AutoencoderKL
 
 from .. import __version__
 from ..accelerators.base import Accelerator
-from ..io.audio import load_audio
+from ..io.live import LiveAudio, read_audio
 from ..io.image import load_image, to_uint8
 from ..io.stream import check_outputs, open_writer
 from ..io.video import VideoWriter, remove_stale_temporaries
@@ -37,7 +37,7 @@ from ..sampling.loop import StepPlanner, denoise, guided
 from ..sampling.scheduler import make_scheduler, sampler_kind, sampler_name
 from ..threads import available_cores
 from . import MOTION_SOURCES
-from .clips import Clip, make_clip, run_to_end
+from .clips import Clip, audio_sample, make_clip, run_to_end
 from .conditioning import AudioConditioner, Portrait, prepare_portrait
 from .publish import ClipPublisher
 
@@ -377,6 +377,7 @@ class TalkingHeadPipeline:
         wrap_predictor: Callable[[Callable], Callable] | None = None,
         overwrite: bool = False,
         growing: bool = False,
+        audio_idle: float | None = None,
     ) -> GenerationResult:
         """Generate the video. ``source_image``/``driving_audio`` are paths (or a PIL image and an
         :class:`Audio`). ``output`` None keeps nothing on disk (frames go to ``on_clip`` only).
@@ -392,11 +393,23 @@ class TalkingHeadPipeline:
         its sidecar) that talkfast did not write is an error, not replaced
         (:func:`~talkfast.io.video.check_output_path`). ``growing`` (``generate --stream``): also
         write ``<output stem>.partial.mp4``, a fragmented MP4 a player can open while it grows
-        (:mod:`talkfast.io.stream`). This is :meth:`stream` run to its end."""
+        (:mod:`talkfast.io.stream`). ``driving_audio`` may be live (``"-"``: stdin, a named pipe, a
+        WAV file still being written, or a :class:`~talkfast.io.live.LiveAudio`): clip k then starts
+        as soon as its audio plus :meth:`live_lookahead` has arrived; ``audio_idle``: seconds without
+        growth that end a growing file (:mod:`talkfast.io.live`). This is :meth:`stream` run to its end."""
         return run_to_end(self.stream(source_image, driving_audio, options, output=output, size=size,
                                       accelerator=accelerator, progress=progress, extra_sidecar=extra_sidecar,
                                       regions=regions, wrap_predictor=wrap_predictor, overwrite=overwrite,
-                                      growing=growing), on_clip)
+                                      growing=growing, audio_idle=audio_idle), on_clip)
+
+    def live_lookahead(self, fps: int) -> int | None:
+        """Video frames of audio past a clip's end that must have arrived before the clip starts on
+        a live input (:mod:`talkfast.io.live`), or None: the whole input (read to its end first).
+        Here the conditioner's :meth:`~.conditioning.AudioConditioner.lookahead_frames`: talkfast's
+        own models (log-mel) ``radius + 1`` frames, 120 ms at 25 fps, so the latency of a clip is its
+        compute; Hallo and MEMO override it (None: their wav2vec2 features and vocal separation
+        cover the whole file)."""
+        return self.audio.lookahead_frames(fps)
 
     @torch.no_grad()
     def stream(
@@ -414,6 +427,7 @@ class TalkingHeadPipeline:
         wrap_predictor: Callable[[Callable], Callable] | None = None,
         overwrite: bool = False,
         growing: bool = False,
+        audio_idle: float | None = None,
     ) -> Iterator[Clip]:
         """The generation as an iterator of :class:`~.clips.Clip` (frames, their audio span,
         timings), each yielded once decoded (and written, with an ``output``); the arguments are
@@ -428,26 +442,30 @@ class TalkingHeadPipeline:
         opts = self.resolve(options)
         size = self.check_size(size)  # before any input is read
         image = load_image(source_image) if isinstance(source_image, (str, Path)) else source_image
-        audio = load_audio(driving_audio) if isinstance(driving_audio, (str, Path)) else driving_audio
+        audio = read_audio(driving_audio, idle=audio_idle) if isinstance(driving_audio, (str, Path)) else driving_audio
         inputs = (source_image, driving_audio, *self.input_paths())
         out_path = check_outputs(output, overwrite=overwrite, inputs=inputs, growing=growing)
+        live = isinstance(audio, LiveAudio)
+        lookahead = self.live_lookahead(opts.fps) if live else None
+        if live and lookahead is None:  # this family's features need the whole input: wait for its end
+            audio, live = audio.complete(), False
         if out_path is not None and remove_stale_temporaries(out_path):  # a killed run's (never a running one's)
             log.warning("%s: removed the temporary files of an interrupted run", out_path)
         por = self.portrait(image, size, name=str(source_image) if isinstance(source_image, (str, Path)) else "portrait",
                             regions=regions)
-        speech, clip_emotions, speech_record = self.prepare_speech(audio, opts.fps)
-        frames_total = self.video_frames(audio, speech, opts.fps)
+        # live: the length is unknown until the input ends (frames_total, clips None until then)
+        speech, clip_emotions, speech_record = (None, None, {}) if live else self.prepare_speech(audio, opts.fps)
+        frames_total = None if live else self.video_frames(audio, speech, opts.fps)
         F, M = self.cfg.clip_frames, self.cfg.motion_frames
-        clips = math.ceil(frames_total / F)
+        clips = None if live else math.ceil(frames_total / F)
         sched = self.scheduler(opts)
-        total_steps = clips * opts.steps
         done = 0
         t_prep = time.perf_counter() - t0
         timings = {"prepare": t_prep, "clips": []}
         sidecar = {
             "talkfast": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "model": self.cfg.name, "weights": self.source, "source_image": str(source_image),
-            "driving_audio": str(driving_audio), "audio_seconds": audio.duration,
+            "driving_audio": str(driving_audio), "audio_seconds": None if live else audio.duration,
             "frames": frames_total, "clips": clips, "size": por.image.size[0], "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""), "face_detected": por.regions.detected,
             "face_box": list(por.regions.face.to_int()), "lip_box": list(por.regions.lip.to_int()),
@@ -493,15 +511,24 @@ class TalkingHeadPipeline:
             def step_done(_j: int) -> None:
                 nonlocal done
                 done += 1
-                if progress is not None:
-                    progress(done, total_steps)
+                if progress is not None:  # live: the total grows with the clips known so far
+                    progress(done, (clips if clips is not None else c + 1) * opts.steps)
 
-            background = self.decode_in_background(opts, clips)
+            background = self.decode_in_background(opts, 2 if clips is None else clips)
             sidecar["decode_in_background"] = background
             publisher = ClipPublisher(publish, background, timings)
             try:
-                for c in range(clips):
+                c = 0
+                while clips is None or c < clips:
                     tc = time.perf_counter()
+                    if live:  # block until clip c's audio and its lookahead are here (or the input ended)
+                        speech = audio.wait(audio_sample(c * F + F + lookahead, opts.fps, audio.sample_rate))
+                        if audio.ended:
+                            frames_total = self.video_frames(speech, speech, opts.fps)
+                            clips = math.ceil(frames_total / F)
+                            sidecar.update(audio_seconds=speech.duration, frames=frames_total, clips=clips)
+                            if c >= clips:
+                                break
                     if c == 0 or not fixed_reference:
                         with stage("reference"):
                             ref = torch.cat([source_latent, motion])
@@ -520,7 +547,8 @@ class TalkingHeadPipeline:
                         latents = denoise(predict, sched, noise, accelerator, on_step=step_done)
                     if not fixed_reference:
                         self.net.clear_reference()
-                    frames = publisher.submit(latents, frames_total - c * F, c)  # None while in the background
+                    # live before the end: clip c lies wholly inside the audio (its lookahead is there)
+                    frames = publisher.submit(latents, F if frames_total is None else frames_total - c * F, c)
                     if c == 0:  # the first clip as soon as it is decoded, not after the second clip samples
                         publisher.wait()
                     if opts.motion_source == "latents":
@@ -531,9 +559,12 @@ class TalkingHeadPipeline:
                     timings["clips"].append(time.perf_counter() - tc)
                     while ready:  # this clip (inline decode, or the first) or the one before it (background)
                         yield clip(*ready.popleft())
+                    c += 1
                 publisher.wait()  # the last clip published (its failure raised)
             finally:
                 publisher.close()
+                if live:
+                    audio.close()  # ended (closed already) or the generation stopped early
             while ready:
                 yield clip(*ready.popleft())
             finish_run(self, run, accelerator, sidecar, timings, t0)

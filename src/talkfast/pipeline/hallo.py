@@ -43,6 +43,11 @@ class HalloPipeline(TalkingHeadPipeline):
         """Hallo's vocal separation (Kim_Vocal_2 through MDX-Net, then 16 kHz) before wav2vec2."""
         return self.prep.speech(audio, "hallo", fps)
 
+    def live_lookahead(self, fps: int) -> None:
+        """The whole input: Hallo's wav2vec2 features are normalised over and computed from the whole
+        (vocal-separated) file, so a live input is read to its end before the first clip."""
+        return None
+
     def video_frames(self, audio, speech, fps: float) -> int:
         """Hallo's frame count: ``S = math.ceil(n / 16000 * fps)`` in floating point over the 16 kHz
         vocals (hallo 8fd7c57 ``hallo/datasets/audio_processor.py``, ``AudioProcessor.preprocess``),

@@ -117,6 +117,11 @@ class MemoPipeline(TalkingHeadPipeline):
         ident = por.identity.to(self.device, self.dtype)
         return {"context": self.net.imageproj(torch.stack([torch.zeros_like(ident), ident]))}
 
+    def live_lookahead(self, fps: int) -> None:
+        """The whole input: MEMO's wav2vec2 features (whole-file normalisation, one pass), vocal
+        separation and per-clip emotion read the whole file, so a live input is read to its end first."""
+        return None
+
     def prepare_speech(self, audio, fps: float) -> tuple:
         """MEMO's vocal separation and per-clip emotion labels (emotion2vec + its classifier);
         ``--emotion`` (given) replaces the labels, and so does the fallback without the models."""
