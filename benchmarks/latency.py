@@ -1,5 +1,6 @@
 """Time to the first playable frame of ``talkfast generate --stream`` (issue 26, Done-when: the
-first clip is playable in the growing file before 25% of the run's wall time).
+first clip is playable in the growing file before 25% of the run's wall time; and a run fed by a
+pipe at real speech speed finishes within compute time plus the stated lookahead).
 
     .venv/bin/python benchmarks/latency.py [--accel auto,off] [--repeat 1] [--warmup 1] [--out latency_out]
                                            [--poll 0.05] [-- EXTRA GENERATE ARGS]
@@ -17,6 +18,11 @@ decodes to at least one frame. Records per run:
 - ``pipeline_s``: the run's own ``seconds.total`` from the sidecar (inputs to published video,
   without imports and model loading), and ``pipeline_first_frame_s``: first_frame_s minus the
   time before the pipeline started (wall_s - pipeline_s), the same moment on the pipeline's clock.
+
+``--realtime`` adds, per accel, a run with the speech on stdin (``-a -``) written at the speed it
+is spoken (:func:`feed_realtime`), interleaved with the file runs: its wall time minus the file
+run's is what waiting for the speech cost (the embedded model's stated lookahead: the first clip's
+audio, 16 frames, plus 3 frames: 0.76 s at 25 fps, when compute is slower than speech).
 
 Writes ``latency.json`` and ``latency.md`` (a table, the median of ``--repeat`` runs per accel) in
 ``--out``. ``--warmup`` untimed runs first warm the page cache (torch, ffmpeg, the weights).
@@ -59,18 +65,59 @@ def decodable_frames(path: Path) -> int:
         return 0
 
 
-def run_stream(out: Path, accel: str, extra: list[str], poll: float) -> dict:
-    """One ``generate --stream`` run, the growing file polled until its first frame."""
+def feed_realtime(stdin, wav: Path, chunk_s: float = 0.02) -> None:
+    """Write ``wav`` to ``stdin`` as a streaming writer would, at the speed of speech: a WAV header
+    with an open length (0xFFFFFFFF, as ``ffmpeg -f wav pipe:`` writes), then 16-bit PCM in
+    ``chunk_s`` pieces, each no earlier than its time in the recording (counted from the call)."""
+    import numpy as np
+    import soundfile as sf
+
+    samples, rate = sf.read(str(wav), dtype="int16", always_2d=True)
+    channels = samples.shape[1]
+    header = (b"RIFF" + (0xFFFFFFFF).to_bytes(4, "little") + b"WAVEfmt " + (16).to_bytes(4, "little")
+              + (1).to_bytes(2, "little") + channels.to_bytes(2, "little") + rate.to_bytes(4, "little")
+              + (rate * channels * 2).to_bytes(4, "little") + (channels * 2).to_bytes(2, "little")
+              + (16).to_bytes(2, "little") + b"data" + (0xFFFFFFFF).to_bytes(4, "little"))
+    step = max(1, int(rate * chunk_s))
+    t0 = time.perf_counter()
+    try:
+        stdin.write(header)
+        for a in range(0, len(samples), step):
+            due = t0 + (a + step) / rate  # a chunk is sent once it has been "spoken"
+            time.sleep(max(0.0, due - time.perf_counter()))
+            stdin.write(np.ascontiguousarray(samples[a:a + step]).tobytes())
+            stdin.flush()
+    except (BrokenPipeError, OSError):
+        pass  # the run failed: its exit code says why
+    finally:
+        try:
+            stdin.close()
+        except OSError:
+            pass
+
+
+def run_stream(out: Path, accel: str, extra: list[str], poll: float, realtime: bool = False) -> dict:
+    """One ``generate --stream`` run, the growing file polled until its first frame; ``realtime``:
+    the speech comes on stdin (``-a -``) at the speed it is spoken (:func:`feed_realtime`)."""
+    import threading
+
+    from talkfast.examples import SPEECH
     from talkfast.io.stream import partial_path
 
     partial = partial_path(out)
     for stale in (out, out.with_suffix(".json"), partial):
         stale.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "talkfast", "generate", "--stream", "-o", str(out), "--accel", accel, "-q", *extra]
+    if realtime:
+        cmd += ["-a", "-"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     first, frames, probe_max, polls = None, 0, 0.0, 0
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE if realtime else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    feeder = threading.Thread(target=feed_realtime, args=(proc.stdin, SPEECH), daemon=True) if realtime else None
+    if feeder is not None:
+        feeder.start()
     while proc.poll() is None:
         if first is None:
             tp = time.perf_counter()
@@ -81,16 +128,19 @@ def run_stream(out: Path, accel: str, extra: list[str], poll: float) -> dict:
                 first, frames = tp - t0, n  # the poll's start: the frame was there by then
         time.sleep(poll)
     wall = time.perf_counter() - t0
+    if feeder is not None:
+        feeder.join()
     _, stderr = proc.communicate()
     if proc.returncode != 0:
-        raise SystemExit(f"error: generate --accel {accel} failed (exit {proc.returncode}):\n{stderr[-2000:]}")
+        raise SystemExit(f"error: generate --accel {accel} failed (exit {proc.returncode}):\n"
+                         f"{stderr.decode(errors='replace')[-2000:]}")
     try:
         sidecar = json.loads(out.with_suffix(".json").read_text())
     except (OSError, ValueError):
         sidecar = {}
     pipeline = (sidecar.get("seconds") or {}).get("total")
     return {
-        "accel": accel, "wall_s": wall, "first_frame_s": first, "frames_at_first": frames,
+        "accel": accel, "input": "stdin, real speed" if realtime else "file", "wall_s": wall, "first_frame_s": first, "frames_at_first": frames,
         "ratio": None if first is None else first / wall, "pipeline_s": pipeline,
         "pipeline_first_frame_s": None if first is None or pipeline is None else first - (wall - pipeline),
         "probe_s": probe_max, "polls": polls, "video_frames": sidecar.get("frames"),
@@ -98,6 +148,10 @@ def run_stream(out: Path, accel: str, extra: list[str], poll: float) -> dict:
         "decode_in_background": sidecar.get("decode_in_background"), "threads": sidecar.get("threads"),
         "output_ok": out.is_file() and not partial.exists(),
     }
+
+
+def row_label(accel: str, realtime: bool) -> str:
+    return f"{accel}, stdin at speech speed" if realtime else accel
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -138,22 +192,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (page cache)")
     p.add_argument("--poll", type=float, default=0.05, help="seconds between polls of the growing file")
     p.add_argument("--out", default="latency_out", help="folder for latency.json and latency.md")
+    p.add_argument("--realtime", action="store_true",
+                   help="also a row per accel with the speech on stdin (-a -) at the speed it is spoken")
     args = p.parse_args(argv)
     if args.repeat < 1 or args.warmup < 0 or args.poll <= 0:
         p.error("--repeat must be >= 1, --warmup >= 0, --poll > 0")
     accels = [a.strip() for a in args.accel.split(",") if a.strip()]
 
-    runs: dict[str, list[dict]] = {a: [] for a in accels}
+    rows = [(a, False) for a in accels] + ([(a, True) for a in accels] if args.realtime else [])
+    runs: dict[str, list[dict]] = {row_label(a, rt): [] for a, rt in rows}
     with tempfile.TemporaryDirectory(prefix="talkfast_latency_") as tmp:
         out = Path(tmp) / "talk.mp4"
         for _ in range(args.warmup):
             run_stream(out, accels[0], extra, args.poll)
         for _ in range(args.repeat):
-            for a in accels:
-                r = run_stream(out, a, extra, args.poll)
-                runs[a].append(r)
-                print(f"--accel {a}: wall {r['wall_s']:.2f} s, first frame {_cell(r['first_frame_s'], '.2f')} s, "
-                      f"ratio {_cell(r['ratio'], '.3f')}", flush=True)
+            for a, rt in rows:  # interleaved: a file run and its real-speed stdin run see the same machine
+                r = run_stream(out, a, extra, args.poll, realtime=rt)
+                runs[row_label(a, rt)].append(r)
+                print(f"--accel {row_label(a, rt)}: wall {r['wall_s']:.2f} s, first frame "
+                      f"{_cell(r['first_frame_s'], '.2f')} s, ratio {_cell(r['ratio'], '.3f')}", flush=True)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     result = {
         "meta": {"cpus": cpus, "python": platform.python_version(), "extra": extra, "repeat": args.repeat,

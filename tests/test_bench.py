@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -501,3 +502,37 @@ def test_latency_script_summarizes_the_runs_and_judges_the_quarter():
     assert table(latency.markdown(result))[1]["auto"]["< 25%"] == "yes"
     frames = latency.decodable_frames(REPO / "no such file.mp4")
     assert frames == 0
+
+
+def test_latency_scripts_realtime_feed_is_a_streaming_wav_of_the_recording(tmp_path):
+    """benchmarks/latency.py --realtime: what it writes to generate's stdin is read by talkfast's
+    live reader as the recording's samples, and the last chunk leaves no earlier than the
+    recording's duration after the start (a lower bound only)."""
+    import importlib.util
+    import threading
+
+    from talkfast.io.audio import load_audio, save_wav
+    from talkfast.io.live import open_live
+
+    spec = importlib.util.spec_from_file_location("latency", REPO / "benchmarks" / "latency.py")
+    latency = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(latency)
+    rng = np.random.default_rng(0)
+    wav = save_wav(tmp_path / "s.wav", (0.1 * rng.standard_normal(16000 * 3 // 10)).astype(np.float32), 16000)
+    r, w = os.pipe()
+    writer = os.fdopen(w, "wb")
+    t0 = time.perf_counter()
+    feeder = threading.Thread(target=latency.feed_realtime, args=(writer, wav))
+    feeder.start()
+    live = open_live(f"/dev/fd/{r}")
+    os.close(r)  # open_live holds its own descriptor
+    got = live.complete()
+    live.close()
+    feeder.join()
+    assert time.perf_counter() - t0 >= 0.3
+    np.testing.assert_array_equal(got.samples, load_audio(wav).samples)
+    result = {"meta": {"cpus": 2, "python": "3", "extra": [], "repeat": 1, "poll_s": 0.05},
+              "summary": {latency.row_label("auto", True): latency.summarize(
+                  [{"wall_s": 9.0, "first_frame_s": 2.0, "ratio": 2 / 9, "pipeline_s": 8.0,
+                    "pipeline_first_frame_s": 1.0}])}}
+    assert "| auto, stdin at speech speed |" in latency.markdown(result)
