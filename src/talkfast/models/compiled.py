@@ -9,9 +9,9 @@ distinct input shape (CFG x2, a reduced call's batch of several steps) is one mo
 specialisation (``dynamic=False``: a batch of 2 and one of 6 are two graphs per layer; pad reduced
 calls, ``--cache-pad``, to bound them); layers of the same class and shapes share the cached code.
 
-Settings: inductor ``freezing`` (weights folded as constants, CPU convolutions and linears with
-prepacked weights; inference only, so every call must run under ``no_grad``/``inference_mode``),
-default mode (no max-autotune), Python wrapper. MEMO's memory motion modules stay eager (their
+Settings: default mode (no max-autotune), Python wrapper, no ``freezing`` (see
+:data:`INDUCTOR_OPTIONS`: it would disable the persistent cache on a CPU); compiled layers run only
+under ``no_grad``/``inference_mode`` (a call with grad enabled, training, runs eagerly). MEMO's memory motion modules stay eager (their
 memory changes from clip to clip). A layer whose compilation fails runs eagerly from then on (a
 debug log says which and why); it never stops the generation.
 
@@ -20,9 +20,8 @@ kernels in ``TORCHINDUCTOR_CACHE_DIR``, which :func:`use_cache_dir` points at
 ``<talkfast cache>/inductor`` (:func:`talkfast.paths.cache_dir`) unless the user set it, so a
 second process loads the kernels instead of compiling them again (Dynamo still traces each layer
 once per process: a warm first call is seconds, not zero). Inductor keys its entries by the graph,
-the shapes, the torch version and its settings, so one folder serves every model. With freezing
-the AOTAutograd cache is bypassed by torch (``Cannot cache a graph with freezing enabled``,
-torch/_functorch/_aot_autograd/autograd_cache.py, torch 2.13); the FX graph cache is not.
+the shapes, the torch version and its settings (the weights are inputs, not part of the key), so
+one folder serves every model.
 """
 
 from __future__ import annotations
@@ -42,8 +41,10 @@ log = logging.getLogger(__name__)
 
 #: The module classes compiled one by one (the denoiser's layer components).
 REGIONS = (ResnetBlock2D, SpatialTransformer, AudioModule, JointAudioModule, MotionModule, Downsample2D, Upsample2D)
-#: Inductor settings of every compiled region (torch.compile ``options``).
-INDUCTOR_OPTIONS = {"freezing": True}
+#: Inductor settings patched around every compiled call. ``freezing`` stays off: on a CPU it
+#: prepacks the weights as mkldnn tensors, and inductor then bypasses its FX graph cache ("mkldnn
+#: tensors unpickleable", torch 2.13), so every process would lower every graph again.
+INDUCTOR_OPTIONS = {"freezing": False}
 #: Dynamo's per-code-object recompile limit while compiling: every region class shares one code
 #: object, and each (layer shapes, batch) is one entry; torch's default of 8 would send the later
 #: layers back to eager.
@@ -66,7 +67,10 @@ class _Region:
 
     def __init__(self, module: nn.Module, name: str, owner: nn.Module, backend: str):
         self.module, self.name, self.owner = module, name, owner
-        self.eager = module._call_impl
+        # the module's forward, not its ``_call_impl``: Dynamo does not trace the latter's frame
+        # (torch/nn is skipped; torch 2.13 traced nothing for ``nn.Module.compile()`` of a
+        # torch.nn layer). Module hooks are bypassed (the denoiser has none).
+        self.eager = module.forward
         self.compiled = torch.compile(self.eager, backend=backend, dynamic=False)
         self.failed: str | None = None
 
@@ -75,9 +79,9 @@ class _Region:
             if torch.is_grad_enabled():  # frozen weights are for inference only
                 return self.eager(*args, **kwargs)
             try:
-                # the settings patched around the call, not passed as torch.compile options: Dynamo
-                # reads ``freezing`` while tracing and then guards each weight by identity, so a
-                # second network (another pipeline) never runs code frozen with the first's weights
+                # patched around the call, not passed as torch.compile options: Dynamo reads
+                # ``freezing`` while tracing (with it on it guards each weight by identity, so a
+                # second network never runs code frozen with the first's weights)
                 with torch._inductor.config.patch(INDUCTOR_OPTIONS):
                     return self.compiled(*args, **kwargs)
             except Exception as err:  # a backend or tracing failure: this layer stays eager
@@ -90,7 +94,7 @@ def compile_denoiser(net, enabled: bool = True, *, backend: str = "inductor", re
     """Compile the layer components of ``net.denoising_unet`` in place, once: a later call only
     switches the compiled code on or off (``enabled`` False runs every layer eagerly; before any
     compilation it does nothing). Returns the names of the modules compiled. The weights must not
-    change afterwards (they are frozen into the compiled code at each layer's first call).
+    change shape or dtype afterwards (each new one compiles again).
     ``backend`` / ``regions``: torch.compile's backend and the module classes compiled (tests
     compile fewer kinds to keep their compile time short)."""
     unet = net.denoising_unet
