@@ -1,5 +1,5 @@
 """Time one denoising-UNet call (clip_frames x CFG 2) of the embedded model, eager vs compiled
-(talkfast.models.compiled: torch.compile/inductor per layer, frozen weights, on-disk cache).
+(talkfast.models.compiled: torch.compile/inductor per layer, on-disk cache).
 
     .venv/bin/python benchmarks/compile_call.py [--cache-dir DIR] [--repeat 5] [--json out.json]
 
@@ -92,6 +92,7 @@ def main() -> None:
         proc = subprocess.run([sys.executable, __file__, "--child", phase, "--repeat", str(args.repeat)], env=env,
                               capture_output=True, text=True, check=True)
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(json.dumps(runs[-1]), file=sys.stderr, flush=True)  # kept if a later phase fails
     result = {"cache_dir": cache, "runs": runs}
     text = json.dumps(result, indent=2)
     print(text)
