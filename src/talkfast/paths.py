@@ -8,6 +8,16 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+def cache_dir() -> Path:
+    """Where talkfast keeps what it can rebuild (compiled kernels): ``$TALKFAST_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/talkfast``, else ``~/.cache/talkfast``. Not created here."""
+    own = os.environ.get("TALKFAST_CACHE_DIR")
+    if own:
+        return Path(own).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "talkfast"
+
+
 def repository_root() -> Path | None:
     """The source checkout this package runs from (the folder with ``pyproject.toml`` above
     ``src/talkfast``), or None for an installed package."""

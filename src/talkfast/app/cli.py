@@ -101,6 +101,10 @@ def _add_generate(sub) -> None:
                    help="the next clip's motion frames: the last sampled latents, the decoded frames re-encoded, "
                         "or the portrait (no chaining) (default: what the model folder's model.json names "
                         "- the embedded model: reference -, pixels for hallo checkpoints, else latents)")
+    p.add_argument("--compile", choices=["off", "on"], default="off",
+                   help="on: run the denoising UNet compiled by torch.compile (inductor); the first run on a machine "
+                        "compiles (minutes on a CPU), later runs load the kernels from the cache folder "
+                        "(~/.cache/talkfast/inductor, or $TORCHINDUCTOR_CACHE_DIR) (default: off)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     a = p.add_argument_group("acceleration (see talkfast.accelerators)")
     a.add_argument("--accel", default="auto",
@@ -214,7 +218,7 @@ def cmd_generate(args) -> int:
     opts = GenerateOptions(steps=args.steps if args.steps is not None else choice.steps, guidance=args.cfg,
                            seed=args.seed, fps=args.fps,  # None: the pipeline's frame rate
                            motion_scale=(args.pose_weight, args.face_weight, args.lip_weight),
-                           motion_source=args.motion_source,
+                           motion_source=args.motion_source, compile=args.compile,
                            sampler=args.sampler if args.sampler is not None else choice.sampler)
     if pipe.resolve(opts).motion_source != "pixels" and not getattr(pipe, "windowed", False):
         # a core for decoding clip k while clip k+1 samples (not where the next clip needs the pixels)

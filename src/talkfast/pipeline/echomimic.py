@@ -281,6 +281,7 @@ class EchoMimicPipeline(TalkingHeadPipeline):
                              f"a pose input is for the pose variants (--variant pose or pose_acc), not {self.variant!r}")
         t0 = time.perf_counter()
         opts = self.resolve(options)
+        compile_denoiser(self.net, opts.compile == "on")  # once per pipeline; "off" runs it eagerly
         size = self.check_size(size)
         image = load_image(source_image) if isinstance(source_image, (str, Path)) else source_image
         audio = read_audio(driving_audio, idle=audio_idle) if isinstance(driving_audio, (str, Path)) else driving_audio

@@ -30,6 +30,7 @@ from ..io.image import load_image, to_uint8
 from ..io.stream import check_outputs, open_writer
 from ..io.video import VideoWriter, remove_stale_temporaries
 from ..models.attention import ItemLayout
+from ..models.compiled import compile_denoiser
 from ..models.config import PRESETS, ModelConfig
 from ..models.net import TalkingHeadNet
 from ..models.unet import StagePlan, UNetCond
@@ -88,6 +89,9 @@ class GenerateOptions:
     # The sampler (talkfast.sampling.scheduler.SAMPLERS): None is the family's own (DDIM; MEMO: flow),
     # "dpmpp2m" / "unipc" diffusers' multistep solvers in the family's configuration
     sampler: str | None = None
+    # "on": the denoising UNet runs compiled by torch.compile (talkfast.models.compiled; compiled
+    # once per pipeline, kernels cached on disk); "off": eager
+    compile: str = "off"
 
     def resolved(self, model: ModelConfig | str, motion_source: str | None = None, fps: int = 25) -> "GenerateOptions":
         """Every None filled in: the model's defaults (``model``: its configuration, or a preset's
@@ -108,6 +112,8 @@ class GenerateOptions:
             out.hallo_context_tiling = chained()
         if out.motion_source is None:
             out.motion_source = motion_source or ("pixels" if chained() else "latents")
+        if out.compile not in ("off", "on"):
+            raise ValueError(f"--compile must be off or on, not {out.compile!r}")
         if out.motion_source not in MOTION_SOURCES:
             raise ValueError(f"--motion-source must be one of {', '.join(MOTION_SOURCES)}, not {out.motion_source!r}")
         # every number finite and in range (NaN fails every comparison, so test "inside", not "outside")
@@ -440,6 +446,7 @@ class TalkingHeadPipeline:
         clip k once clip k + 1 has sampled (:mod:`.publish`)."""
         t0 = time.perf_counter()
         opts = self.resolve(options)
+        compile_denoiser(self.net, opts.compile == "on")  # once per pipeline; "off" runs it eagerly
         size = self.check_size(size)  # before any input is read
         image = load_image(source_image) if isinstance(source_image, (str, Path)) else source_image
         audio = read_audio(driving_audio, idle=audio_idle) if isinstance(driving_audio, (str, Path)) else driving_audio
