@@ -140,7 +140,7 @@ BAD_OPTIONS = {
 def test_bad_option_is_an_error_before_any_work(capsys, tmp_path, monkeypatch, speech_wav, case):
     import talkfast.pipeline.generate as generate
 
-    monkeypatch.setattr(generate, "load_audio", lambda *a, **k: pytest.fail("the audio was read"))
+    monkeypatch.setattr(generate, "read_audio", lambda *a, **k: pytest.fail("the audio was read"))
     extra, word = BAD_OPTIONS[case]
     out = tmp_path / "out" / "video.mp4"
     code = main(["generate", *TINY, "-s", str(EXAMPLES / "portrait.png"), "-a", str(speech_wav), "-o", str(out),
@@ -165,7 +165,7 @@ def test_batch_manifest_rejects_non_finite_cfg(tmp_path, value):
 def test_batch_size_is_bounded_by_the_model_before_any_item_runs(capsys, tmp_path, monkeypatch, speech_wav):
     import talkfast.pipeline.generate as generate
 
-    monkeypatch.setattr(generate, "load_audio", lambda *a, **k: pytest.fail("an item ran"))
+    monkeypatch.setattr(generate, "read_audio", lambda *a, **k: pytest.fail("an item ran"))
     manifest = tmp_path / "jobs.jsonl"
     portrait = EXAMPLES / "portrait.png"
     manifest.write_text(json.dumps({"image": str(portrait), "audio": str(speech_wav), "output": "a.mp4"}) + "\n"

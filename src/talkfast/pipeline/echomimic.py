@@ -79,6 +79,7 @@ from ..io.live import LiveAudio, read_audio
 from ..io.image import load_image, to_tensor, to_uint8
 from ..io.stream import check_outputs, open_writer
 from ..io.video import remove_stale_temporaries
+from ..models.compiled import compile_denoiser
 from ..models.unet import UNetCond
 from ..sampling.loop import StepPlanner, denoise
 from ..sampling.windows import WindowedPredictor
