@@ -15,6 +15,7 @@ decodes to at least one frame. Records per run:
 - ``first_frame_s``: process start to the first poll at which the partial file decoded to >= 1
   frame (so late by at most one poll interval plus one probe, ``probe_s`` is the slowest probe);
 - ``ratio``: first_frame_s / wall_s (the Done-when asks for < 0.25);
+- ``realtime_factor``: seconds of video (the sidecar's frames / fps) per second of ``wall_s``;
 - ``pipeline_s``: the run's own ``seconds.total`` from the sidecar (inputs to published video,
   without imports and model loading), and ``pipeline_first_frame_s``: first_frame_s minus the
   time before the pipeline started (wall_s - pipeline_s), the same moment on the pipeline's clock.
@@ -144,10 +145,16 @@ def run_stream(out: Path, accel: str, extra: list[str], poll: float, realtime: b
         "ratio": None if first is None else first / wall, "pipeline_s": pipeline,
         "pipeline_first_frame_s": None if first is None or pipeline is None else first - (wall - pipeline),
         "probe_s": probe_max, "polls": polls, "video_frames": sidecar.get("frames"),
+        "realtime_factor": realtime_factor(sidecar.get("frames"), (sidecar.get("options") or {}).get("fps"), wall),
         "audio_seconds": sidecar.get("audio_seconds"), "accel_used": (sidecar.get("accel_choice") or {}).get("setting"),
         "decode_in_background": sidecar.get("decode_in_background"), "threads": sidecar.get("threads"),
         "output_ok": out.is_file() and not partial.exists(),
     }
+
+
+def realtime_factor(frames, fps, wall: float) -> float | None:
+    """Seconds of video per second of the process's wall time (above 1: faster than real time)."""
+    return frames / fps / wall if frames and fps and wall > 0 else None
 
 
 def row_label(accel: str, realtime: bool) -> str:
@@ -156,10 +163,11 @@ def row_label(accel: str, realtime: bool) -> str:
 
 def summarize(runs: list[dict]) -> dict:
     def med(key):
-        vals = [r[key] for r in runs if r[key] is not None]
+        vals = [r.get(key) for r in runs if r.get(key) is not None]
         return statistics.median(vals) if vals else None
 
-    return {k: med(k) for k in ("wall_s", "first_frame_s", "ratio", "pipeline_s", "pipeline_first_frame_s")}
+    keys = ("wall_s", "first_frame_s", "ratio", "pipeline_s", "pipeline_first_frame_s", "realtime_factor")
+    return {k: med(k) for k in keys}
 
 
 def _cell(v, fmt: str) -> str:
@@ -172,13 +180,13 @@ def markdown(result: dict) -> str:
               f"{result['meta']['extra'] or 'none'}, median of {result['meta']['repeat']} run(s) per row; "
               "first frame: process start until OUT.partial.mp4 decodes to >= 1 frame (polled every "
               f"{result['meta']['poll_s']:g} s); the Done-when asks for a ratio < 0.25."), "",
-             "| accel | wall s | first frame s | ratio | pipeline s | first frame s (pipeline clock) | < 25% |",
-             "|---|---|---|---|---|---|---|"]
+             "| accel | wall s | first frame s | ratio | pipeline s | first frame s (pipeline clock) | RTF | < 25% |",
+             "|---|---|---|---|---|---|---|---|"]
     for accel, s in result["summary"].items():
         ok = "n/a" if s["ratio"] is None else ("yes" if s["ratio"] < 0.25 else "no")
         lines.append(f"| {accel} | {_cell(s['wall_s'], '.2f')} | {_cell(s['first_frame_s'], '.2f')} | "
                      f"{_cell(s['ratio'], '.3f')} | {_cell(s['pipeline_s'], '.2f')} | "
-                     f"{_cell(s['pipeline_first_frame_s'], '.2f')} | {ok} |")
+                     f"{_cell(s['pipeline_first_frame_s'], '.2f')} | {_cell(s.get('realtime_factor'), '.3f')} | {ok} |")
     return "\n".join(lines) + "\n"
 
 

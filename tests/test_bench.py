@@ -536,3 +536,5 @@ def test_latency_scripts_realtime_feed_is_a_streaming_wav_of_the_recording(tmp_p
                   [{"wall_s": 9.0, "first_frame_s": 2.0, "ratio": 2 / 9, "pipeline_s": 8.0,
                     "pipeline_first_frame_s": 1.0}])}}
     assert "| auto, stdin at speech speed |" in latency.markdown(result)
+    assert latency.realtime_factor(115, 25, 23.0) == pytest.approx(0.2)
+    assert latency.realtime_factor(None, 25, 23.0) is None
