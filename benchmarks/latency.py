@@ -131,6 +131,7 @@ def run_stream(out: Path, accel: str, extra: list[str], poll: float, realtime: b
     wall = time.perf_counter() - t0
     if feeder is not None:
         feeder.join()
+        proc.stdin = None  # the feeder closed it; communicate() must not flush it
     _, stderr = proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"error: generate --accel {accel} failed (exit {proc.returncode}):\n"
