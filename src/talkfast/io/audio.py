@@ -126,6 +126,30 @@ def load_audio(
 _BLOCK_FRAMES = 1 << 18
 
 
+def with_room(buf: np.ndarray, used: int, more: int) -> np.ndarray:
+    """``buf`` (its first ``used`` entries kept) with room for ``more`` after them: itself, or a
+    copy at least twice as long (a view taken of the old array stays as it was)."""
+    if used + more <= len(buf):
+        return buf
+    grown = np.empty(max(2 * len(buf), used + more), buf.dtype)
+    grown[:used] = buf[:used]
+    return grown
+
+
+def check_heard(what: str, n_in: int, peak: float, sum_sq: float, *, allow_silent: bool = False) -> None:
+    """The end-of-input checks of a decoded recording (``what``: "Audio file NAME"): ``n_in``
+    source frames whose mono downmix peaks at ``peak`` with ``sum_sq`` the sum of its squares.
+    Empty, or (unless ``allow_silent``) silent, raises :class:`InputError`."""
+    if n_in == 0:
+        raise InputError(f"{what} is empty (contains no samples).")
+    if allow_silent:
+        return
+    rms = math.sqrt(sum_sq / n_in)
+    rms_db = 20.0 * math.log10(rms) if rms > 0 else -math.inf
+    if peak < SILENT_PEAK or rms_db < SILENT_RMS_DBFS:
+        raise InputError(f"{what} is silent (peak {peak:.2g}, RMS {rms_db:.0f} dBFS); provide a recording with speech.")
+
+
 def _open_soundfile(p: Path) -> sf.SoundFile:
     """Open ``p`` with libsndfile; a format it cannot read raises :class:`_DecodeError`."""
     try:
@@ -179,24 +203,12 @@ def _decode_stream(
                 sum_sq += float(np.dot(mono, mono))
             if resampler is not None:
                 mono = resampler.resample_chunk(mono, last=last)
-            if n_out + len(mono) > len(out):  # the length was unknown or wrong: grow
-                grown = np.empty(max(2 * len(out), n_out + len(mono)), np.float32)
-                grown[:n_out] = out[:n_out]
-                out = grown
+            out = with_room(out, n_out, len(mono))  # the length was unknown or wrong: grow
             out[n_out : n_out + len(mono)] = mono
             n_out += len(mono)
             if last:
                 break
-    if n_in == 0:
-        raise InputError(f"Audio file {name} is empty (contains no samples).")
-    if not allow_silent:
-        rms = math.sqrt(sum_sq / n_in)
-        rms_db = 20.0 * math.log10(rms) if rms > 0 else -math.inf
-        if peak < SILENT_PEAK or rms_db < SILENT_RMS_DBFS:
-            raise InputError(
-                f"Audio file {name} is silent (peak {peak:.2g}, RMS {rms_db:.0f} dBFS); "
-                "provide a recording with speech."
-            )
+    check_heard(f"Audio file {name}", n_in, peak, sum_sq, allow_silent=allow_silent)
     if n_out == 0:
         raise InputError(f"Audio file {name} is too short to resample to {sample_rate} Hz.")
     out.resize(n_out, refcheck=False)  # in place: no second full-length copy

@@ -39,7 +39,7 @@ import soxr
 
 from talkfast.errors import InputError
 
-from .audio import SILENT_PEAK, SILENT_RMS_DBFS, Audio, load_audio
+from .audio import Audio, check_heard, load_audio, with_room
 
 __all__ = ["DEFAULT_IDLE_S", "LiveAudio", "is_live_input", "open_live", "read_audio"]
 
@@ -75,13 +75,20 @@ def is_live_input(path, idle: float | None = None) -> bool:
         return False
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return False
+    size = _data_size(head)
+    return size is not None and (size == 0 or size >= _OPEN_SIZE)
+
+
+def _data_size(head: bytes) -> int | None:
+    """The size field of the data chunk among the chunks in ``head`` (a WAV file's first bytes),
+    or None where ``head`` ends before it."""
     pos = 12
     while pos + 8 <= len(head):
         cid, size = head[pos : pos + 4], struct.unpack("<I", head[pos + 4 : pos + 8])[0]
         if cid == b"data":
-            return size == 0 or size >= _OPEN_SIZE
+            return size
         pos += 8 + size + (size & 1)
-    return False
+    return None
 
 
 def open_live(path, sample_rate: int = 16000, idle: float | None = None) -> "LiveAudio":
@@ -245,19 +252,13 @@ class LiveAudio:
         """A regular file whose writer stopped: its header may declare the sizes by now."""
         if self._data_left is not None or not self._header_done:
             return
-        head = os.pread(self.fd, 4096, 0)
-        pos = 12
-        while pos + 8 <= len(head):
-            cid, size = head[pos : pos + 4], struct.unpack("<I", head[pos + 4 : pos + 8])[0]
-            if cid == b"data":
-                if 0 < size < _OPEN_SIZE:
-                    self._data_left = size - self._n_in * self._frame_bytes
-                    if self._data_left < 0:
-                        raise InputError(
-                            f"Audio input {self.path}: its header now declares {size} bytes of audio data, but more "
-                            "was read while its length was open (a chunk after the data?); give the complete file")
-                return
-            pos += 8 + size + (size & 1)
+        size = _data_size(os.pread(self.fd, 4096, 0))
+        if size is not None and 0 < size < _OPEN_SIZE:
+            self._data_left = size - self._n_in * self._frame_bytes
+            if self._data_left < 0:
+                raise InputError(
+                    f"Audio input {self.path}: its header now declares {size} bytes of audio data, but more "
+                    "was read while its length was open (a chunk after the data?); give the complete file")
 
     def _decode(self, data: bytes) -> None:
         block = np.frombuffer(data, self._dtype).reshape(-1, self.source_channels)
@@ -275,10 +276,7 @@ class LiveAudio:
         self._append(mono if self._resampler is None else self._resampler.resample_chunk(mono, last=False))
 
     def _append(self, out: np.ndarray) -> None:
-        if self._n + len(out) > len(self._buf):
-            grown = np.empty(max(2 * len(self._buf), self._n + len(out)), np.float32)
-            grown[: self._n] = self._buf[: self._n]
-            self._buf = grown  # snapshots taken before keep the old array: their samples do not change
+        self._buf = with_room(self._buf, self._n, len(out))  # snapshots taken before keep the old array
         self._buf[self._n : self._n + len(out)] = out
         self._n += len(out)
 
@@ -294,13 +292,7 @@ class LiveAudio:
                              f"{self._data_left} bytes short of the length its WAV header declares")
         if len(self._raw) % self._frame_bytes:
             raise InputError(f"Audio input {self.path} was cut off in the middle of a sample after {seconds:.2f} s")
-        if self._n_in == 0:
-            raise InputError(f"Audio input {self.path} is empty (contains no samples).")
-        rms = math.sqrt(self._sum_sq / self._n_in)
-        rms_db = 20.0 * math.log10(rms) if rms > 0 else -math.inf
-        if self._peak < SILENT_PEAK or rms_db < SILENT_RMS_DBFS:
-            raise InputError(f"Audio input {self.path} is silent (peak {self._peak:.2g}, RMS {rms_db:.0f} dBFS); "
-                             "provide a recording with speech.")
+        check_heard(f"Audio input {self.path}", self._n_in, self._peak, self._sum_sq)
         if self._resampler is not None:
             self._append(self._resampler.resample_chunk(np.zeros(0, np.float64), last=True))
         if self._n == 0:
