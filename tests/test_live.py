@@ -225,11 +225,13 @@ def test_mel_lookahead_is_small_and_clip_features_read_no_further(fps: int, fram
 
 
 def test_families_whose_features_need_the_whole_input(pipe) -> None:
+    from talkfast.pipeline.echomimic import EchoMimicPipeline
     from talkfast.pipeline.hallo import HalloPipeline
     from talkfast.pipeline.memo import MemoPipeline
 
     assert pipe.live_lookahead(25) == 3
     assert HalloPipeline.live_lookahead(pipe, 25) is None and MemoPipeline.live_lookahead(pipe, 25) is None
+    assert EchoMimicPipeline.live_lookahead(pipe, 25) is None
 
 
 # ---------------------------------------------------------------------------------------------

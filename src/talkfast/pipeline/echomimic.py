@@ -258,6 +258,10 @@ class EchoMimicPipeline(TalkingHeadPipeline):
                                       regions=regions, wrap_predictor=wrap_predictor, overwrite=overwrite,
                                       pose=pose, growing=growing, audio_idle=audio_idle), on_clip)
 
+    def live_lookahead(self, fps: int) -> None:
+        """The whole input (see :meth:`stream`): a live input is read to its end before the first clip."""
+        return None
+
     @torch.no_grad()
     def stream(self, source_image, driving_audio, options: GenerateOptions | None = None, *, output=None,
                size: int | None = None, accelerator: StepPlanner | None = None,
@@ -286,7 +290,7 @@ class EchoMimicPipeline(TalkingHeadPipeline):
         size = self.check_size(size)
         image = load_image(source_image) if isinstance(source_image, (str, Path)) else source_image
         audio = read_audio(driving_audio, idle=audio_idle) if isinstance(driving_audio, (str, Path)) else driving_audio
-        if isinstance(audio, LiveAudio):
+        if isinstance(audio, LiveAudio):  # live_lookahead: the whole input
             audio = audio.complete()
         inputs = (source_image, driving_audio, *self.input_paths(), *([pose] if isinstance(pose, (str, Path)) else []))
         out_path = check_outputs(output, overwrite=overwrite, inputs=inputs, growing=growing)
