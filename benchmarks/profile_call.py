@@ -72,6 +72,16 @@ def clock() -> float:
     return _clock[0]()
 
 
+def median_seconds(fn, repeat: int) -> float:
+    """The median :func:`clock` time of ``repeat`` calls of ``fn``."""
+    times = []
+    for _ in range(repeat):
+        t0 = clock()
+        fn()
+        times.append(clock() - t0)
+    return statistics.median(times)
+
+
 def set_clock(name: str) -> None:
     _clock[0] = CLOCKS[name]
 
@@ -255,12 +265,8 @@ def profile_reference(net, ref, ctx, repeat: int = 3) -> dict:
         net.write_reference(ref, ctx)
         with flop_counter() as counter:
             net.write_reference(ref, ctx)
-        ts = []
-        for _ in range(repeat):
-            t0 = clock()
-            net.write_reference(ref, ctx)
-            ts.append(clock() - t0)
-    return {"flops": int(counter.get_total_flops()), "time_s": statistics.median(ts)}
+        seconds = median_seconds(lambda: net.write_reference(ref, ctx), repeat)
+    return {"flops": int(counter.get_total_flops()), "time_s": seconds}
 
 
 # ------------------------------------------------------------------------------------ op kinds
@@ -307,12 +313,7 @@ def gemm_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeat: int = 3
     """GFLOP/s of ``torch.mm`` of two n x n matrices (median of ``repeat``) at the current threads."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     torch.mm(a, b)
-    ts = []
-    for _ in range(repeat):
-        t0 = clock()
-        torch.mm(a, b)
-        ts.append(clock() - t0)
-    return 2 * n**3 / statistics.median(ts) / 1e9
+    return 2 * n**3 / median_seconds(lambda: torch.mm(a, b), repeat) / 1e9
 
 
 # ------------------------------------------------------------------------------------ variants
