@@ -24,7 +24,7 @@ import tempfile
 import time
 
 
-def child(phase: str, repeat: int) -> dict:
+def child(phase: str, repeat: int, thread_counts: tuple[int, ...]) -> dict:
     import torch
 
     from talkfast.models.attention import ItemLayout
@@ -62,7 +62,7 @@ def child(phase: str, repeat: int) -> dict:
         torch.set_num_threads(2)
         eager_2 = net.denoise(x, t, cond)
         out["max_abs_diff_eager_1_vs_2_threads"] = float((eager_2 - eager_1).abs().max())
-        for threads in (1, 2):
+        for threads in thread_counts:
             torch.set_num_threads(threads)
             times = {"eager": [], "compiled": []}
             for _ in range(repeat):
@@ -80,16 +80,20 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=None, help="inductor cache folder (default: a new temporary one: cold)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--json", default=None, help="also write the JSON here")
+    ap.add_argument("--threads", default="1,2", help="thread counts of the steady timings (default 1,2; on a "
+                    "machine shared with other work, 1 pinned to an idle core: taskset -c N ... --threads 1)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    thread_counts = tuple(int(n) for n in args.threads.split(","))
     if args.child:
-        print(json.dumps(child(args.child, args.repeat)))
+        print(json.dumps(child(args.child, args.repeat, thread_counts)))
         return
     cache = args.cache_dir or tempfile.mkdtemp(prefix="talkfast-inductor-")
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
     runs = []
     for phase in ("cold", "warm"):
-        proc = subprocess.run([sys.executable, __file__, "--child", phase, "--repeat", str(args.repeat)], env=env,
+        proc = subprocess.run([sys.executable, __file__, "--child", phase, "--repeat", str(args.repeat),
+                               "--threads", args.threads], env=env,
                               capture_output=True, text=True, check=True)
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(json.dumps(runs[-1]), file=sys.stderr, flush=True)  # kept if a later phase fails
@@ -102,7 +106,7 @@ def main() -> None:
     print("\n| process | first compiled call (s) | threads | eager (s) | compiled (s) | speedup |")
     print("|---|---|---|---|---|---|")
     for run in runs:
-        for threads in (1, 2):
+        for threads in thread_counts:
             s = run[f"steady_{threads}t"]
             print(f"| {run['phase']} | {run['first_call_s']:.1f} | {threads} | {s['eager']:.3f} | {s['compiled']:.3f} "
                   f"| {s['eager'] / s['compiled']:.2f}x |")

@@ -116,6 +116,38 @@ def test_cache_folder_is_talkfasts_unless_the_user_set_one(tmp_path, monkeypatch
     assert paths.cache_dir() == tmp_path / "xdg" / "talkfast"
 
 
+def test_cache_folder_is_created_private_and_a_shared_one_is_refused(tmp_path, monkeypatch) -> None:
+    """Inductor loads pickled entries and generated modules from its cache folder: talkfast makes its
+    own 0700 and refuses (before compiling anything) one that other users can write or that belongs
+    to someone else."""
+    import os
+    import stat
+
+    from talkfast.errors import InputError
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("TALKFAST_CACHE_DIR", str(tmp_path / "tf"))
+    mine = use_cache_dir()
+    assert stat.S_IMODE(os.stat(mine).st_mode) == 0o700
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "not_yet"))  # inductor creates it
+    assert use_cache_dir() == str(tmp_path / "not_yet")
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(shared))
+    with pytest.raises(InputError, match=r"writable by other users \(mode 0777\).*chmod go-w"):
+        use_cache_dir()
+    pipe = randomized_tiny_pipeline()
+    with pytest.raises(InputError):
+        compile_denoiser(pipe.net, backend="eager", regions=SAMPLERS)
+    assert compiled_regions(pipe.net) == {}  # nothing was wrapped
+    shared.chmod(0o755)
+    monkeypatch.setattr(os, "geteuid", lambda: os.stat(shared).st_uid + 1)
+    with pytest.raises(InputError, match="belongs to another user"):
+        use_cache_dir()
+
+
 def test_compile_option_reaches_generate_options(monkeypatch, tmp_path) -> None:
     from talkfast.app.cli import main
     from talkfast.pipeline.generate import TalkingHeadPipeline

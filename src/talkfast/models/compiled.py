@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 
 import torch
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from torch import nn
 
+from ..errors import InputError
 from ..paths import cache_dir
 from .layers import AudioModule, MotionModule, SpatialTransformer
 from .memo_layers import JointAudioModule
@@ -52,13 +54,32 @@ RECOMPILE_LIMIT = 256
 
 
 def use_cache_dir() -> str:
-    """Point inductor's on-disk cache at ``<talkfast cache>/inductor`` unless
-    ``TORCHINDUCTOR_CACHE_DIR`` is already set (the user's choice wins); returns the folder used."""
+    """Point inductor's on-disk cache at ``<talkfast cache>/inductor`` (created private: 0700)
+    unless ``TORCHINDUCTOR_CACHE_DIR`` is already set (the user's choice wins); returns the folder
+    used. Inductor stores its entries with pickle and loads the generated code as Python modules,
+    so a folder another user can write is refused (:class:`~talkfast.errors.InputError`), as
+    ssh refuses a ``~/.ssh`` others can write."""
     folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if not folder:
         folder = str(cache_dir() / "inductor")
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+    check_private(folder)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
     return folder
+
+
+def check_private(folder: str) -> None:
+    """An existing cache folder must belong to this user and be writable by no one else (POSIX;
+    elsewhere nothing is checked); a missing one is left for inductor to create."""
+    if not hasattr(os, "geteuid") or not os.path.exists(folder):
+        return
+    st = os.stat(folder)
+    why = ("belongs to another user" if st.st_uid != os.geteuid()
+           else f"is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})" if st.st_mode & 0o022 else None)
+    if why:
+        raise InputError(f"--compile on: the compiled-kernel cache folder {folder} {why}; torch loads pickled "
+                         "entries and generated code from it, so talkfast will not use it. Make it yours and "
+                         f"private (chmod go-w {folder}) or set TORCHINDUCTOR_CACHE_DIR to a folder only you can write")
 
 
 class _Region:
