@@ -32,7 +32,7 @@ from diffusers.models.embeddings import LabelEmbedding
 from torch import nn
 
 from .attention import ReferenceState, gather_rows, merge_heads, multihead_sdpa, project_out
-from .layers import MotionModule, _attention, _grid, _tokens
+from .layers import MotionModule, _attention, _grid, _tokens, pointwise
 
 EMOTIONS = 9  # emotion classes; index 9 (the 10th embedding row) is the unconditional "no emotion"
 MEMORY_DECAY = 0.9  # MemoryLinearAttnProcessor.decay
@@ -129,8 +129,8 @@ class JointAudioModule(nn.Module):
 
     def forward(self, x: torch.Tensor, audio: torch.Tensor, emotion: torch.Tensor):
         _, _, hh, ww = x.shape
-        t, a = self.transformer_blocks[0](_tokens(self.proj_in(self.norm(x))), audio, emotion)
-        out = self.proj_out(_grid(t, hh, ww)) + x
+        t, a = self.transformer_blocks[0](pointwise(self.proj_in, _tokens(self.norm(x))), audio, emotion)
+        out = _grid(pointwise(self.proj_out, t), hh, ww) + x
         return out, (None if a is None else a + audio)
 
 
@@ -277,5 +277,5 @@ class ReferenceTail(nn.Module):
         self.transformer_blocks = nn.ModuleList([block])
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        self.state.record(self.key, self.transformer_blocks[0].norm1(_tokens(self.proj_in(self.norm(x)))))
+        self.state.record(self.key, self.transformer_blocks[0].norm1(pointwise(self.proj_in, _tokens(self.norm(x)))))
         return x
