@@ -117,8 +117,8 @@ def test_cache_folder_is_talkfasts_unless_the_user_set_one(tmp_path, monkeypatch
 
 
 def test_cache_folder_is_created_private_and_a_shared_one_is_refused(tmp_path, monkeypatch) -> None:
-    """Inductor loads pickled entries and generated modules from its cache folder: talkfast makes its
-    own 0700 and refuses (before compiling anything) one that other users can write or that belongs
+    """Inductor loads pickled entries and generated modules from its cache folder: talkfast creates a
+    missing one 0700 (whatever the umask) and refuses (before compiling anything) one that other users can write or that belongs
     to someone else."""
     import os
     import stat
@@ -129,8 +129,14 @@ def test_cache_folder_is_created_private_and_a_shared_one_is_refused(tmp_path, m
     monkeypatch.setenv("TALKFAST_CACHE_DIR", str(tmp_path / "tf"))
     mine = use_cache_dir()
     assert stat.S_IMODE(os.stat(mine).st_mode) == 0o700
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "not_yet"))  # inductor creates it
-    assert use_cache_dir() == str(tmp_path / "not_yet")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "a" / "not_yet"))  # the user's: created 0700 too
+    old_umask = os.umask(0o002)  # what inductor would create it with: group-writable
+    try:
+        assert use_cache_dir() == str(tmp_path / "a" / "not_yet")
+        assert use_cache_dir() == str(tmp_path / "a" / "not_yet")  # a second run accepts it
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(os.stat(tmp_path / "a" / "not_yet").st_mode) == 0o700
 
     shared = tmp_path / "shared"
     shared.mkdir()

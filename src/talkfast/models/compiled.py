@@ -54,24 +54,23 @@ RECOMPILE_LIMIT = 256
 
 
 def use_cache_dir() -> str:
-    """Point inductor's on-disk cache at ``<talkfast cache>/inductor`` (created private: 0700)
-    unless ``TORCHINDUCTOR_CACHE_DIR`` is already set (the user's choice wins); returns the folder
-    used. Inductor stores its entries with pickle and loads the generated code as Python modules,
-    so a folder another user can write is refused (:class:`~talkfast.errors.InputError`), as
-    ssh refuses a ``~/.ssh`` others can write."""
-    folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if not folder:
-        folder = str(cache_dir() / "inductor")
-        os.makedirs(folder, mode=0o700, exist_ok=True)
+    """Point inductor's on-disk cache at ``<talkfast cache>/inductor`` unless
+    ``TORCHINDUCTOR_CACHE_DIR`` is already set (the user's choice wins); returns the folder used.
+    A missing folder is created private (0700: inductor would create it with the umask's mode,
+    group-writable under a 002 umask). Inductor stores its entries with pickle and loads the
+    generated code as Python modules, so a folder another user can write is refused
+    (:class:`~talkfast.errors.InputError`), as ssh refuses a ``~/.ssh`` others can write."""
+    folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or str(cache_dir() / "inductor")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
     check_private(folder)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
     return folder
 
 
 def check_private(folder: str) -> None:
-    """An existing cache folder must belong to this user and be writable by no one else (POSIX;
-    elsewhere nothing is checked); a missing one is left for inductor to create."""
-    if not hasattr(os, "geteuid") or not os.path.exists(folder):
+    """The cache folder must belong to this user and be writable by no one else (POSIX; elsewhere
+    nothing is checked)."""
+    if not hasattr(os, "geteuid"):
         return
     st = os.stat(folder)
     why = ("belongs to another user" if st.st_uid != os.geteuid()
