@@ -73,9 +73,15 @@ def test_bench_controls_per_sampler_and_old_names():
     assert BenchMethod("unipc@4", None, 4, "unipc").family_on("ddim") == "plain UniPC"
     assert BenchMethod("x", AccelConfig("lightningcp"), sampler="dpmpp2m").family_on("ddim") == "lightningcp on DPM-Solver++ 2M"
     assert BenchMethod("flow@4", None, 4).family_on("flow") == "plain flow Euler"
-    # the bundled tuned settings (names like "ddim@2", no sampler key) still read: the family's own sampler
-    rows = tuned_methods(EMBEDDED_DIR)
-    assert rows and all(m.sampler is None for m in rows)
+    # the bundled tuned settings: an entry without a sampler key (names like "ddim@2", written before
+    # the sampler axis) reads as the family's own sampler (None), one with it as that sampler
+    import json
+
+    entries = json.loads((EMBEDDED_DIR / "model.json").read_text())["tuned"]
+    rows = {m.name: m for m in tuned_methods(EMBEDDED_DIR)}
+    assert set(rows) == {f"tuned:{b}" for b in entries}
+    assert {rows[f"tuned:{b}"].sampler for b, e in entries.items() if "sampler" not in e} == {None}
+    assert {b: rows[f"tuned:{b}"].sampler for b, e in entries.items() if "sampler" in e} == {"quality": "unipc"}
 
 
 def test_tuner_sampler_axis_and_recorded_sampler(tmp_path):
