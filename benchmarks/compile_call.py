@@ -75,6 +75,23 @@ def child(phase: str, repeat: int, thread_counts: tuple[int, ...]) -> dict:
     return out
 
 
+def run_children(script: str, phases, extra: list[str], cache_dir: str | None) -> tuple[str, dict[str, dict]]:
+    """Each phase in a new process (``script --child PHASE *extra``), all on one inductor cache folder
+    (a new temporary one unless ``cache_dir``: cold); returns the folder and {phase: the JSON the
+    child printed last, plus its wall time ``child_wall_s``}, each also echoed to stderr at once
+    (kept if a later phase fails)."""
+    cache = cache_dir or tempfile.mkdtemp(prefix="talkfast-inductor-")
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+    runs = {}
+    for phase in phases:
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, script, "--child", phase, *extra], env=env, capture_output=True,
+                              text=True, check=True)
+        runs[phase] = {**json.loads(proc.stdout.strip().splitlines()[-1]), "child_wall_s": time.perf_counter() - t0}
+        print(json.dumps(runs[phase]), file=sys.stderr, flush=True)
+    return cache, runs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache-dir", default=None, help="inductor cache folder (default: a new temporary one: cold)")
@@ -88,15 +105,9 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.repeat, thread_counts)))
         return
-    cache = args.cache_dir or tempfile.mkdtemp(prefix="talkfast-inductor-")
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
-    runs = []
-    for phase in ("cold", "warm"):
-        proc = subprocess.run([sys.executable, __file__, "--child", phase, "--repeat", str(args.repeat),
-                               "--threads", args.threads], env=env,
-                              capture_output=True, text=True, check=True)
-        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(json.dumps(runs[-1]), file=sys.stderr, flush=True)  # kept if a later phase fails
+    cache, by_phase = run_children(__file__, ("cold", "warm"), ["--repeat", str(args.repeat), "--threads", args.threads],
+                                   args.cache_dir)
+    runs = list(by_phase.values())
     result = {"cache_dir": cache, "runs": runs}
     text = json.dumps(result, indent=2)
     print(text)

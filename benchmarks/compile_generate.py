@@ -23,11 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
-import sys
-import tempfile
 import time
+
+from compile_call import run_children  # the same child-process runner (benchmarks/ is on sys.path)
 
 START = time.perf_counter()
 
@@ -89,16 +87,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.threads)))
         return
-    cache = args.cache_dir or tempfile.mkdtemp(prefix="talkfast-inductor-")
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
-    runs = {}
-    for phase in ("first", "second", "eager"):
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--child", phase, "--threads", str(args.threads)], env=env,
-                              capture_output=True, text=True, check=True)
-        runs[phase] = json.loads(proc.stdout.strip().splitlines()[-1])
-        runs[phase]["child_wall_s"] = time.perf_counter() - t0
-        print(json.dumps(runs[phase]), file=sys.stderr, flush=True)  # kept if a later phase fails
+    cache, runs = run_children(__file__, ("first", "second", "eager"), ["--threads", str(args.threads)], args.cache_dir)
     result = {"cache_dir": cache, "runs": runs}
     text = json.dumps(result, indent=2)
     print(text)
