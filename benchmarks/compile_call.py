@@ -92,6 +92,15 @@ def run_children(script: str, phases, extra: list[str], cache_dir: str | None) -
     return cache, runs
 
 
+def print_result(result: dict, json_path: str | None) -> None:
+    """Print the result as indented JSON, and write it to ``json_path`` too when given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache-dir", default=None, help="inductor cache folder (default: a new temporary one: cold)")
@@ -108,12 +117,7 @@ def main() -> None:
     cache, by_phase = run_children(__file__, ("cold", "warm"), ["--repeat", str(args.repeat), "--threads", args.threads],
                                    args.cache_dir)
     runs = list(by_phase.values())
-    result = {"cache_dir": cache, "runs": runs}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
+    print_result({"cache_dir": cache, "runs": runs}, args.json)
     print("\n| process | first compiled call (s) | threads | eager (s) | compiled (s) | speedup |")
     print("|---|---|---|---|---|---|")
     for run in runs:

@@ -25,7 +25,7 @@ import json
 import math
 import time
 
-from compile_call import run_children  # the same child-process runner (benchmarks/ is on sys.path)
+from compile_call import print_result, run_children  # the same child-process runner (benchmarks/ is on sys.path)
 
 START = time.perf_counter()
 
@@ -88,12 +88,7 @@ def main() -> None:
         print(json.dumps(child(args.child, args.threads)))
         return
     cache, runs = run_children(__file__, ("first", "second", "eager"), ["--threads", str(args.threads)], args.cache_dir)
-    result = {"cache_dir": cache, "runs": runs}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
+    print_result({"cache_dir": cache, "runs": runs}, args.json)
     s, e = runs["second"], runs["eager"]
     print(f"\n| | seconds ({args.threads} thread(s)) |\n|---|---|")
     print(f"| first run, compile on (process: import to end of generate) | {runs['first']['process_s']:.1f} |")
