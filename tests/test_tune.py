@@ -99,6 +99,9 @@ def test_refine_takes_the_fastest_settings_that_reach_each_floor():
     assert [s.name for s in tune.refine_candidates(screening, space, 1)] == ["b", "c", "d"]
     # two per budget: quality b, a; balanced c, f; fast d, c
     assert [s.name for s in tune.refine_candidates(screening, space, 2)] == ["a", "b", "c", "d", "f"]
+    # the model's current picks are finalists whatever their screening times (e: below every floor on
+    # the short clips; a name not in the space is ignored)
+    assert [s.name for s in tune.refine_candidates(screening, space, 1, keep=["e", "gone"])] == ["b", "c", "d", "e"]
 
 
 def test_tune_writes_model_json_and_resumes(folder, wav, tmp_path, capsys, monkeypatch):
@@ -133,7 +136,8 @@ def test_tune_writes_model_json_and_resumes(folder, wav, tmp_path, capsys, monke
 def test_refine_screens_on_short_clips_and_picks_from_whole_samples(folder, tmp_path, capsys, monkeypatch):
     real = tune.refine_candidates  # random weights reach no real floor: lower them to choose candidates
     monkeypatch.setattr(tune, "refine_candidates",
-                        lambda sc, st, k: real(sc, st, k, budgets={"quality": 25.0, "balanced": 15.0, "fast": 0.0}))
+                        lambda sc, st, k, **kw: real(sc, st, k, budgets={"quality": 25.0, "balanced": 15.0, "fast": 0.0},
+                                                     **kw))
     wav2 = tmp_path / "two_clips.wav"
     t = np.arange(int(0.32 * 16000)) / 16000  # two 4-frame clips of the tiny model at 25 fps
     sf.write(str(wav2), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
@@ -159,6 +163,17 @@ def test_refine_screens_on_short_clips_and_picks_from_whole_samples(folder, tmp_
     capsys.readouterr()
     assert main(argv[:-2] + ["--refine", "1"]) == 2
     assert "--refine K needs" in capsys.readouterr().err
+
+    # a re-tune measures the model's current pick again on the whole samples: with every floor out
+    # of reach on the short clips, the only finalist is the setting model.json names
+    incumbent = screened["rows"][-1]
+    tune.write_tuned(folder, {"balanced": {k: incumbent[k] for k in ("name", "steps", "accel")}})
+    monkeypatch.setattr(tune, "refine_candidates",
+                        lambda sc, st, k, **kw: real(sc, st, k, budgets={"quality": 1e9}, **kw))
+    assert main(argv + ["--refine", "1"]) == 0, capsys.readouterr().err
+    again = json.loads((out / "tune.json").read_text())
+    assert again["meta"]["refine_kept"] == [incumbent["name"]]
+    assert [r["name"] for r in again["rows"]] == [incumbent["name"]]
 
 
 def test_resolve_falls_back_to_the_presets_with_a_warning(folder):

@@ -405,12 +405,15 @@ def run_tune(pipe, cases: Sequence[BenchCase], settings: Sequence[Setting], opti
 
 
 def refine_candidates(screening: TuneResult, settings: Sequence[Setting], per_budget: int,
-                      budgets: dict[str, float] = BUDGETS) -> list[Setting]:
+                      budgets: dict[str, float] = BUDGETS, keep: Sequence[str] = ()) -> list[Setting]:
     """The settings worth measuring again on whole samples after a screening run on short clips:
     per budget, the ``per_budget`` fastest screened settings whose PSNR reaches the budget's floor
     (without the calibration margin and without the lip-sync checks, which short clips do not
-    predict well: the picks are made on the re-measured rows), in the space's order."""
-    chosen: set[str] = set()
+    predict well: the picks are made on the re-measured rows), in the space's order; plus the
+    settings named in ``keep`` (the model's current picks), whatever their screening times: on a
+    shared 2-core machine the same computation screened 9-34 % apart (docs/BENCHMARKS.md, the
+    2026-12-07 re-tune), enough to drop an incumbent before the whole-sample comparison."""
+    chosen: set[str] = set(keep)
     for floor in budgets.values():
         ok = [r for r in screening.rows if r.get("seconds") and r.get("psnr_base") is not None and r["psnr_base"] >= floor]
         chosen.update(r["name"] for r in sorted(ok, key=lambda r: r["seconds"])[:per_budget])

@@ -44,7 +44,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=None, help="use only the first S seconds of every sample's speech")
     p.add_argument("--refine", type=int, default=None, metavar="K",
                    help="with --seconds: screen the whole space on the short clips, then measure again, on the "
-                        "whole samples, the K fastest settings that reach each budget's floor, and pick from those")
+                        "whole samples, the K fastest settings that reach each budget's floor and the model's current "
+                        "picks, and pick from those")
     p.add_argument("--space", choices=["small", "full"], default="small",
                    help="small: <= 48 settings (CPU-feasible); full: a larger grid (default: small)")
     p.add_argument("--max-settings", type=int, default=None, help="measure only the first N settings of the space")
@@ -123,6 +124,19 @@ def _command(args) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
+def _current_picks(folder, variant, log) -> list[str]:
+    """The names of the model's current tuned settings (finalists of a --refine re-tune), [] when
+    it has none; a tuned file that does not read is about to be replaced, so it only warns."""
+    from ..accelerators.tuned import tuned_settings
+    from ..errors import CheckpointError
+
+    try:
+        return [entry["name"] for entry, _ in tuned_settings(folder, variant).values()]
+    except CheckpointError as err:
+        log(f"warning: the current tuned settings do not read ({err}); none is kept as a finalist")
+        return []
+
+
 def _run(args) -> int:
     from ..accelerators.tuned import model_folder
     from ..pipeline.generate import GenerateOptions
@@ -158,6 +172,7 @@ def _run(args) -> int:
     settings = search_space(args.space, opts.steps, getattr(pipe, "sampler", "ddim"))
     if args.max_settings is not None:
         settings = settings[: args.max_settings]
+    incumbents = _current_picks(folder, getattr(pipe, "variant", None), log) if args.refine is not None else []
     log(f"tune: model {pipe.cfg.name} ({pipe.source}) on {pipe.device}, baseline {opts.steps} steps, "
         f"{len(settings)} settings ({args.space} space), {what}")
     cache = Path(args.out) / tune.CACHE_NAME
@@ -168,11 +183,14 @@ def _run(args) -> int:
     if args.refine is not None:
         screening = result
         screening.meta["seconds"] = args.seconds
-        chosen = tune.refine_candidates(screening, settings, args.refine)
-        log(f"refine: {len(chosen)} settings again on the whole samples: {', '.join(s.name for s in chosen)}")
+        chosen = tune.refine_candidates(screening, settings, args.refine, keep=incumbents)
+        kept = [s.name for s in chosen if s.name in incumbents]
+        log(f"refine: {len(chosen)} settings again on the whole samples: {', '.join(s.name for s in chosen)}"
+            + (f" (with the model's current picks: {', '.join(kept)})" if kept else ""))
         result = tune.run_tune(pipe, cases, chosen, opts, cache_path=cache, progress=not args.quiet,
                                repeats=args.repeats, log=log)
         result.meta["refine_per_budget"] = args.refine
+        result.meta["refine_kept"] = kept
     command = _command(args)
     entries = tune.tuned_entries(result, args.space)
     if args.random_weights:
