@@ -118,8 +118,8 @@ def test_cache_folder_is_talkfasts_unless_the_user_set_one(tmp_path, monkeypatch
 
 def test_cache_folder_is_created_private_and_a_shared_one_is_refused(tmp_path, monkeypatch) -> None:
     """Inductor loads pickled entries and generated modules from its cache folder: talkfast creates a
-    missing one 0700 (whatever the umask) and refuses (before compiling anything) one that other users can write or that belongs
-    to someone else."""
+    missing one 0700 (whatever the umask) and refuses, before compiling anything, one that other
+    users can write or that belongs to someone else."""
     import os
     import stat
 
