@@ -15,24 +15,19 @@ Three child processes share one inductor cache folder (a new temporary one unles
 
 Every time is wall time of ``pipe.generate`` (nothing written to disk: frames kept in memory), and
 the process wall time from start to the end of the generate. The compiled frames are compared with
-the eager frames of the same process (PSNR over all frames, pixel range [-1, 1] -> peak 2).
+the eager frames of the same process by the bench's PSNR (:func:`talkfast.eval.metrics.psnr`: frames
+in [0, 1], the mean of the per-frame PSNR), uncapped.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 from compile_call import print_result, run_children  # the same child-process runner (benchmarks/ is on sys.path)
 
 START = time.perf_counter()
-
-
-def _psnr(a, b) -> float:
-    mse = float(((a.double() - b.double()) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
 
 
 def child(phase: str, threads: int) -> dict:
@@ -41,6 +36,7 @@ def child(phase: str, threads: int) -> dict:
     from talkfast import examples
     from talkfast.accelerators import build_accelerator
     from talkfast.accelerators.tuned import resolve_for
+    from talkfast.eval.metrics import psnr
     from talkfast.pipeline.generate import GenerateOptions
     from talkfast.pipeline.loader import load_pipeline
 
@@ -71,8 +67,8 @@ def child(phase: str, threads: int) -> dict:
         compiled_2, out["compiled_again_s"] = run(True)
         eager, out["eager_s"] = run(False)
         _, out["eager_again_s"] = run(False)
-        out["psnr_compiled_vs_eager_db"] = _psnr(compiled, eager)
-        out["psnr_compiled_runs_db"] = _psnr(compiled_2, compiled)
+        out["psnr_compiled_vs_eager_db"] = psnr(compiled, eager, cap=float("inf"))
+        out["psnr_compiled_runs_db"] = psnr(compiled_2, compiled, cap=float("inf"))
         out["frames"] = int(eager.shape[0])
     return out
 
