@@ -176,6 +176,23 @@ def test_refine_screens_on_short_clips_and_picks_from_whole_samples(folder, tmp_
     assert [r["name"] for r in again["rows"]] == [incumbent["name"]]
 
 
+def test_current_picks_of_a_retune_read_the_tuned_file_and_a_bad_one_only_warns(folder):
+    """The finalists a --refine re-tune keeps: the names in model.json's tuned entries; a tuned file
+    that fails its checks (it is about to be replaced) gives none and a warning naming the file."""
+    from talkfast.eval.tune_cli import _current_picks
+
+    said = []
+    assert _current_picks(folder, None, said.append) == [] and not said  # no tuned settings yet
+    entry = {"name": "ddim@2", "steps": 2, "accel": AccelConfig().describe()}
+    tune.write_tuned(folder, {"fast": entry, "balanced": {**entry, "name": "ddim@3", "steps": 3}})
+    assert sorted(_current_picks(folder, None, said.append)) == ["ddim@2", "ddim@3"] and not said
+    card = json.loads((folder / "model.json").read_text())
+    card["tuned"]["fast"]["steps"] = "2"
+    (folder / "model.json").write_text(json.dumps(card))
+    assert _current_picks(folder, None, said.append) == []
+    assert len(said) == 1 and said[0].startswith("warning:") and "model.json" in said[0] and "tuned.fast.steps" in said[0]
+
+
 def test_resolve_falls_back_to_the_presets_with_a_warning(folder):
     for name, budget in (("auto", "balanced"), ("fast", "fast")):
         choice = tuned_mod.resolve(name, folder)
